@@ -1,0 +1,30 @@
+# make demo: the whole pipeline on the embedded demo data, offline.
+# make test: the whole test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+WEIGHTS ?=
+RUN_DIR ?= runs/demo
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[train,app,test]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mstl-train full --preset demo --run-dir $(RUN_DIR) $(if $(WEIGHTS),--weights $(WEIGHTS),)
+	$(BIN)/mstl-export $(RUN_DIR) --int8
+	$(BIN)/mstl-bench $(RUN_DIR)/exports --json $(RUN_DIR)/bench.json --markdown $(RUN_DIR)/bench.md
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+clean:
+	rm -rf $(VENV) runs test-artifacts

@@ -1,0 +1,61 @@
+"""Shared CLI plumbing: turning known errors into one clear line and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+import typer
+
+from ..progress import console
+
+
+class UserError(Exception):
+    """Raised by library code for input the user can fix; printed as one line."""
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    from ..data.images import ImageError
+    from ..data.sources import DataError
+    from ..data.splits import SelectionError
+
+    errors: list[type[BaseException]] = [UserError, ImageError, DataError, SelectionError, FileNotFoundError,
+                                         ValueError]
+    if "mstl.model" in sys.modules:
+        errors.append(sys.modules["mstl.model"].WeightsError)
+    if "mstl.train.store" in sys.modules:
+        errors.append(sys.modules["mstl.train.store"].RunDirError)
+    return tuple(errors)
+
+
+def friendly(fn: Callable) -> Callable:
+    """Print a known error as 'error: ...' (no traceback) and exit 2; MSTL_DEBUG=1 shows the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import os
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            console.print("interrupted: finished trials are kept; rerun the same command to resume")
+            raise typer.Exit(130)
+        except Exception as e:
+            if os.environ.get("MSTL_DEBUG") or not isinstance(e, known_errors()):
+                raise
+            console.print(f"error: {e}", style="bold red", markup=False, highlight=False)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+def parse_ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(int(v.replace("_", "").replace("k", "000")) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be comma-separated integers like 10000,20000 (got {text!r})")
+    if not vals:
+        raise typer.BadParameter(f"{what} is empty")
+    return vals

@@ -1,0 +1,235 @@
+"""mstl-train: inspect data, run the two-stage study, regenerate its report."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..config import PRESETS, RunConfig, override, preset
+from ..progress import say, warn
+from .common import friendly, parse_ints
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Reproduce the two-stage MobileNetV2 transfer-learning study on any bridge/target pair.")
+
+RUNS_ROOT = Path("runs")
+
+
+@app.command()
+@friendly
+def inspect(path: Path = typer.Argument(..., help="dataset folder or MedMNIST .npz"),
+            as_json: bool = typer.Option(False, "--json", help="print exactly one JSON object on stdout"),
+            quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar")):
+    """Decode every file of a dataset source and report its layout, classes, splits and unreadable files."""
+    from ..data.inspect import inspect_source
+
+    _, info = inspect_source(path, quiet=quiet or as_json)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    say(f"{info['path']}: layout {info['layout']}, {info['total']} readable images")
+    for split, counts in info["splits"].items():
+        say(f"  {split:<6} " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+    p = info["patients"]
+    say(f"  patient ids: {'detected' if p['detected'] else 'not detected'} ({p['unique']} patients, "
+        f"{p['images_with_id']} images with an id)")
+    if info["ignored_masks"]:
+        say(f"  segmentation masks ignored: {info['ignored_masks']}")
+    sk = info["skipped"]
+    say(f"  skipped: {sk['count']}")
+    for f in sk["files"][:10]:
+        say(f"    {f['path']}: {f['reason']}")
+    if sk["count"] > 10:
+        say(f"    ... and {sk['count'] - 10} more (--json lists all)")
+
+
+def _weights_default(cfg: RunConfig, weights: Optional[str]) -> RunConfig:
+    from dataclasses import replace
+
+    chosen = weights or os.environ.get("MSTL_WEIGHTS")
+    if chosen:
+        return replace(cfg, model=replace(cfg.model, weights=chosen))
+    if cfg.preset == "demo":
+        from ..model import WeightsError, build_base
+        try:
+            build_base(cfg.data.image_size, cfg.model.alpha, "imagenet")
+        except WeightsError:
+            warn("ImageNet weights cannot be had here (no Keras cache, no network, no --weights FILE, no "
+                 "MSTL_WEIGHTS): the demo falls back to RANDOM weights. Pass --weights FILE (or make demo "
+                 "WEIGHTS=FILE) for real pretrained features.")
+            return replace(cfg, model=replace(cfg.model, weights="none"))
+    return cfg
+
+
+def _config_from_options(o: dict) -> RunConfig:
+    cfg = preset(o["preset"])
+    cfg = override(
+        cfg,
+        bridge=o["bridge"] and str(Path(o["bridge"]).resolve()),
+        target=o["target"] and str(Path(o["target"]).resolve()),
+        seeds=parse_ints(o["seeds"], "--seeds"),
+        **{
+            "stage1.sizes": parse_ints(o["sizes"], "--sizes"),
+            "stage1.start_frozen": o["start_frozen"], "stage1.min_frozen": o["min_frozen"],
+            "stage1.unfreeze_step": o["unfreeze_step"], "stage1.patience": o["patience"],
+            "stage1.mode": o["mode"], "stage1.epochs": o["epochs"], "stage1.learning_rate": o["lr"],
+            "stage1.batch_size": o["batch_size"], "stage1.include_head_only": o["head_only"] or None,
+            "stage2.positive_class": o["positive_class"], "stage2.target_size": o["target_size"],
+            "stage2.max_epochs": o["stage2_epochs"], "stage2.stop_train_accuracy": o["stop_accuracy"],
+            "data.image_size": o["image_size"], "data.scaling": o["scaling"],
+            "data.resize_method": o["resize_method"], "data.patient_split": False if o["no_patient_split"] else None,
+            "model.alpha": o["alpha"], "model.bn_mode": o["bn_mode"],
+        },
+        stage1_seeds=o["stage1_seeds"], mixed_precision=o["mixed_precision"] or None,
+        cache=False if o["no_cache"] else None,
+    )
+    return _weights_default(cfg, o["weights"])
+
+
+def _pick_run_dir(cfg: RunConfig, data, run_dir: Optional[Path]) -> Path:
+    """--run-dir if given; else runs/latest when it holds the same config (so rerunning resumes);
+    else a new runs/<preset>-<time>."""
+    if run_dir:
+        return run_dir
+    from ..train.prepare import data_fingerprint
+    latest = RUNS_ROOT / "latest"
+    cfg_file = latest / "config.json"
+    if cfg_file.exists():
+        if json.loads(cfg_file.read_text()).get("config_hash") == cfg.config_hash(data_fingerprint(data.bridge, data.target)):
+            say(f"resuming {latest.resolve()} (same configuration)")
+            return latest.resolve()
+    return RUNS_ROOT / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@app.command()
+@friendly
+def full(
+    bridge: Optional[Path] = typer.Option(None, help="bridge dataset (e.g. OCT2017 folder); default: embedded demo"),
+    target: Optional[Path] = typer.Option(None, help="target dataset (e.g. COVID-QU-Ex); default: embedded demo"),
+    preset_name: str = typer.Option("demo", "--preset", help=f"one of {', '.join(PRESETS)}"),
+    run_dir: Optional[Path] = typer.Option(None, help="run directory (default runs/<preset>-<time>, or runs/latest to resume)"),
+    weights: Optional[str] = typer.Option(None, help="imagenet | none | PATH to a .h5 weights file (env MSTL_WEIGHTS)"),
+    sizes: Optional[str] = typer.Option(None, help="bridge sizes, e.g. 10000,20000 or 10k,20k"),
+    seeds: Optional[str] = typer.Option(None, help="training seeds, e.g. 1,2,3 (stage 2 repeats per seed)"),
+    stage1_seeds: Optional[int] = typer.Option(None, help="how many of the seeds also repeat stage 1 (default 1)"),
+    positive_class: Optional[str] = typer.Option(None, help="target class that is positive (default COVID-19)"),
+    target_size: Optional[int] = typer.Option(None, help="target images drawn (paper 2800)"),
+    start_frozen: Optional[int] = typer.Option(None, help="first frozen depth of the sweep (default 150)"),
+    min_frozen: Optional[int] = typer.Option(None, help="floor of the sweep"),
+    unfreeze_step: Optional[int] = typer.Option(None, help="layers unfrozen per cycle (paper 5)"),
+    patience: Optional[int] = typer.Option(None, help="cycles without a better val accuracy before the sweep stops"),
+    mode: Optional[str] = typer.Option(None, help="restart (each depth from the pretrained start) | continue"),
+    head_only: bool = typer.Option(False, "--head-only", help="also run the head-only trial (all 154 frozen)"),
+    epochs: Optional[int] = typer.Option(None, help="max epochs per stage-1 cycle (early stopping on val loss)"),
+    lr: Optional[float] = typer.Option(None, help="stage-1 learning rate"),
+    batch_size: Optional[int] = typer.Option(None, help="stage-1 batch size"),
+    stage2_epochs: Optional[int] = typer.Option(None, help="max stage-2 epochs (paper 25)"),
+    stop_accuracy: Optional[float] = typer.Option(None, help="stage 2 stops at this training accuracy (paper 0.85)"),
+    image_size: Optional[int] = typer.Option(None, help="input size in pixels (paper 150)"),
+    scaling: Optional[str] = typer.Option(None, help="imagenet ([-1,1], default) | unit ([0,1], the paper's)"),
+    resize_method: Optional[str] = typer.Option(None, help="bilinear | bicubic | nearest | area | lanczos"),
+    alpha: Optional[float] = typer.Option(None, help="MobileNetV2 width"),
+    bn_mode: Optional[str] = typer.Option(None, help="inference (default, Keras guide) | train"),
+    no_patient_split: bool = typer.Option(False, "--no-patient-split", help="split by image, not by patient"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="plain path: no embedding cache"),
+    mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute on GPUs"),
+    restart: bool = typer.Option(False, "--restart", help="discard the run dir's results and start over"),
+):
+    """Stage-1 sweep, stage 2 and report, end to end (resumable: rerun to continue)."""
+    o = dict(locals())
+    o["preset"] = preset_name
+    t0 = time.monotonic()
+    cfg = _config_from_options(o)
+    store, data = _open(cfg, run_dir, restart)
+    from ..train.run import run_stage1, run_stage2
+    run_stage1(store, data)
+    run_stage2(store, data)
+    _finish(store, t0)
+
+
+def _open(cfg: RunConfig, run_dir: Optional[Path], restart: bool):
+    from ..train.prepare import data_fingerprint
+    from ..train.run import prepare, setup_runtime
+    from ..train.store import RunStore, link_latest
+
+    cfg.validate()
+    if cfg.model.weights == "none":
+        from ..train.run import RANDOM_WEIGHTS_NOTICE
+        warn(RANDOM_WEIGHTS_NOTICE)
+    else:
+        from ..model import describe_weights
+        say(f"weights: {describe_weights(cfg.model.weights)}")
+    setup_runtime(cfg)
+    data = prepare(cfg)
+    chosen = _pick_run_dir(cfg, data, run_dir)
+    store = RunStore(chosen)
+    store.open(cfg, data_fingerprint(data.bridge, data.target), restart=restart)
+    from ..train.prepare import write_split_files
+    write_split_files(store.dir, data.target_splits, data.target)
+    if chosen.parent.resolve() == RUNS_ROOT.resolve() or run_dir is None:
+        link_latest(chosen)
+    say(f"run dir: {chosen}")
+    return store, data
+
+
+def _reopen(run_dir: Path):
+    from ..train.store import RunStore
+    store = RunStore(run_dir)
+    cfg = store.config()
+    return _open(cfg, run_dir, restart=False)
+
+
+def _finish(store, t0: float) -> None:
+    from ..report.build import build_report
+    report = build_report(store.dir)
+    trials = store.trials()
+    say("")
+    say(f"{'size':>8} {'optimal frozen':>15} {'stage-2 test acc':>17} {'95% CI':>16}")
+    best = {}
+    from ..train.stage1 import best_record
+    for size in sorted({r["size"] for r in trials}):
+        best[size] = best_record([r for r in trials if r["size"] == size])["frozen"]
+    for r in sorted(store.stage2_records(), key=lambda r: (r["size"], r["seed"])):
+        say(f"{(r['size'] or 'control'):>8} {best.get(r['size'], 'all'):>15} {100 * r['accuracy']:>16.1f}% "
+            f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]")
+    say(f"{len(trials)} stage-1 trials; wall time {time.monotonic() - t0:.0f}s")
+    say(f"report: {report}")
+
+
+@app.command()
+@friendly
+def stage1(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing run dir")):
+    """Run (or resume) the stage-1 sweep of an existing run dir."""
+    store, data = _reopen(run_dir)
+    from ..train.run import run_stage1
+    run_stage1(store, data)
+
+
+@app.command()
+@friendly
+def stage2(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing run dir")):
+    """Run (or resume) stage 2 of an existing run dir, on its stage-1 models."""
+    store, data = _reopen(run_dir)
+    from ..train.run import run_stage2
+    run_stage2(store, data)
+
+
+@app.command()
+@friendly
+def report(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing run dir")):
+    """Regenerate report.md, trials.csv and the figures from a run dir's records."""
+    from ..report.build import build_report
+    say(f"report: {build_report(run_dir)}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

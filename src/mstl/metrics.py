@@ -1,0 +1,114 @@
+"""Classification statistics medical users expect (numpy only: the bench on a board uses them too)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion, clamped to [0, 1]."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return min(lo, p), max(hi, p)
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return cm
+
+
+def roc_auc(y_true: Sequence[int], score: Sequence[float]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with midranks for ties); None with one class only."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def expected_calibration_error(y_true: Sequence[int], probs: np.ndarray, bins: int = 10) -> float:
+    """ECE with equal-width confidence bins over the top-1 probability."""
+    probs = np.asarray(probs, dtype=np.float64)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y_true)
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def classification_report(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy with a Wilson interval, balanced accuracy, per-class precision/recall, ROC AUC, ECE,
+    confusion matrix; sensitivity/specificity when there are two classes (index 1 = positive)."""
+    y = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(class_names)
+    pred = probs.argmax(axis=1)
+    n = len(y)
+    correct = int((pred == y).sum())
+    lo, hi = wilson_interval(correct, n)
+    cm = confusion_matrix(y, pred, k)
+    per_class = {}
+    recalls = []
+    for c, name in enumerate(class_names):
+        tp = int(cm[c, c])
+        support = int(cm[c].sum())
+        predicted = int(cm[:, c].sum())
+        recall = tp / support if support else None
+        if recall is not None:
+            recalls.append(recall)
+        per_class[name] = {"precision": tp / predicted if predicted else None, "recall": recall, "support": support}
+    out: dict[str, Any] = {
+        "n": n,
+        "accuracy": correct / n if n else None,
+        "ci_low": lo,
+        "ci_high": hi,
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else None,
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+        "ece": expected_calibration_error(y, probs) if n else None,
+    }
+    if k == 2:
+        tn, fp, fn, tp = (int(v) for v in cm.ravel())
+        out["sensitivity"] = tp / (tp + fn) if tp + fn else None
+        out["specificity"] = tn / (tn + fp) if tn + fp else None
+        out["roc_auc"] = roc_auc(y, probs[:, 1])
+    else:
+        aucs = [roc_auc(y == c, probs[:, c]) for c in range(k)]
+        aucs = [a for a in aucs if a is not None]
+        out["roc_auc"] = float(np.mean(aucs)) if aucs else None  # macro one-vs-rest
+    return out
+
+
+def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no timing samples")
+    return {
+        "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        "min": float(a.min()), "max": float(a.max()),
+        "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
+    }

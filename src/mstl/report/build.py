@@ -1,0 +1,201 @@
+"""report.md, trials.csv and the paper's figures, regenerated from a run dir's records alone."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..train.store import RunStore
+
+# What the paper's text gives (PROTOCOL.md); None where it gives no figure.
+PAPER_FROZEN = {10_000: 85, 20_000: 85, 80_000: 120}
+PAPER_ACCURACY = {40_000: 0.745, 60_000: 0.6925}
+
+
+def _agg(records: list[dict], key: str) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for r in records:
+        out.setdefault(int(r[key]), []).append(r)
+    return out
+
+
+def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[int, int], random_weights: bool) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figdir = run_dir / "figures"
+    figdir.mkdir(exist_ok=True)
+    made = []
+    note = " (random weights: not a result)" if random_weights else ""
+    sizes = sorted(optimal)
+    by_size = _agg([r for r in s2 if r["size"] > 0], "size")
+
+    # Fig. 2a: bridge size -> optimal frozen layers
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=150)
+    ax.plot(sizes, [optimal[s] for s in sizes], "o-", color="tab:blue", label="this run")
+    paper = [(s, f) for s, f in PAPER_FROZEN.items()]
+    if any(s in optimal for s, _ in paper):
+        ax.plot(*zip(*paper), "s", color="tab:gray", mfc="none", label="paper (reported points)")
+    ax.set_xlabel("bridge dataset size (images)")
+    ax.set_ylabel("optimal number of frozen layers")
+    ax.set_title("Fig. 2a - stage 1" + note, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(figdir / "fig2a_frozen_vs_size.png")
+    plt.close(fig)
+    made.append("figures/fig2a_frozen_vs_size.png")
+
+    # Fig. 2b: bridge size -> stage-2 accuracy with 95% intervals (and the control)
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=150)
+    s_sizes = sorted(by_size)
+    if s_sizes:
+        acc = np.array([np.mean([r["accuracy"] for r in by_size[s]]) for s in s_sizes])
+        lo = np.array([np.mean([r["ci_low"] for r in by_size[s]]) for s in s_sizes])
+        hi = np.array([np.mean([r["ci_high"] for r in by_size[s]]) for s in s_sizes])
+        ax.errorbar(s_sizes, acc * 100, yerr=[(acc - lo) * 100, (hi - acc) * 100], fmt="o-", capsize=4,
+                    label="stage 2 via bridge (95% Wilson)")
+    control = [r for r in s2 if r["size"] == 0]
+    if control:
+        c = np.mean([r["accuracy"] for r in control]) * 100
+        ax.axhline(c, color="tab:red", ls="--", lw=1, label=f"control, no bridge ({c:.1f}%)")
+    ax.set_xlabel("bridge dataset size (images)")
+    ax.set_ylabel("target test accuracy (%)")
+    ax.set_title("Fig. 2b - stage 2" + note, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(figdir / "fig2b_accuracy_vs_size.png")
+    plt.close(fig)
+    made.append("figures/fig2b_accuracy_vs_size.png")
+
+    # Fig. 3: heatmap size x optimal frozen -> stage-2 accuracy
+    depths = sorted({optimal[s] for s in s_sizes if s in optimal})
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=150)
+    if s_sizes and depths:
+        grid = np.full((len(depths), len(s_sizes)), np.nan)
+        for j, s in enumerate(s_sizes):
+            if s in optimal:
+                grid[depths.index(optimal[s]), j] = np.mean([r["accuracy"] for r in by_size[s]]) * 100
+        im = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize=8)
+        ax.set_xticks(range(len(s_sizes)), [str(s) for s in s_sizes], rotation=45)
+        ax.set_yticks(range(len(depths)), [str(d) for d in depths])
+        fig.colorbar(im, ax=ax, label="stage-2 test accuracy (%)")
+    ax.set_xlabel("bridge dataset size")
+    ax.set_ylabel("optimal frozen layers")
+    ax.set_title("Fig. 3 - size x frozen -> stage-2 accuracy" + note, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(figdir / "fig3_heatmap.png")
+    plt.close(fig)
+    made.append("figures/fig3_heatmap.png")
+
+    # Validation accuracy against frozen depth, one line per size
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=150)
+    for size, rs in sorted(_agg(trials, "size").items()):
+        pts = sorted((r["frozen"], r["val_accuracy"]) for r in rs)
+        ax.plot([p[0] for p in pts], [p[1] * 100 for p in pts], "o-", ms=3, label=str(size))
+    ax.invert_xaxis()
+    ax.set_xlabel("frozen layers (unfreezing goes right)")
+    ax.set_ylabel("stage-1 validation accuracy (%)")
+    ax.set_title("Stage-1 sweep per bridge size" + note, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(title="size", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(figdir / "sweep_val_accuracy.png")
+    plt.close(fig)
+    made.append("figures/sweep_val_accuracy.png")
+    return made
+
+
+def _mean(records: list[dict], key: str):
+    vals = [r[key] for r in records if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def build_report(run_dir: str | Path) -> Path:
+    store = RunStore(run_dir)
+    cfg = store.config()
+    trials = store.trials()
+    s2 = store.stage2_records()
+    if not trials:
+        raise ValueError(f"{run_dir}: no stage-1 trials recorded yet; run `mstl-train stage1` first")
+    from ..train.stage1 import best_record
+
+    seeds1 = sorted({r["seed"] for r in trials})
+    optimal = {}
+    for size, rs in _agg([r for r in trials if r["seed"] == seeds1[0]], "size").items():
+        optimal[size] = best_record(rs)["frozen"]
+    random_weights = cfg.model.weights == "none"
+    figs = _figures(store.dir, trials, s2, optimal, random_weights)
+
+    fields = ["size", "frozen", "seed", "mode", "val_accuracy", "val_loss", "train_accuracy", "train_loss",
+              "epochs", "best_epoch", "trainable_params", "n_train", "n_val", "seconds"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in sorted(trials, key=lambda r: (r["size"], r["seed"], -r["frozen"])):
+        w.writerow(r)
+    (store.dir / "trials.csv").write_text(buf.getvalue())
+
+    sel_path = store.dir / "selection.json"
+    selection = json.loads(sel_path.read_text()) if sel_path.exists() else None
+    L = [f"# mstl run report: `{store.dir.name}`", ""]
+    if random_weights:
+        L += ["> **Random base weights (`--weights none`).** Frozen random features make the depth sweep and the "
+              "transfer comparison meaningless: these numbers exercise the pipeline and are not results.", ""]
+    L += [f"- preset `{cfg.preset}`, config hash `{store.config_hash()}`, weights `{cfg.model.weights}`, "
+          f"alpha {cfg.model.alpha}, image {cfg.data.image_size} px ({cfg.data.resize_method}), "
+          f"scaling `{cfg.data.scaling}`, BatchNorm `{cfg.model.bn_mode}`, sweep mode `{cfg.stage1.mode}`",
+          f"- bridge `{cfg.bridge or 'embedded demo OCT-like data'}`; target `{cfg.target or 'embedded demo X-ray-like data'}`",
+          f"- stage 1: start {cfg.stage1.start_frozen} frozen, step {cfg.stage1.unfreeze_step}, floor "
+          f"{cfg.stage1.min_frozen}, patience {cfg.stage1.patience}, up to {cfg.stage1.epochs} epochs per depth "
+          f"(early stopping on val loss), lr {cfg.stage1.learning_rate}, batch {cfg.stage1.batch_size}",
+          f"- stage 2: batch {cfg.stage2.batch_size}, up to {cfg.stage2.max_epochs} epochs, stop at training "
+          f"accuracy {cfg.stage2.stop_train_accuracy}, lr {cfg.stage2.learning_rate}; seeds {list(cfg.seeds)}",
+          f"- {len(trials)} stage-1 trials, {sum(r['seconds'] for r in trials):.0f} s of training", ""]
+    L += ["## Stage 1: optimal frozen depth per bridge size (Fig. 2a)", "",
+          "| size | optimal frozen | val acc % | depths tried | paper's optimal frozen |", "|---|---|---|---|---|"]
+    for size in sorted(optimal):
+        rs = [r for r in trials if r["size"] == size and r["seed"] == seeds1[0]]
+        b = best_record(rs)
+        L.append(f"| {size} | {b['frozen']} | {_pct(b['val_accuracy'])} | {len(rs)} | {PAPER_FROZEN.get(size, 'n/r')} |")
+    L += ["", "## Stage 2: target test accuracy per bridge size (Fig. 2b)", "",
+          "| size | frozen | seeds | test acc % (mean) | 95% CI | sens % | spec % | ROC AUC | val acc % | epochs | paper's acc % |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for size, rs in sorted(_agg(s2, "size").items()):
+        acc = np.mean([r["accuracy"] for r in rs])
+        spread = f" ± {100 * np.std([r['accuracy'] for r in rs], ddof=1):.1f}" if len(rs) > 1 else ""
+        lo, hi = np.mean([r["ci_low"] for r in rs]), np.mean([r["ci_high"] for r in rs])
+        aucs = [r["roc_auc"] for r in rs if r.get("roc_auc") is not None]
+        auc = f"{np.mean(aucs):.3f}" if aucs else "-"
+        name = "control (no bridge)" if size == 0 else str(size)
+        frozen = rs[0].get("stage1_frozen", "-") if size else "all"
+        paper = PAPER_ACCURACY.get(size)
+        L.append(f"| {name} | {frozen} | {len(rs)} | {100 * acc:.1f}{spread} | [{100 * lo:.1f}, {100 * hi:.1f}] | "
+                 f"{_pct(_mean(rs, 'sensitivity'))} | {_pct(_mean(rs, 'specificity'))} | {auc} | "
+                 f"{_pct(_mean(rs, 'val_accuracy'))} | {_mean(rs, 'epochs'):.0f} | {_pct(paper) if paper else 'n/r'} |")
+    L += ["", "n/r: the paper's text reports no figure for this size. The paper's range is 69.25% (60k) to 74.5% (40k).",
+          "With n test images a 95% interval is about ±1.96·sqrt(p(1-p)/n): compare intervals, not point values.", ""]
+    if selection:
+        L += ["## Model chosen for deployment", "",
+              f"Size {selection['size']}, seed {selection['seed']} (`{selection.get('model')}`): {selection['why']}."]
+        if "control_val_accuracy" in selection:
+            L.append(f"The control (no bridge) reached {100 * selection['control_val_accuracy']:.1f}% validation "
+                     f"accuracy: the bridge {'helps' if selection['beats_control'] else 'does NOT help'} on this run.")
+        L.append("")
+    L += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + ["", "All trials: `trials.csv`."]
+    out = store.dir / "report.md"
+    out.write_text("\n".join(L) + "\n")
+    return out

@@ -1,0 +1,107 @@
+"""Orchestrates a run: data, stage-1 sweep per size, stage 2 per size plus the control, selection."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import RunConfig
+from ..progress import say
+from ..tf_env import keras, tf
+from .prepare import Source, SplitRows, TargetSplits, bridge_splits, load_source, resolve_sources, target_splits
+from .stage1 import ensure_best_model, sweep_size
+from .stage2 import choose_deployable, train_stage2
+from .store import RunStore, save_model_atomic
+
+RANDOM_WEIGHTS_NOTICE = (
+    "the base has RANDOM weights (--weights none): frozen random features make the depth sweep and the "
+    "transfer comparison meaningless - do not read this run's numbers as results (BatchNorm statistics are "
+    "re-estimated on 64 training images so that random features do not vanish)"
+)
+
+
+@dataclass
+class RunData:
+    cfg: RunConfig
+    bridge: Source
+    target: Source
+    splits: dict[int, SplitRows]
+    target_splits: TargetSplits
+    used_demo: bool
+
+
+def setup_runtime(cfg: RunConfig) -> None:
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    gpus = tf.config.list_physical_devices("GPU")
+    for g in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(g, True)
+        except RuntimeError:
+            pass
+    say(f"device: {len(gpus)} GPU(s)" if gpus else "device: CPU only (training at paper scale is GPU work)")
+
+
+def prepare(cfg: RunConfig, quiet: bool = False) -> RunData:
+    bridge_path, target_path, used_demo = resolve_sources(cfg)
+    if used_demo:
+        say("no dataset given: using the embedded demo datasets (synthetic; numbers say nothing medical)")
+    bridge = load_source(bridge_path, cfg, "bridge", quiet)
+    target = load_source(target_path, cfg, "target", quiet)
+    splits = bridge_splits(bridge, cfg)
+    t = target_splits(target, cfg)
+    say(f"target: positive class {t.mapping.positive!r}; train {len(t.train)}, val {len(t.val)}, test {len(t.test)}")
+    return RunData(cfg, bridge, target, splits, t, used_demo)
+
+
+def stage1_seeds(cfg: RunConfig) -> list[int]:
+    return list(cfg.seeds[: max(1, cfg.stage1_seeds)])
+
+
+def run_stage1(store: RunStore, data: RunData) -> dict[tuple[int, int], dict]:
+    cfg = data.cfg
+    n_classes = len(data.bridge.classes)
+    best = {}
+    sizes = sorted(data.splits)
+    t0 = time.monotonic()
+    for si, size in enumerate(sizes):
+        for seed in stage1_seeds(cfg):
+            say(f"stage 1: size {size} ({si + 1} of {len(sizes)}), seed {seed}"
+                + (f"; {time.monotonic() - t0:.0f}s so far" if si else ""))
+            best[(size, seed)] = sweep_size(cfg, store, data.bridge.images, data.splits[size], size, n_classes, seed)
+            b = best[(size, seed)]
+            say(f"stage 1: size {size}: optimal frozen depth {b['frozen']} (val_acc {b['val_accuracy']:.3f})")
+    return best
+
+
+def run_stage2(store: RunStore, data: RunData) -> dict:
+    cfg = data.cfg
+    n_classes = len(data.bridge.classes)
+    s1_seeds = stage1_seeds(cfg)
+    done = {(r["size"], r["seed"]) for r in store.stage2_records()}
+    jobs = [(0, s) for s in cfg.seeds if cfg.stage2.control] + [(size, s) for size in sorted(data.splits) for s in cfg.seeds]
+    for i, (size, seed) in enumerate(jobs):
+        if (size, seed) in done:
+            continue
+        src_seed = seed if seed in s1_seeds else s1_seeds[0]
+        path = None
+        if size:
+            path = ensure_best_model(cfg, store, data.bridge.images, data.splits[size], size, n_classes, src_seed)
+        what = f"size {size}" if size else f"control (base weights {cfg.model.weights}, no bridge)"
+        say(f"stage 2: {what}, seed {seed} ({i + 1} of {len(jobs)})")
+        model, rec = train_stage2(cfg, data.target.images, data.target_splits, seed, path, cache=cfg.cache)
+        out = store.stage2_model(size, seed)
+        save_model_atomic(model, out)
+        rec.update({"size": int(size), "stage1_model": path, "stage1_seed": src_seed if size else None,
+                    "model": str(out.relative_to(store.dir))})
+        if size:
+            rec["stage1_frozen"] = int(Path(path).stem.split("-")[1])
+        store.add_stage2(rec)
+        say(f"  -> test accuracy {rec['accuracy']:.3f} [{rec['ci_low']:.3f}, {rec['ci_high']:.3f}], "
+            f"val {rec['val_accuracy']:.3f}, {rec['epochs']} epoch(s), {rec['seconds']:.1f}s")
+        keras.backend.clear_session()
+    selection = choose_deployable(store.stage2_records())
+    store.write_json("selection.json", selection)
+    say(f"deployable model: size {selection['size']} seed {selection['seed']} - {selection['why']}")
+    return selection

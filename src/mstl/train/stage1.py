@@ -1,0 +1,178 @@
+"""Stage 1: fine-tune on the bridge at one dataset size while unfreezing the base from the top.
+
+A trial is a pure function of (config, data subset, frozen depth, seed) -> one record (+ its model);
+the sweep only decides which depth comes next, from the records alone, so it can be resumed - or its
+trials spread over machines - without any other state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import RunConfig
+from ..data.pipeline import gather_array, make_dataset
+from ..data.splits import balanced_class_weights
+from ..model import build_classifier, compile_for_training, freeze, load_classifier
+from ..progress import say
+from ..tf_env import keras, tf
+from .prepare import SplitRows
+from .store import RunStore, save_model_atomic
+
+
+def depth_grid(cfg: RunConfig, n_layers: int) -> list[int]:
+    """Frozen depths in sweep order: start, start - step, ... down to the floor."""
+    s1 = cfg.stage1
+    start = min(s1.start_frozen, n_layers)
+    grid = list(range(start, s1.min_frozen - 1, -s1.unfreeze_step))
+    if s1.include_head_only and n_layers not in grid:
+        grid.insert(0, n_layers)
+    return grid
+
+
+def next_depth(grid: list[int], done: dict[int, dict], patience: int) -> int | None:
+    """The next depth to train, or None once the peak is found (``patience`` depths without a better
+    validation accuracy) or the floor is reached. Depends on the records only."""
+    best, since = -np.inf, 0
+    for d in grid:
+        if d not in done:
+            return d
+        acc = done[d]["val_accuracy"]
+        if acc > best:
+            best, since = acc, 0
+        else:
+            since += 1
+            if since >= patience:
+                return None
+    return None
+
+
+def best_record(records: list[dict]) -> dict:
+    """Highest validation accuracy; ties go to the lower validation loss, then to more frozen layers
+    (cheaper to fine-tune and to cache)."""
+    return max(records, key=lambda r: (r["val_accuracy"], -r["val_loss"], r["frozen"]))
+
+
+class EpochLog(keras.callbacks.Callback):
+    def __init__(self, label: str, epochs: int):
+        super().__init__()
+        self.label, self.epochs, self.t0 = label, epochs, time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        el = time.monotonic() - self.t0
+        eta = el / (epoch + 1) * (self.epochs - epoch - 1)
+        say(f"  {self.label} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.3f} "
+            f"acc {logs.get('accuracy', float('nan')):.3f} val_acc {logs.get('val_accuracy', float('nan')):.3f} "
+            f"({el:.0f}s, at most {eta:.0f}s left)")
+
+
+def strategy():
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def run_trial(cfg: RunConfig, images: np.ndarray, split: SplitRows, n_classes: int, frozen: int, seed: int,
+              init_model=None, label: str = "", verbose: bool = True) -> tuple[Any, dict]:
+    s1 = cfg.stage1
+    t0 = time.monotonic()
+    keras.utils.set_random_seed(seed)
+    with strategy().scope():
+        model = init_model if init_model is not None else build_classifier(
+            cfg.model, cfg.data.image_size, n_classes, cfg.data.scaling,
+            calibration_images=gather_array(images, split.train[:64]))
+        freeze(model, frozen)
+        compile_for_training(model, s1.learning_rate)
+    train = make_dataset(images, split.train, split.y_train, s1.batch_size, shuffle=True, seed=seed)
+    val = make_dataset(images, split.val, split.y_val, s1.batch_size)
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=s1.early_stopping_patience,
+                                               restore_best_weights=True)]
+    if verbose:
+        callbacks.append(EpochLog(label, s1.epochs))
+    hist = model.fit(train, validation_data=val, epochs=s1.epochs, verbose=0, callbacks=callbacks,
+                     class_weight=balanced_class_weights(split.y_train, n_classes))
+    h = hist.history
+    best_epoch = int(np.argmin(h["val_loss"]))
+    record = {
+        "size": int(len(split.train) + len(split.val)), "frozen": int(frozen), "seed": int(seed),
+        "mode": s1.mode,
+        "val_accuracy": float(h["val_accuracy"][best_epoch]), "val_loss": float(h["val_loss"][best_epoch]),
+        "train_accuracy": float(h["accuracy"][best_epoch]), "train_loss": float(h["loss"][best_epoch]),
+        "epochs": len(h["loss"]), "best_epoch": best_epoch + 1,
+        "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "n_train": int(len(split.train)), "n_val": int(len(split.val)),
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+    return model, record
+
+
+def sweep_size(cfg: RunConfig, store: RunStore, images: np.ndarray, split: SplitRows, size: int,
+               n_classes: int, seed: int, on_trial: Callable[[dict], None] | None = None) -> dict:
+    """Run (or resume) the unfreezing sweep for one bridge size; returns the best record."""
+    n_layers = _n_base_layers(cfg)
+    grid = depth_grid(cfg, n_layers)
+    while True:
+        done = {r["frozen"]: r for r in store.trials() if r["size"] == size and r["seed"] == seed}
+        depth = next_depth(grid, done, cfg.stage1.patience)
+        if depth is None:
+            break
+        init = None
+        if cfg.stage1.mode == "continue" and done:
+            last = min(done)  # the deepest unfreezing done so far is where the model continues from
+            init = load_classifier(_state_path(store, size, last, seed))
+        label = f"size {size} frozen {depth}"
+        say(f"trial: {label} (seed {seed}, {len(done) + 1} of at most {len(grid)} for this size)")
+        model, rec = run_trial(cfg, images, split, n_classes, depth, seed, init, label)
+        rec["size"] = int(size)
+        prev_best = best_record(list(done.values())) if done else None
+        is_best = prev_best is None or best_record([prev_best, rec]) is rec
+        if cfg.stage1.mode == "continue":
+            save_model_atomic(model, _state_path(store, size, depth, seed))
+        if is_best:
+            save_model_atomic(model, store.stage1_model(size, depth, seed))
+        store.add_trial(rec)
+        _cleanup(store, size, seed, keep_best=best_record(list(done.values()) + [rec])["frozen"],
+                 keep_state=depth if cfg.stage1.mode == "continue" else None)
+        say(f"  -> val_acc {rec['val_accuracy']:.3f} val_loss {rec['val_loss']:.3f} in {rec['seconds']:.0f}s"
+            + ("  (best so far)" if is_best else ""))
+        if on_trial:
+            on_trial(rec)
+        keras.backend.clear_session()
+    records = [r for r in store.trials() if r["size"] == size and r["seed"] == seed]
+    return best_record(records)
+
+
+def ensure_best_model(cfg: RunConfig, store: RunStore, images, split: SplitRows, size: int, n_classes: int,
+                      seed: int) -> str:
+    """Path of the best stage-1 model for a size; retrains its trial if the file went missing."""
+    records = [r for r in store.trials() if r["size"] == size and r["seed"] == seed]
+    best = best_record(records)
+    path = store.stage1_model(size, best["frozen"], seed)
+    if not path.exists():
+        if cfg.stage1.mode == "continue":
+            raise FileNotFoundError(f"{path} is missing and a continue-mode model cannot be re-trained alone; "
+                                    "rerun with --restart")
+        say(f"stage-1 model {path} missing: re-training its trial")
+        model, _ = run_trial(cfg, images, split, n_classes, best["frozen"], seed, label=f"size {size} (rebuild)")
+        save_model_atomic(model, path)
+    return str(path)
+
+
+def _state_path(store: RunStore, size: int, frozen: int, seed: int):
+    return store.stage1_model(size, frozen, seed).with_name(f"state-{frozen}.keras")
+
+
+def _cleanup(store: RunStore, size: int, seed: int, keep_best: int, keep_state: int | None) -> None:
+    folder = store.stage1_model(size, keep_best, seed).parent
+    for p in folder.glob("*.keras"):
+        if p.name.startswith("frozen-") and p.name != f"frozen-{keep_best}.keras":
+            p.unlink(missing_ok=True)
+        elif p.name.startswith("state-") and p.name != f"state-{keep_state}.keras":
+            p.unlink(missing_ok=True)
+
+
+def _n_base_layers(cfg: RunConfig) -> int:
+    # MobileNetV2 has the same 154 layers at every width; building it would cost a second.
+    return 154

@@ -1,0 +1,122 @@
+"""Stage 2: everything frozen, the head replaced by a new binary one, only the head trains.
+
+Since nothing below the head changes, the cached path computes each target image's pooled features
+once and trains the head on them; ``cache=False`` trains the same head through the whole network
+(same seed, same data order, same result - up to float rounding).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..config import RunConfig
+from ..data.pipeline import gather_array, make_dataset
+from ..metrics import classification_report
+from ..model import POOL_NAME, build_classifier, compile_for_training, load_classifier, with_new_head
+from ..tf_env import keras, tf
+from .prepare import TargetSplits
+
+
+class StopAtTrainAccuracy(keras.callbacks.Callback):
+    """Stop as soon as an epoch's training accuracy reaches the threshold (the paper's rule)."""
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        self.threshold = threshold
+        self.reached_at: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (logs or {}).get("accuracy", 0.0) >= self.threshold:
+            self.reached_at = epoch + 1
+            self.model.stop_training = True
+
+
+def _features(model, images: np.ndarray, rows: np.ndarray, batch: int = 64) -> np.ndarray:
+    extractor = keras.Model(model.inputs, model.get_layer(POOL_NAME).output)
+    ds = make_dataset(images, rows, np.zeros(len(rows), np.int64), batch).map(lambda x, y: x)
+    return extractor.predict(ds, verbose=0)
+
+
+def _head_model(model, dim: int):
+    """A model of just the new head, sharing its layers (and so its weights) with ``model``."""
+    x = inp = keras.Input((dim,), name="features")
+    for layer in model.layers:
+        if layer.name.startswith("target_head"):
+            x = layer(x)
+    return keras.Model(inp, x)
+
+
+def train_stage2(cfg: RunConfig, images: np.ndarray, t: TargetSplits, seed: int, stage1_path: str | None,
+                 cache: bool = True) -> tuple[Any, dict]:
+    """Train the binary head on the target; returns (complete classifier, record)."""
+    s2 = cfg.stage2
+    t0 = time.monotonic()
+    keras.utils.set_random_seed(seed)
+    source = (load_classifier(stage1_path) if stage1_path else
+              build_classifier(cfg.model, cfg.data.image_size, 2, cfg.data.scaling,
+                               calibration_images=gather_array(images, t.train[:64])))
+    model = with_new_head(source, 2, cfg.model.dropout)
+    stop = StopAtTrainAccuracy(s2.stop_train_accuracy)
+    if cache:
+        f_train = _features(model, images, t.train)
+        head = _head_model(model, f_train.shape[1])
+        compile_for_training(head, s2.learning_rate)
+        ds = tf.data.Dataset.from_tensor_slices((f_train, t.y_train)).shuffle(len(f_train), seed=seed).batch(s2.batch_size)
+        hist = head.fit(ds, epochs=s2.max_epochs, verbose=0, callbacks=[stop])
+        p_val = head.predict(_features(model, images, t.val), verbose=0)
+        p_test = head.predict(_features(model, images, t.test), verbose=0)
+    else:
+        compile_for_training(model, s2.learning_rate)
+        ds = make_dataset(images, t.train, t.y_train, s2.batch_size, shuffle=True, seed=seed)
+        hist = model.fit(ds, epochs=s2.max_epochs, verbose=0, callbacks=[stop])
+        p_val = model.predict(make_dataset(images, t.val, t.y_val, 64), verbose=0)
+        p_test = model.predict(make_dataset(images, t.test, t.y_test, 64), verbose=0)
+    names = t.mapping.names
+    test = classification_report(t.y_test, p_test, names)
+    val = classification_report(t.y_val, p_val, names)
+    h = hist.history
+    record = {
+        "seed": int(seed),
+        "accuracy": test["accuracy"], "ci_low": test["ci_low"], "ci_high": test["ci_high"],
+        "sensitivity": test["sensitivity"], "specificity": test["specificity"], "roc_auc": test["roc_auc"],
+        "balanced_accuracy": test["balanced_accuracy"], "ece": test["ece"],
+        "confusion_matrix": test["confusion_matrix"], "n_test": test["n"],
+        "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"], "n_val": val["n"],
+        "train_accuracy": float(h["accuracy"][-1]), "epochs": len(h["accuracy"]),
+        "stopped_at_threshold": stop.reached_at is not None,
+        "classes": names, "embedding_cache": bool(cache),
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+    return model, record
+
+
+def choose_deployable(records: list[dict]) -> dict:
+    """Pick the stage-2 model to deploy on the *validation* split (the test split only reports):
+    highest mean validation accuracy over seeds, then validation AUC, then the smaller bridge."""
+    by_size: dict[int, list[dict]] = {}
+    for r in records:
+        if r["size"] > 0:
+            by_size.setdefault(r["size"], []).append(r)
+    if not by_size:
+        raise ValueError("no stage-2 result for any bridge size yet")
+
+    def key(size):
+        rs = by_size[size]
+        return (np.mean([r["val_accuracy"] for r in rs]), np.mean([r["val_roc_auc"] or 0 for r in rs]), -size)
+
+    size = max(by_size, key=key)
+    best_seed = max(by_size[size], key=lambda r: (r["val_accuracy"], r["val_roc_auc"] or 0))
+    control = [r for r in records if r["size"] == 0]
+    mean_val = float(np.mean([r["val_accuracy"] for r in by_size[size]]))
+    why = (f"highest mean validation accuracy ({mean_val:.3f} over {len(by_size[size])} seed(s)) among "
+           f"{len(by_size)} bridge size(s); ties broken by validation ROC AUC, then the smaller bridge")
+    out = {"size": size, "seed": best_seed["seed"], "val_accuracy": mean_val, "why": why,
+           "model": best_seed.get("model")}
+    if control:
+        cv = float(np.mean([r["val_accuracy"] for r in control]))
+        out["control_val_accuracy"] = cv
+        out["beats_control"] = mean_val > cv
+    return out
