@@ -35,6 +35,16 @@ class ImageError(ValueError):
         self.reason = reason
 
 
+def failure_reason(exc: BaseException) -> str:
+    """A one-line, user-facing reason for a Pillow decode failure."""
+    msg = str(exc)
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"refused as a decompression bomb ({msg})"
+    if "truncated" in msg.lower():
+        return "truncated image data (the file is incomplete; re-download or remove it)"
+    return f"corrupt image data ({msg})"
+
+
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
@@ -80,14 +90,12 @@ def open_image(source: Source, name: str | None = None, max_pixels: int | None =
         return img
     except ImageError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageError(label, f"refused as a decompression bomb ({e})") from None
     except UnidentifiedImageError:
         raise ImageError(label, "not an image Pillow can read") from None
     except FileNotFoundError:
         raise ImageError(label, "file not found") from None
-    except OSError as e:
-        raise ImageError(label, f"cannot open ({e})") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(label, failure_reason(e)) from None
 
 
 def load_image(source: Source, size: int, method: str = "bilinear", name: str | None = None,
@@ -108,18 +116,22 @@ def load_image(source: Source, size: int, method: str = "bilinear", name: str | 
         if img.size != (size, size):
             img = img.resize((size, size), _RESAMPLE[method])
         arr = np.asarray(img, dtype=np.uint8)
-    except Image.DecompressionBombError as e:
-        raise ImageError(label, f"refused as a decompression bomb ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        msg = str(e)
-        if "truncated" in msg:
-            reason = "truncated image data (the file is incomplete; re-download or remove it)"
-        else:
-            reason = f"corrupt image data ({msg})"
-        raise ImageError(label, reason) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(label, failure_reason(e)) from None
     if arr.shape != (size, size, 3):
         raise ImageError(label, f"decoded to unexpected shape {arr.shape}")
     return arr
+
+
+def verify_image(path: str) -> str | None:
+    """None when the file decodes completely, else the reason it does not."""
+    try:
+        open_image(path).load()
+        return None
+    except ImageError as e:
+        return e.reason
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return failure_reason(e)
 
 
 def resize_array(arr: np.ndarray, size: int, method: str = "bilinear") -> np.ndarray:

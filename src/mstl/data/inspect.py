@@ -7,28 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from ..progress import progress_bar
-from .images import ImageError, open_image
+from .images import verify_image
 from .sources import DatasetIndex, Skipped, index_dataset
-
-
-def _verify(path: str) -> str | None:
-    """None when the file decodes completely, else the reason it does not."""
-    try:
-        img = open_image(path)
-        img.load()
-        return None
-    except ImageError as e:
-        return e.reason
-    except Image.DecompressionBombError as e:
-        return f"refused as a decompression bomb ({e})"
-    except (OSError, SyntaxError, ValueError) as e:
-        msg = str(e)
-        if "truncated" in msg:
-            return "truncated image data (the file is incomplete; re-download or remove it)"
-        return f"corrupt image data ({msg})"
 
 
 def inspect_source(path: str | os.PathLike, quiet: bool = False, workers: int | None = None) -> tuple[DatasetIndex, dict[str, Any]]:
@@ -38,7 +19,7 @@ def inspect_source(path: str | os.PathLike, quiet: bool = False, workers: int | 
     if index.layout != "medmnist":
         workers = workers or min(8, (os.cpu_count() or 2) + 1)
         with ThreadPoolExecutor(workers) as pool, progress_bar(f"decoding {len(index)} files", len(index), quiet) as adv:
-            for i, reason in enumerate(pool.map(_verify, index.paths)):
+            for i, reason in enumerate(pool.map(verify_image, index.paths)):
                 if reason is not None:
                     keep[i] = False
                     bad.append(Skipped(index.paths[i], reason))
