@@ -199,7 +199,7 @@ def preset(name: str) -> RunConfig:
             ),
             stage2=Stage2Config(target_size=60, batch_size=8, max_epochs=3, learning_rate=1e-3),
             demo_bridge_per_class=16,
-            demo_target_per_class=20,
+            demo_target_per_class=40,
         )
     raise ValueError(f"unknown preset {name!r}: choose paper, demo or smoke")
 

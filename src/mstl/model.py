@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .config import ModelConfig
 from .tf_env import keras
 
 WEIGHTS_ENV = "MSTL_WEIGHTS"
+DEAD_CHANNEL_VARIANCE = 1e-3
 BASE_NAME = "base"
 POOL_NAME = "pool"
 
@@ -90,6 +93,10 @@ def calibrate_batchnorm(base: "keras.Model", x) -> None:
     base(x, training=True)
     for l, m in zip(bns, saved):
         l.momentum = m
+        # Channels that are (nearly) constant on the batch would be scaled up ~30x: harmless in float,
+        # but they multiply int8 rounding noise just as much. Leave them unscaled.
+        var = l.moving_variance.numpy()
+        l.moving_variance.assign(np.where(var < DEAD_CHANNEL_VARIANCE, 1.0, var).astype(var.dtype))
 
 
 def build_classifier(cfg: ModelConfig, image_size: int, n_classes: int, scaling: str,

@@ -49,7 +49,6 @@ class TargetSplits:
     y_val: np.ndarray
     y_test: np.ndarray
     mapping: ClassMapping
-    test_paths: list[str]
 
 
 def demo_paths(cfg: RunConfig) -> tuple[str, str]:
@@ -115,9 +114,7 @@ def target_splits(src: Source, cfg: RunConfig) -> TargetSplits:
     tr_pos, va_pos = rest_pos[tr], rest_pos[va]
     y = mapping.apply(src.labels)
     return TargetSplits(
-        src.rows[tr_pos], src.rows[va_pos], src.rows[test_pos], y[tr_pos], y[va_pos], y[test_pos], mapping,
-        [src.index.paths[r] for r in src.rows[test_pos]],
-    )
+        src.rows[tr_pos], src.rows[va_pos], src.rows[test_pos], y[tr_pos], y[va_pos], y[test_pos], mapping)
 
 
 def data_fingerprint(bridge: Source, target: Source) -> str:
@@ -125,6 +122,9 @@ def data_fingerprint(bridge: Source, target: Source) -> str:
 
 
 def write_split_files(run_dir: Path, t: TargetSplits, src: Source) -> None:
-    """The target test split as a file list, so that export and bench can find the same images."""
-    lines = [f"{src.index.paths[r]}\t{int(y)}" for r, y in zip(t.test, t.y_test)]
-    (run_dir / "target_test.tsv").write_text("\n".join(lines) + "\n")
+    """The target's test and training splits as labelled file lists (binary labels), so that export
+    (calibration, verification) and bench (accuracy) use exactly the run's images."""
+    from ..data.filelist import source_ref, write_list
+    for name, rows, y in (("target_test.tsv", t.test, t.y_test), ("target_train.tsv", t.train, t.y_train)):
+        write_list(run_dir / name, [source_ref(src.index, int(r)) for r in rows], y)
+    (run_dir / "labels.txt").write_text("\n".join(t.mapping.names) + "\n")

@@ -1,0 +1,94 @@
+"""mstl-export: the winning Keras model to LiteRT and ONNX, each verified against the Keras model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..formats import IO_TYPES, select
+from ..progress import say
+from .common import UserError, friendly
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+@friendly
+def export(
+    run_dir: Path = typer.Argument(Path("runs/latest"), help="run directory (default runs/latest)"),
+    format: str = typer.Option("tflite,onnx", "--format", help="comma-separated: tflite, onnx"),
+    int8: bool = typer.Option(False, "--int8", help="add full-integer TFLite and static int8 (QDQ) ONNX"),
+    fp16: bool = typer.Option(False, "--fp16", help="add float16 TFLite"),
+    dynamic: bool = typer.Option(False, "--dynamic", help="add dynamic-range TFLite (slower than fp32 on x86)"),
+    model: Optional[Path] = typer.Option(None, help="any .keras classifier instead of the run's chosen one"),
+    data: Optional[Path] = typer.Option(None, help="labelled image folder for calibration and verification "
+                                        "(needed with --model outside a run dir)"),
+    labels: Optional[str] = typer.Option(None, help="comma-separated class names for --model outside a run"),
+    image_size: Optional[int] = typer.Option(None, help="with --model outside a run: resize to this (default: the model's input)"),
+    calibration: Optional[int] = typer.Option(None, help="calibration images for int8 (default 300)"),
+    io: Optional[str] = typer.Option(None, help=f"int8 TFLite input/output type: {' | '.join(IO_TYPES)} (default uint8)"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default RUN_DIR/exports)"),
+    min_float: float = typer.Option(0.999, help="agreement threshold for float forms"),
+    min_int8: float = typer.Option(0.98, help="agreement threshold for int8 and dynamic forms"),
+):
+    """Export to .tflite / .onnx, verify each artifact in its own runtime, write cards and a manifest."""
+    if io is not None and io not in IO_TYPES:
+        raise UserError(f"--io must be one of {', '.join(IO_TYPES)}, got {io!r}")
+    flags = {f for f, on in (("int8", int8), ("fp16", fp16), ("dynamic", dynamic)) if on}
+    formats = select([f.strip() for f in format.split(",") if f.strip()], flags,
+                     {"io": io, "calibration": calibration})
+    thresholds = {"fp32": min_float, "fp16": min_float, "dynamic": min_int8, "int8": min_int8}
+    from ..export.run import job_from_run, run_export
+    if (run_dir / "config.json").exists() and data is None:
+        job = job_from_run(run_dir, formats, out, model, calibration or 300, io or "uint8", thresholds)
+    else:
+        job = _standalone_job(run_dir, model, data, labels, image_size, formats, out, calibration or 300,
+                              io or "uint8", thresholds)
+    manifest = run_export(job)
+    say("")
+    say(f"{'artifact':<28} {'size MB':>8} {'agreement':>10} {'compared':>9} {'max|diff|':>10} {'time s':>7}  status")
+    failed = []
+    for a in manifest["artifacts"]:
+        agree = "-" if a["agreement"] is None else f"{100 * a['agreement']:.1f}%"
+        size = "-" if a["size_bytes"] is None else f"{a['size_bytes'] / 1e6:.2f}"
+        diff = "-" if a["max_abs_diff"] is None else f"{a['max_abs_diff']:.4f}"
+        say(f"{a['name']:<28} {size:>8} {agree:>10} {a['n_compared']:>9} {diff:>10} {a.get('export_seconds', 0):>7.1f}  {a['status']}")
+        if a["status"] != "ok":
+            failed.append(f"{a['name']}: {a.get('reason') or a.get('error')}")
+    say(f"manifest: {job.out_dir / 'manifest.json'}")
+    if failed:
+        raise UserError("verification failed for " + "; ".join(failed))
+
+
+def _standalone_job(run_dir, model, data, labels, image_size, formats, out, calibration, io, thresholds):
+    from ..data.filelist import labelled_folder
+    from ..export.run import ExportJob
+    from ..model import load_classifier
+    if model is None:
+        if not run_dir.exists():
+            raise UserError(f"{run_dir}: no such run directory; train first (mstl-train full) or pass --model FILE --data DIR")
+        raise UserError(f"{run_dir}: not a run directory (no config.json); pass --model FILE --data DIR")
+    if data is None:
+        raise UserError("--model outside a run needs --data DIR: labelled images to calibrate and verify on")
+    sources, y, classes = labelled_folder(data)
+    m = load_classifier(model)
+    names = [s.strip() for s in labels.split(",")] if labels else None
+    n_out = int(m.output_shape[-1])
+    if names is None:
+        names = classes if len(classes) == n_out else [f"class_{i}" for i in range(n_out)]
+    size = image_size or int(m.input_shape[1])
+    return ExportJob(model_path=model, out_dir=out or model.parent / "exports", formats=formats, labels=names,
+                     image_size=size, resize_method="bilinear", scaling="inside the model",
+                     verify_sources=sources, calibration_sources=sources, calibration_labels=y,
+                     calibration_n=calibration, io=io, thresholds=thresholds,
+                     source={"model": str(model), "data": str(data)})
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Labelled image lists shared by train (writes them), export and bench (read them): one
+``<source>\t<label>`` per line, where a source is a file path or ``npz:<file>:<split>:<i>``.
+Decoding goes through the edge code path (Pillow), exactly as a device would feed a model."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .images import load_image, resize_array
+from .sources import DatasetIndex, index_dataset
+
+
+def write_list(path: Path, sources: list[str], labels) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(f"{s}\t{int(y)}\n" for s, y in zip(sources, labels)))
+    os.replace(tmp, path)
+
+
+def read_list(path: Path) -> tuple[list[str], np.ndarray]:
+    sources, labels = [], []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            s, y = line.rsplit("\t", 1)
+            sources.append(s)
+            labels.append(int(y))
+    return sources, np.asarray(labels, dtype=np.int64)
+
+
+def source_ref(index: DatasetIndex, i: int) -> str:
+    p = index.paths[i]
+    return f"npz:{index.root}:{p.split(':', 1)[1]}" if p.startswith("npz:") else p
+
+
+def load_sources(sources: list[str], size: int, method: str, workers: int = 4) -> np.ndarray:
+    """Decode a list of sources to an (N, size, size, 3) uint8 array."""
+    npz: dict[str, object] = {}
+
+    def one(ref: str) -> np.ndarray:
+        if ref.startswith("npz:"):
+            _, file, split, i = ref.rsplit(":", 3)
+            if file not in npz:
+                with np.load(file) as z:
+                    npz[file] = {k: z[k] for k in z.files if k.endswith("_images")}
+            return resize_array(npz[file][f"{split}_images"][int(i)], size, method)
+        return load_image(ref, size, method)
+
+    if any(s.startswith("npz:") for s in sources):
+        return np.stack([one(s) for s in sources]) if sources else np.zeros((0, size, size, 3), np.uint8)
+    with ThreadPoolExecutor(workers) as pool:
+        arrs = list(pool.map(one, sources))
+    return np.stack(arrs) if arrs else np.zeros((0, size, size, 3), np.uint8)
+
+
+def labelled_folder(path: str | os.PathLike) -> tuple[list[str], np.ndarray, list[str]]:
+    """All images of a labelled dataset folder (any layout), as (sources, labels, class names)."""
+    index = index_dataset(path)
+    return [source_ref(index, i) for i in range(len(index))], index.labels, index.classes

@@ -1,0 +1,81 @@
+"""ONNX builders: tf2onnx for float32, ONNX Runtime static quantization (QDQ, u8 activations / s8
+weights, per tensor: the fast form on x86 and ARM, STACK.md) for int8."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..tf_env import tf
+
+OPSET = 17
+INPUT_NAME = "input"
+
+
+def _fp32_proto(model):
+    import tf2onnx
+
+    size = int(model.input_shape[1])
+    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name=INPUT_NAME),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
+    return proto
+
+
+def build_fp32(model, workdir: Path, **_) -> bytes:
+    return _fp32_proto(model).SerializeToString()
+
+
+def build_int8(model, workdir: Path, calibration: np.ndarray, **_) -> bytes:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32 = workdir / "model-fp32.onnx"
+    fp32.write_bytes(build_fp32(model, workdir))
+    pre = workdir / "model-pre.onnx"
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    cal = np.asarray(calibration, dtype=np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(cal):
+                return None
+            self.i += 1
+            return {INPUT_NAME: cal[self.i - 1:self.i]}
+
+    out = workdir / "model-int8.onnx"
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False)
+    return out.read_bytes()
+
+
+def embed_metadata(data: bytes, card: dict) -> bytes:
+    """Labels and preprocessing into the model's metadata_props."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    del proto.metadata_props[:]
+    for key, value in (("mstl_card", json.dumps(card, sort_keys=True)), ("labels", json.dumps(card["labels"])),
+                       ("preprocessing", json.dumps(card["input"], sort_keys=True))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()
+
+
+def read_metadata(path: str | Path) -> dict | None:
+    import onnx
+
+    for p in onnx.load(str(path)).metadata_props:
+        if p.key == "mstl_card":
+            return json.loads(p.value)
+    return None
+
+
+def op_types(path: str | Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path)).graph.node}

@@ -1,0 +1,101 @@
+"""TFLite (LiteRT) builders, through a SavedModel (the quiet, reliable route with Keras 3: STACK.md)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..tf_env import tf
+
+
+def _converter(model, workdir: Path):
+    saved = workdir / "saved_model"
+    if not saved.exists():
+        model.export(str(saved), format="tf_saved_model", verbose=False)
+    return tf.lite.TFLiteConverter.from_saved_model(str(saved))
+
+
+def _convert(model, workdir: Path, configure=None) -> bytes:
+    conv = _converter(model, workdir)
+    if configure:
+        configure(conv)
+    return conv.convert()
+
+
+def build_fp32(model, workdir: Path, **_) -> bytes:
+    return _convert(model, workdir)
+
+
+def build_fp16(model, workdir: Path, **_) -> bytes:
+    def cfg(c):
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.target_spec.supported_types = [tf.float16]
+    return _convert(model, workdir, cfg)
+
+
+def build_dynamic(model, workdir: Path, **_) -> bytes:
+    def cfg(c):
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+    return _convert(model, workdir, cfg)
+
+
+def build_int8(model, workdir: Path, calibration: np.ndarray, io: str = "uint8", **_) -> bytes:
+    """Full integer. Scaling lives inside the graph and calibration uses raw 0..255 pixels, so a uint8
+    input takes raw pixels directly (scale 1, zero point 0)."""
+    cal = np.asarray(calibration, dtype=np.float32)
+
+    def representative():
+        for i in range(len(cal)):
+            yield [cal[i:i + 1]]
+
+    def cfg(c):
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.representative_dataset = representative
+        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io != "float":
+            c.inference_input_type = tf.uint8 if io == "uint8" else tf.int8
+            c.inference_output_type = tf.uint8 if io == "uint8" else tf.int8
+    return _convert(model, workdir, cfg)
+
+
+def embed_metadata(data: bytes, card: dict) -> bytes:
+    """Store the model card (labels, preprocessing) in the TFLite metadata table as 'mstl_card'."""
+    from tensorflow.lite.python import schema_py_generated as schema_fb
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model_from_bytearray(bytearray(data))
+    buf = schema_fb.BufferT()
+    buf.data = np.frombuffer(json.dumps(card, sort_keys=True).encode(), dtype=np.uint8)
+    model.buffers.append(buf)
+    meta = schema_fb.MetadataT()
+    meta.name = "mstl_card"
+    meta.buffer = len(model.buffers) - 1
+    model.metadata = list(model.metadata or []) + [meta]
+    return bytes(fbu.convert_object_to_bytearray(model))
+
+
+def read_metadata(path: str | Path) -> dict | None:
+    """The embedded card, read back with the flatbuffer schema (used by tests and `mstl-export`)."""
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model_from_bytearray(bytearray(Path(path).read_bytes()))
+    for m in model.metadata or []:
+        name = m.name.decode() if isinstance(m.name, bytes) else m.name
+        if name == "mstl_card":
+            return json.loads(bytes(model.buffers[m.buffer].data).decode())
+    return None
+
+
+def tensor_types(path: str | Path) -> set[str]:
+    """Names of the tensor types in a TFLite file (e.g. {'INT8', 'UINT8', 'INT32'})."""
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model_from_bytearray(bytearray(Path(path).read_bytes()))
+    return {fbu.type_to_name(t.type) for sg in model.subgraphs for t in sg.tensors}
+
+
+def workdir():
+    return tempfile.TemporaryDirectory(prefix="mstl-tflite-")

@@ -1,0 +1,86 @@
+"""The one table of export formats. It drives export, argument checks, verification, the bench and
+the parametrized tests. Importable without TensorFlow: builders are named, and imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+IO_TYPES = ("uint8", "int8", "float")
+
+
+@dataclass(frozen=True)
+class Format:
+    key: str  # "tflite-int8"
+    format: str  # "tflite" | "onnx"
+    precision: str  # "fp32" | "fp16" | "dynamic" | "int8"
+    flag: str | None  # the mstl-export flag that adds it; None = always exported (the reference)
+    options: tuple[str, ...]  # export options it accepts
+    builder: str  # "module:function", imported lazily (needs TensorFlow)
+    runtime: str  # "litert" | "onnxruntime"
+    min_agreement: float  # verification threshold on top-1 agreement with the Keras model
+    note: str = ""
+
+    @property
+    def suffix(self) -> str:
+        return f".{self.format}"
+
+    def filename(self, stem: str) -> str:
+        return f"{stem}-{self.precision}{self.suffix}"
+
+    def load_module(self):
+        return importlib.import_module(self.builder.split(":")[0])
+
+    def load_builder(self) -> Callable:
+        return getattr(self.load_module(), self.builder.split(":")[1])
+
+
+FORMATS: tuple[Format, ...] = (
+    Format("tflite-fp32", "tflite", "fp32", None, (), "mstl.export.tflite:build_fp32", "litert", 0.999),
+    Format("tflite-fp16", "tflite", "fp16", "fp16", (), "mstl.export.tflite:build_fp16", "litert", 0.999,
+           "float16 weights, float32 compute on CPU"),
+    Format("tflite-dynamic", "tflite", "dynamic", "dynamic", (), "mstl.export.tflite:build_dynamic", "litert", 0.98,
+           "int8 weights, float activations: often SLOWER than fp32 on x86"),
+    Format("tflite-int8", "tflite", "int8", "int8", ("io", "calibration"), "mstl.export.tflite:build_int8", "litert",
+           0.98, "full integer: int8 weights and activations"),
+    Format("onnx-fp32", "onnx", "fp32", None, (), "mstl.export.onnx:build_fp32", "onnxruntime", 0.999),
+    Format("onnx-int8", "onnx", "int8", "int8", ("calibration",), "mstl.export.onnx:build_int8", "onnxruntime", 0.98,
+           "static QDQ, uint8 activations / int8 weights"),
+)
+
+FORMAT_NAMES = ("tflite", "onnx")
+
+
+def by_key(key: str) -> Format:
+    for f in FORMATS:
+        if f.key == key:
+            return f
+    raise KeyError(f"unknown format {key!r}; known: {', '.join(f.key for f in FORMATS)}")
+
+
+def for_file(path: str) -> str:
+    """The format family of an artifact file, from its suffix."""
+    for fam in ("tflite", "onnx", "keras"):
+        if str(path).endswith(f".{fam}"):
+            return fam
+    raise ValueError(f"{path}: unknown artifact type (expected .tflite, .onnx or .keras)")
+
+
+def select(formats: list[str], flags: set[str], options: dict[str, object] | None = None) -> list[Format]:
+    """The formats an export produces: the fp32 reference of each family, plus the flagged forms.
+    Raises ValueError for an unknown family or an option that no selected format accepts."""
+    unknown = [f for f in formats if f not in FORMAT_NAMES]
+    if unknown:
+        raise ValueError(f"unknown format(s) {unknown}: choose from {', '.join(FORMAT_NAMES)}")
+    chosen = [f for f in FORMATS if f.format in formats and (f.flag is None or f.flag in flags)]
+    for flag in flags:
+        if not any(f.flag == flag for f in chosen):
+            fams = sorted({f.format for f in FORMATS if f.flag == flag})
+            raise ValueError(f"--{flag} applies to {', '.join(fams)} only, which is not among --format {','.join(formats)}")
+    for opt, value in (options or {}).items():
+        if value is not None and not any(opt in f.options for f in chosen):
+            takers = [f.key for f in FORMATS if opt in f.options]
+            raise ValueError(f"--{opt} is only accepted by {', '.join(takers)}; add the flag that exports one of them")
+    return chosen

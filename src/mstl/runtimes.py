@@ -1,0 +1,180 @@
+"""On-device runtimes behind one small interface: LiteRT for .tflite, ONNX Runtime for .onnx, and
+Keras for .keras (only where TensorFlow is installed). No TensorFlow import here: a board has none.
+
+Every runtime takes raw RGB pixels (uint8, N x H x W x 3) - the exported graphs carry their own
+scaling - quantizes them when the model's input is integer, and returns float probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .formats import for_file
+
+
+class RuntimeError_(RuntimeError):
+    """An artifact that cannot be loaded or run, with the file and the reason."""
+
+
+@dataclass
+class Quant:
+    scale: float
+    zero_point: int
+
+    def quantize(self, x: np.ndarray, dtype) -> np.ndarray:
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(x / self.scale + self.zero_point), info.min, info.max).astype(dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return (q.astype(np.float32) - self.zero_point) * self.scale
+
+
+class Runtime:
+    format: str = ""
+    name: str = ""
+    version: str = ""
+    xnnpack: bool | None = None
+    input_shape: tuple[int, ...] = ()
+    input_dtype: np.dtype = np.dtype(np.float32)
+    input_quant: Quant | None = None
+    output_quant: Quant | None = None
+
+    @property
+    def image_size(self) -> int:
+        return int(self.input_shape[1])
+
+    def prepare(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw uint8 pixels (H x W x 3 or N x H x W x 3) -> what the model's input takes, batch 1 each."""
+        x = np.asarray(pixels)
+        if x.ndim == 3:
+            x = x[None]
+        if np.issubdtype(self.input_dtype, np.integer):
+            if self.input_quant and (self.input_quant.scale != 1.0 or self.input_quant.zero_point != 0 or x.dtype != self.input_dtype):
+                return self.input_quant.quantize(x.astype(np.float32), self.input_dtype)
+            return x.astype(self.input_dtype, copy=False)
+        return x.astype(np.float32)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """One prepared batch-1 input -> raw output (the timed call)."""
+        raise NotImplementedError
+
+    def output_probs(self, raw: np.ndarray) -> np.ndarray:
+        out = self.output_quant.dequantize(raw) if self.output_quant else raw.astype(np.float32)
+        return out.reshape(out.shape[0], -1)
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities for a batch of raw images, fed one at a time as a device would."""
+        x = self.prepare(pixels)
+        return np.concatenate([self.output_probs(self.run(x[i:i + 1])) for i in range(len(x))])
+
+
+class LiteRTRuntime(Runtime):
+    format = "tflite"
+
+    def __init__(self, path: str, threads: int = 1):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+            import ai_edge_litert
+            self.name, self.version = "LiteRT", getattr(ai_edge_litert, "__version__", _pkg_version("ai-edge-litert"))
+        except ImportError:  # old boards: the deprecated tflite-runtime has the same API
+            from tflite_runtime.interpreter import Interpreter  # type: ignore
+            self.name, self.version = "tflite-runtime", _pkg_version("tflite-runtime")
+        try:
+            self.interp = Interpreter(model_path=str(path), num_threads=threads)
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise RuntimeError_(f"{path}: LiteRT cannot load it ({str(e).splitlines()[0]})") from None
+        # The default op resolver applies the XNNPACK delegate on CPU.
+        self.xnnpack = True
+        inp = self.interp.get_input_details()[0]
+        out = self.interp.get_output_details()[0]
+        self._in, self._out = inp["index"], out["index"]
+        self.input_shape = tuple(int(v) for v in inp["shape"])
+        self.input_dtype = np.dtype(inp["dtype"])
+        self.input_quant = _quant(inp)
+        self.output_quant = _quant(out) if np.issubdtype(np.dtype(out["dtype"]), np.integer) else None
+        self._set, self._invoke, self._get = self.interp.set_tensor, self.interp.invoke, self.interp.get_tensor
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self._set(self._in, x)
+        self._invoke()
+        return self._get(self._out)
+
+
+class OnnxRuntime(Runtime):
+    format = "onnx"
+
+    def __init__(self, path: str, threads: int = 1):
+        import onnxruntime as ort
+        self.name, self.version = "ONNX Runtime", ort.__version__
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        try:
+            self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise RuntimeError_(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        inp = self.sess.get_inputs()[0]
+        self._in = inp.name
+        self._outs = [self.sess.get_outputs()[0].name]
+        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+        self.input_shape = tuple(shape)
+        self.input_dtype = np.dtype({"tensor(float)": np.float32, "tensor(uint8)": np.uint8,
+                                     "tensor(int8)": np.int8}.get(inp.type, np.float32))
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.sess.run(self._outs, {self._in: x})[0]
+
+
+class KerasRuntime(Runtime):
+    format = "keras"
+
+    def __init__(self, path: str, threads: int = 1):
+        from .tf_env import keras, tf
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass  # already initialised in this process
+        self.name, self.version = "Keras", keras.__version__
+        from .model import load_classifier
+        self.model = load_classifier(path)
+        self.input_shape = (1,) + tuple(int(d) for d in self.model.input_shape[1:])
+        self._fn = tf.function(lambda x: self.model(x, training=False))
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self._fn(x).numpy()
+
+
+def load_runtime(path: str | os.PathLike, threads: int = 1) -> Runtime:
+    p = Path(path)
+    if not p.is_file():
+        raise RuntimeError_(f"{p}: no such artifact file")
+    fam = for_file(str(p))
+    if fam == "tflite":
+        return LiteRTRuntime(str(p), threads)
+    if fam == "onnx":
+        return OnnxRuntime(str(p), threads)
+    try:
+        return KerasRuntime(str(p), threads)
+    except ImportError:
+        raise RuntimeError_(f"{p}: .keras artifacts need TensorFlow (pip install 'mstl[train]')") from None
+
+
+def _quant(detail) -> Quant | None:
+    scale, zp = detail.get("quantization", (0.0, 0))
+    if not scale:
+        return None
+    return Quant(float(scale), int(zp))
+
+
+def _pkg_version(name: str) -> str:
+    try:
+        from importlib.metadata import version
+        return version(name)
+    except Exception:
+        return "unknown"
