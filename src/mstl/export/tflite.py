@@ -45,7 +45,11 @@ def build_dynamic(model, workdir: Path, **_) -> bytes:
 def build_int8(model, workdir: Path, calibration: np.ndarray, io: str = "uint8", **_) -> bytes:
     """Full integer. Scaling lives inside the graph and calibration uses raw 0..255 pixels, so a uint8
     input takes raw pixels directly (scale 1, zero point 0)."""
-    cal = np.asarray(calibration, dtype=np.float32)
+    cal = np.array(calibration, dtype=np.float32)
+    # The input's quantization range is what calibration saw; one pixel at 0 and one at 255 make it
+    # exactly 0..255, so the uint8 input takes raw pixels (scale 1, zero point 0) with no clipping.
+    cal[0, 0, 0, :] = 0.0
+    cal[0, 0, 1, :] = 255.0
 
     def representative():
         for i in range(len(cal)):

@@ -1,0 +1,112 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mstl.cli.export import app
+from mstl.formats import FORMATS, select
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+@pytest.fixture(scope="session")
+def smoke_exports(smoke_run):
+    res = runner.invoke(app, [str(smoke_run), "--int8", "--fp16", "--dynamic"])
+    assert res.exit_code == 0, res.output
+    return smoke_run / "exports"
+
+
+def _manifest(exports):
+    return json.loads((exports / "manifest.json").read_text())
+
+
+def test_manifest_complete_and_all_verified(smoke_exports):
+    m = _manifest(smoke_exports)
+    assert {a["key"] for a in m["artifacts"]} == {f.key for f in FORMATS}
+    for a in m["artifacts"]:
+        for k in ("name", "format", "precision", "path", "size_bytes", "status", "agreement", "max_abs_diff", "n_compared"):
+            assert k in a, k
+        assert a["status"] == "ok" and a["n_compared"] > 0 and (smoke_exports / a["path"]).is_file()
+        assert a["size_bytes"] == (smoke_exports / a["path"]).stat().st_size
+    assert (smoke_exports / "labels.txt").read_text().split() == ["not", "COVID-19", "COVID-19"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=[f.key for f in FORMATS])
+def test_artifact_loads_with_claimed_types_and_card(smoke_exports, fmt):
+    from mstl.runtimes import load_runtime
+    path = smoke_exports / fmt.filename("classifier")
+    rt = load_runtime(path)
+    card = json.loads((smoke_exports / (path.name + ".json")).read_text())
+    for k in ("labels", "input", "output", "sha256", "size_bytes", "intended_use", "data_licence", "verification", "source"):
+        assert k in card, k
+    assert card["input"]["resize"]["method"] == "bilinear" and card["input"]["shape"][1] == rt.image_size
+    assert str(rt.input_dtype) == card["input"]["dtype"]
+    embedded = fmt.load_module().read_metadata(path)
+    assert embedded["labels"] == card["labels"] and embedded["input"]["dtype"] == card["input"]["dtype"]
+    if fmt.key == "tflite-int8":
+        from mstl.export.tflite import tensor_types
+        assert {"INT8"} <= tensor_types(path) and str(rt.input_dtype) == "uint8"
+        assert card["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}  # raw pixels directly
+    if fmt.key == "onnx-int8":
+        from mstl.export.onnx import op_types
+        assert {"QuantizeLinear", "DequantizeLinear"} <= op_types(path)
+    if fmt.precision == "fp32":
+        assert str(rt.input_dtype) == "float32" and card["input"]["range"] == [0.0, 255.0]
+    probs = rt.predict(np.full((2, rt.image_size, rt.image_size, 3), 128, np.uint8))
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=0.02)
+
+
+def test_gate_fails_on_broken_artifact(smoke_run, tmp_path, monkeypatch):
+    import mstl.export.tflite as tfl
+    real = tfl.build_fp32
+
+    def broken(model, workdir, **kw):
+        from mstl.tf_env import keras
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        head = clone.layers[-1]
+        k, b = head.get_weights()
+        head.set_weights([k[:, ::-1], b[::-1]])  # swap the classes
+        return real(clone, workdir)
+
+    monkeypatch.setattr(tfl, "build_fp32", broken)
+    out = tmp_path / "broken"
+    res = runner.invoke(app, [str(smoke_run), "--format", "tflite", "--out", str(out)])
+    assert res.exit_code == 2
+    assert "below the 99.9% threshold" in res.output
+    art = {a["key"]: a for a in _manifest(out)["artifacts"]}
+    assert art["tflite-fp32"]["status"] == "failed"
+
+
+def test_argument_checks(smoke_run, tmp_path):
+    res = runner.invoke(app, [str(smoke_run), "--format", "onnx", "--fp16"])
+    assert res.exit_code == 2 and "--fp16 applies to tflite" in res.output
+    res = runner.invoke(app, [str(smoke_run), "--io", "int8"])
+    assert res.exit_code == 2 and "--io is only accepted by tflite-int8" in res.output
+    res = runner.invoke(app, [str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "no such run directory" in res.output
+    res = runner.invoke(app, [str(smoke_run), "--format", "coreml"])
+    assert res.exit_code == 2 and "unknown format" in res.output
+
+
+def test_not_a_classifier(tmp_path, demo_data):
+    from mstl.tf_env import keras
+    m = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    m.save(tmp_path / "reg.keras")
+    res = runner.invoke(app, [str(tmp_path), "--model", str(tmp_path / "reg.keras"), "--data", str(demo_data["oct"])])
+    assert res.exit_code == 2 and "not a classifier" in res.output
+
+
+def test_select_table():
+    keys = [f.key for f in select(["tflite", "onnx"], {"int8"})]
+    assert keys == ["tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8"]
+    assert [f.key for f in select(["onnx"], set())] == ["onnx-fp32"]
+
+
+def test_formats_and_runtimes_import_without_tensorflow():
+    code = "import sys, mstl.formats, mstl.runtimes; assert 'tensorflow' not in sys.modules, 'tf imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
