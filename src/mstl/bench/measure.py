@@ -1,0 +1,119 @@
+"""Measure one artifact in its own process (a process's peak memory only grows, so artifacts
+measured side by side would inherit each other's peaks)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..metrics import classification_report, percentiles
+from ..runtimes import RuntimeError_, load_runtime
+
+
+def _peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0  # Linux reports kilobytes
+
+
+def latency(rt, x: np.ndarray, runs: int, warmup: int) -> dict[str, Any]:
+    """Steady-state latency of rt.run on one prepared input: the call is all that is timed."""
+    run = rt.run
+    t0 = time.perf_counter_ns()
+    run(x)
+    first = (time.perf_counter_ns() - t0) / 1e6
+    for _ in range(warmup):
+        run(x)
+    samples = np.empty(runs)
+    clock = time.perf_counter_ns
+    for i in range(runs):
+        t = clock()
+        run(x)
+        samples[i] = clock() - t
+    stats = percentiles(samples / 1e6)
+    stats["first"] = first
+    stats["images_per_s"] = 1000.0 / stats["mean"]
+    return stats
+
+
+def end_to_end(rt, files: list[str], runs: int) -> dict[str, float]:
+    """File -> label latency as an app sees it: decode (EXIF, colour), resize, quantize, infer, argmax."""
+    from ..data.images import load_image
+    size = rt.image_size
+    samples = []
+    for i in range(runs):
+        f = files[i % len(files)]
+        t = time.perf_counter_ns()
+        pixels = load_image(f, size)
+        int(np.argmax(rt.output_probs(rt.run(rt.prepare(pixels)))))
+        samples.append((time.perf_counter_ns() - t) / 1e6)
+    return percentiles(samples)
+
+
+def measure(path: str, threads: list[int], runs: int, warmup: int, pixels: np.ndarray | None,
+            labels: np.ndarray | None, class_names: list[str] | None, e2e_files: list[str]) -> dict[str, Any]:
+    """Everything measured for one artifact. Runs inside a fresh worker process."""
+    out: dict[str, Any] = {"artifact": str(path), "size_mb": os.path.getsize(path) / 1e6, "latency_ms": {},
+                           "latency": {}}
+    rt = None
+    for n in threads:
+        t0 = time.perf_counter_ns()
+        rt = load_runtime(path, threads=n)
+        init_ms = (time.perf_counter_ns() - t0) / 1e6
+        x = rt.prepare(np.full((1, rt.image_size, rt.image_size, 3), 127, np.uint8))
+        if pixels is not None and len(pixels):
+            x = rt.prepare(pixels[:1])
+        stats = latency(rt, x, runs, warmup)
+        if "init_ms" not in out:
+            out["init_ms"], out["first_ms"] = init_ms, stats["first"]
+        out["latency"][str(n)] = {**stats, "init_ms": init_ms}
+        out["latency_ms"][str(n)] = {k: stats[k] for k in ("p50", "p90", "p99", "mean")}
+    out.update({"runtime": f"{rt.name} {rt.version}", "xnnpack": rt.xnnpack, "input_dtype": str(rt.input_dtype),
+                "image_size": rt.image_size})
+    if e2e_files:
+        out["e2e_ms"] = end_to_end(rt, e2e_files, min(runs, 50))
+    out["accuracy"] = None
+    if pixels is not None and labels is not None and len(pixels):
+        probs = rt.predict(pixels)
+        out["probs"] = probs.tolist()
+        out["metrics"] = classification_report(labels, probs, class_names)
+        out["accuracy"] = out["metrics"]["accuracy"]
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def _worker(args, queue):
+    try:
+        queue.put(("ok", measure(*args)))
+    except RuntimeError_ as e:
+        queue.put(("error", str(e)))
+    except Exception as e:  # reported as that artifact's failure; the others are still measured
+        queue.put(("error", f"{args[0]}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+
+
+def measure_isolated(path: str, threads: list[int], runs: int, warmup: int, pixels, labels, class_names,
+                     e2e_files: list[str], timeout: float = 1800) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=((path, threads, runs, warmup, pixels, labels, class_names, e2e_files), queue))
+    proc.start()
+    try:
+        status, payload = queue.get(timeout=timeout)
+    except Exception:
+        proc.kill()
+        return {"artifact": str(path), "status": "failed", "error": f"{path}: no result within {timeout:.0f}s (crashed?)"}
+    finally:
+        proc.join(timeout=10)
+    if status == "error":
+        return {"artifact": str(path), "status": "failed", "error": payload}
+    payload["status"] = "ok"
+    return payload
+
+
+def artifact_exists(path: str) -> bool:
+    return Path(path).is_file()

@@ -1,0 +1,146 @@
+"""Collect artifacts and labelled data, measure each artifact in its own process, compare with fp32."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.filelist import labelled_folder, load_sources, read_list
+from ..formats import for_file
+from ..progress import say
+from .machine import machine_info
+from .measure import measure_isolated
+
+
+class BenchError(ValueError):
+    pass
+
+
+@dataclass
+class Artifact:
+    path: Path
+    format: str
+    precision: str
+    labels: list[str] | None
+    run_dir: Path | None
+
+
+def _card(path: Path) -> dict | None:
+    card = path.with_name(path.name + ".json")
+    return json.loads(card.read_text()) if card.exists() else None
+
+
+def collect(paths: list[Path]) -> list[Artifact]:
+    out = []
+    for p in paths:
+        if p.is_dir():
+            manifest = p / "manifest.json"
+            if not manifest.exists():
+                raise BenchError(f"{p}: no manifest.json - give an exports folder (mstl-export) or artifact files")
+            m = json.loads(manifest.read_text())
+            run_dir = Path(m["source"]["run_dir"]) if m.get("source", {}).get("run_dir") else p.parent
+            for a in m["artifacts"]:
+                out.append(Artifact(p / a["path"], a["format"], a["precision"], m.get("labels"), run_dir))
+        elif p.exists() or p.suffix in (".tflite", ".onnx", ".keras"):
+            fam = for_file(str(p))
+            card = _card(p)
+            precision = (card or {}).get("precision") or next(
+                (q for q in ("int8", "fp16", "dynamic", "fp32") if p.stem.endswith(f"-{q}")), "fp32" if fam == "keras" else "unknown")
+            run_dir = Path(card["source"]["run_dir"]) if card and card.get("source", {}).get("run_dir") else None
+            out.append(Artifact(p, fam, precision, (card or {}).get("labels"), run_dir))
+        else:
+            raise BenchError(f"{p}: no such file or folder")
+    return out
+
+
+def _map_labels(folder_classes: list[str], y: np.ndarray, model_labels: list[str] | None, data: Path) -> np.ndarray:
+    if model_labels is None or list(folder_classes) == list(model_labels):
+        return y
+    if len(model_labels) == 2 and model_labels[0] == f"not {model_labels[1]}" and model_labels[1] in folder_classes:
+        return (y == folder_classes.index(model_labels[1])).astype(np.int64)
+    raise BenchError(f"{data}: its classes {folder_classes} do not match the model's labels {model_labels}; "
+                     "give a folder whose class folders are named as the labels")
+
+
+def labelled_data(artifacts: list[Artifact], data: Path | None) -> tuple[list[str], np.ndarray, str] | None:
+    labels = next((a.labels for a in artifacts if a.labels), None)
+    if data is not None:
+        sources, y, classes = labelled_folder(data)
+        return sources, _map_labels(classes, y, labels, data), str(data)
+    for a in artifacts:
+        if a.run_dir and (a.run_dir / "target_test.tsv").exists():
+            sources, y = read_list(a.run_dir / "target_test.tsv")
+            return sources, y, f"target test split of {a.run_dir}"
+    return None
+
+
+def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: int, warmup: int,
+              extra_rows: list[dict] | None = None) -> dict[str, Any]:
+    artifacts = collect(paths)
+    if not artifacts and not extra_rows:
+        raise BenchError("nothing to measure")
+    labelled = labelled_data(artifacts, data)
+    class_names = next((a.labels for a in artifacts if a.labels), None)
+    decoded: dict[int, np.ndarray] = {}
+    results = []
+    for i, a in enumerate(artifacts):
+        say(f"[{i + 1}/{len(artifacts)}] {a.path.name}: measuring at {threads} thread(s)")
+        pixels = y = None
+        e2e = []
+        if labelled:
+            sources, y_all, _ = labelled
+            size = _input_size(a.path)
+            if size is not None:
+                if size not in decoded:
+                    say(f"  decoding {len(sources)} labelled images at {size} px")
+                    decoded[size] = load_sources(sources, size, "bilinear")
+                pixels, y = decoded[size], y_all
+                e2e = [s for s in sources if not s.startswith("npz:")][:20]
+        names = class_names or ([f"class_{k}" for k in range(int(y.max()) + 1)] if y is not None else None)
+        r = measure_isolated(str(a.path), threads, runs, warmup, pixels, y, names, e2e)
+        r.update({"format": a.format, "precision": a.precision, "artifact": a.path.name, "path": str(a.path)})
+        if r["status"] != "ok":
+            say(f"  failed: {r['error']}")
+        results.append(r)
+    results += extra_rows or []
+    _compare_with_fp32(results)
+    for r in results:
+        r.pop("probs", None)
+    return {"machine": machine_info(), "threads": threads, "runs": runs, "warmup": warmup,
+            "data": labelled[2] if labelled else None, "n_images": int(len(labelled[1])) if labelled else 0,
+            "results": results}
+
+
+def _input_size(path: Path) -> int | None:
+    card = _card(path)
+    if card:
+        return int(card["input"]["shape"][1])
+    try:
+        from ..runtimes import load_runtime
+        return load_runtime(path).image_size
+    except Exception:
+        return None  # reported by the measuring process
+
+
+def _compare_with_fp32(results: list[dict]) -> None:
+    """Accuracy change and speed against the float32 form of the same format."""
+    ref = {r["format"]: r for r in results if r.get("precision") == "fp32" and r.get("status") == "ok"}
+    for r in results:
+        base = ref.get(r.get("format"))
+        r["delta_vs_fp32"] = None
+        r["notes"] = r.get("notes", [])
+        if r.get("status") != "ok" or base is None or base is r:
+            continue
+        if r.get("accuracy") is not None and base.get("accuracy") is not None:
+            r["delta_vs_fp32"] = r["accuracy"] - base["accuracy"]
+        if "probs" in r and "probs" in base:
+            a, b = np.asarray(r["probs"]), np.asarray(base["probs"])
+            r["top1_agreement_vs_fp32"] = float(np.mean(a.argmax(1) == b.argmax(1)))
+        slower = [t for t, v in r["latency_ms"].items() if t in base["latency_ms"] and v["p50"] and base["latency_ms"][t]["p50"]
+                  and v["p50"] > base["latency_ms"][t]["p50"]]
+        if slower:
+            r["notes"].append(f"SLOWER than {r['format']} fp32 on this CPU at {','.join(slower)} thread(s)")
