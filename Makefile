@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-WEIGHTS ?=
+# A local ImageNet weights file (air-gapped path). Default: the team's copy beside the project when
+# present; otherwise Keras' cache or download, and failing both, random weights with a loud warning.
+WEIGHTS ?= $(wildcard ../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5)
 RUN_DIR ?= runs/demo
 
 .PHONY: demo test install clean
@@ -21,7 +23,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mstl-train full --preset demo --run-dir $(RUN_DIR) $(if $(WEIGHTS),--weights $(WEIGHTS),)
 	$(BIN)/mstl-export $(RUN_DIR) --int8
-	$(BIN)/mstl-bench $(RUN_DIR)/exports --json $(RUN_DIR)/bench.json --markdown $(RUN_DIR)/bench.md
+	$(BIN)/mstl-bench $(RUN_DIR)/exports --json $(RUN_DIR)/bench.json --markdown $(RUN_DIR)/bench.md --save-dir $(RUN_DIR)/bench
+	@echo "report: $(RUN_DIR)/report.md   exports: $(RUN_DIR)/exports   bench: $(RUN_DIR)/bench.md"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

@@ -35,3 +35,13 @@ def smoke_run(tmp_path_factory):
     res = CliRunner().invoke(app, ["full", "--preset", "smoke", "--run-dir", str(run_dir)])
     assert res.exit_code == 0, res.output + repr(res.exception)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def smoke_exports(smoke_run):
+    """The smoke run exported to every format of the table."""
+    from typer.testing import CliRunner
+    from mstl.cli.export import app
+    res = CliRunner().invoke(app, [str(smoke_run), "--int8", "--fp16", "--dynamic"])
+    assert res.exit_code == 0, res.output
+    return smoke_run / "exports"

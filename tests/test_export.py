@@ -13,13 +13,6 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 
-@pytest.fixture(scope="session")
-def smoke_exports(smoke_run):
-    res = runner.invoke(app, [str(smoke_run), "--int8", "--fp16", "--dynamic"])
-    assert res.exit_code == 0, res.output
-    return smoke_run / "exports"
-
-
 def _manifest(exports):
     return json.loads((exports / "manifest.json").read_text())
 

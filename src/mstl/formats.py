@@ -47,7 +47,7 @@ FORMATS: tuple[Format, ...] = (
            0.98, "full integer: int8 weights and activations"),
     Format("onnx-fp32", "onnx", "fp32", None, (), "mstl.export.onnx:build_fp32", "onnxruntime", 0.999),
     Format("onnx-int8", "onnx", "int8", "int8", ("calibration",), "mstl.export.onnx:build_int8", "onnxruntime", 0.98,
-           "static QDQ, uint8 activations / int8 weights"),
+           "static QDQ, uint8 activations / int8 per-channel weights"),
 )
 
 FORMAT_NAMES = ("tflite", "onnx")

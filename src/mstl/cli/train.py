@@ -52,6 +52,8 @@ def _weights_default(cfg: RunConfig, weights: Optional[str]) -> RunConfig:
     from dataclasses import replace
 
     chosen = weights or os.environ.get("MSTL_WEIGHTS")
+    if chosen and chosen not in ("imagenet", "none"):
+        chosen = str(Path(chosen).expanduser().resolve())
     if chosen:
         return replace(cfg, model=replace(cfg.model, weights=chosen))
     if cfg.preset == "demo":
@@ -86,7 +88,7 @@ def _config_from_options(o: dict) -> RunConfig:
             "model.alpha": o["alpha"], "model.bn_mode": o["bn_mode"],
         },
         stage1_seeds=o["stage1_seeds"], mixed_precision=o["mixed_precision"] or None,
-        cache=False if o["no_cache"] else None,
+        cache=False if o["no_cache"] else None, prefix_cache=o["prefix_cache"], cache_budget_gb=o["cache_budget_gb"],
     )
     return _weights_default(cfg, o["weights"])
 
@@ -136,7 +138,9 @@ def full(
     alpha: Optional[float] = typer.Option(None, help="MobileNetV2 width"),
     bn_mode: Optional[str] = typer.Option(None, help="inference (default, Keras guide) | train"),
     no_patient_split: bool = typer.Option(False, "--no-patient-split", help="split by image, not by patient"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="plain path: no embedding cache"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="plain path: no activation or embedding caches"),
+    prefix_cache: Optional[str] = typer.Option(None, help="stage-1 activation cache storage: float32 (exact) | float16"),
+    cache_budget_gb: Optional[float] = typer.Option(None, help="largest activation cache (default 8 GB)"),
     mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute on GPUs"),
     restart: bool = typer.Option(False, "--restart", help="discard the run dir's results and start over"),
 ):

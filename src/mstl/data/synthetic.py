@@ -84,14 +84,17 @@ def cxr_image(cls: str, rng: np.random.Generator, size: int = 160) -> tuple[np.n
         for cx, cy, rx, ry in centres:
             periph = np.clip((np.abs(x - cx) / rx) * np.sign(x - cx) * np.sign(cx), 0, 1)
             lower = np.clip((y - cy) / ry + 0.3, 0, 1)
-            haze = rng.uniform(0.25, 0.4) * periph * lower
+            haze = rng.uniform(0.15, 0.35) * periph * lower
             img = img + np.where(lungs, haze, 0)
     elif cls == "Non-COVID":  # one dense lobar opacity on one side
         cx, cy, rx, ry = centres[rng.integers(0, 2)]
         oy = cy + rng.uniform(-0.3, 0.3) * ry
         blob = np.exp(-(((x - cx) / (rx * 0.6)) ** 2 + ((y - oy) / (ry * 0.35)) ** 2))
-        img = img + np.where(lungs, rng.uniform(0.35, 0.5) * blob, 0)
-    img = img + rng.normal(0, 0.035, (h, w))
+        img = img + np.where(lungs, rng.uniform(0.2, 0.4) * blob, 0)
+    # Patient-level variation that is not disease: exposure and a faint haze anywhere, so that the
+    # classes overlap as real films do.
+    img = img * rng.uniform(0.92, 1.08) + np.where(lungs, rng.uniform(0, 0.08), 0)
+    img = img + rng.normal(0, 0.04, (h, w))
     img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
     return img, (lungs * 255).astype(np.uint8)
 
@@ -136,7 +139,7 @@ def make_oct_demo(root: str | Path, per_class: int, seed: int = 0, size: int = 1
 def make_cxr_demo(root: str | Path, per_class: int, seed: int = 0, size: int = 160) -> Path:
     """COVID-QU-Ex layout: Lung Segmentation Data/{Train,Val,Test}/<class>/{images,masks}/*.png."""
     root = Path(root)
-    spec = {"kind": "cxr", "per_class": per_class, "seed": seed, "size": size}
+    spec = {"kind": "cxr", "per_class": per_class, "seed": seed, "size": size, "version": 3}
     if _is_complete(root, spec):
         return root
     base = root / "Lung Segmentation Data"

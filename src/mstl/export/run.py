@@ -193,7 +193,8 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
         sel = json.loads(sel_path.read_text())
         model_path = store.dir / sel["model"]
         say(f"model: {model_path} (stage 2 on the bridge size {sel['size']} model, seed {sel['seed']}: {sel['why']})")
-    verify_src, _ = read_list(store.dir / "target_test.tsv")
+    # Every held-out target image (test and validation splits: neither trained the model) verifies.
+    verify_src = read_list(store.dir / "target_test.tsv")[0] + read_list(store.dir / "target_val.tsv")[0]
     cal_src, cal_y = read_list(store.dir / "target_train.tsv")
     labels = (store.dir / "labels.txt").read_text().split("\n")[:-1]
     demo = cfg.target is None

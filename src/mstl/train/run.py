@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+
+import numpy as np
 from pathlib import Path
 
 from ..config import RunConfig
 from ..progress import say
 from ..tf_env import keras, tf
 from .prepare import Source, SplitRows, TargetSplits, bridge_splits, load_source, resolve_sources, target_splits
-from .stage1 import ensure_best_model, sweep_size
+from ..data.pipeline import gather_array
+from ..data.splits import stratified_order
+from .prefix_cache import PrefixCacheStore
+from .stage1 import ensure_best_model, sweep
 from .stage2 import choose_deployable, train_stage2
 from .store import RunStore, save_model_atomic
 
@@ -59,19 +64,34 @@ def stage1_seeds(cfg: RunConfig) -> list[int]:
     return list(cfg.seeds[: max(1, cfg.stage1_seeds)])
 
 
+def bn_calibration(data: RunData) -> np.ndarray | None:
+    """Random weights only: 64 fixed bridge images (stratified, independent of size and seed) that set
+    the base's BatchNorm statistics, so that every trial's frozen prefix is the same function."""
+    if data.cfg.model.weights != "none":
+        return None
+    pick = stratified_order(data.bridge.labels, data.cfg.data_seed)[:64]
+    return gather_array(data.bridge.images, data.bridge.rows[np.sort(pick)])
+
+
 def run_stage1(store: RunStore, data: RunData) -> dict[tuple[int, int], dict]:
     cfg = data.cfg
     n_classes = len(data.bridge.classes)
+    calibration = bn_calibration(data)
+    prefix = None
+    if cfg.cache:
+        rows = np.concatenate([np.concatenate([s.train, s.val]) for s in data.splits.values()])
+        prefix = PrefixCacheStore(store.dir / "cache", rows, cfg.prefix_cache, cfg.cache_budget_gb * 1e9)
     best = {}
-    sizes = sorted(data.splits)
     t0 = time.monotonic()
-    for si, size in enumerate(sizes):
-        for seed in stage1_seeds(cfg):
-            say(f"stage 1: size {size} ({si + 1} of {len(sizes)}), seed {seed}"
-                + (f"; {time.monotonic() - t0:.0f}s so far" if si else ""))
-            best[(size, seed)] = sweep_size(cfg, store, data.bridge.images, data.splits[size], size, n_classes, seed)
-            b = best[(size, seed)]
+    for seed in stage1_seeds(cfg):
+        say(f"stage 1: sizes {sorted(data.splits)}, seed {seed}, depth by depth"
+            + ("" if prefix else " (no activation cache)"))
+        for size, b in sweep(cfg, store, data.bridge.images, data.splits, n_classes, seed, calibration, prefix).items():
+            best[(size, seed)] = b
             say(f"stage 1: size {size}: optimal frozen depth {b['frozen']} (val_acc {b['val_accuracy']:.3f})")
+    if prefix:
+        prefix.clear()
+    say(f"stage 1 done in {time.monotonic() - t0:.0f}s")
     return best
 
 
@@ -87,7 +107,8 @@ def run_stage2(store: RunStore, data: RunData) -> dict:
         src_seed = seed if seed in s1_seeds else s1_seeds[0]
         path = None
         if size:
-            path = ensure_best_model(cfg, store, data.bridge.images, data.splits[size], size, n_classes, src_seed)
+            path = ensure_best_model(cfg, store, data.bridge.images, data.splits[size], size, n_classes, src_seed,
+                                     bn_calibration(data))
         what = f"size {size}" if size else f"control (base weights {cfg.model.weights}, no bridge)"
         say(f"stage 2: {what}, seed {seed} ({i + 1} of {len(jobs)})")
         model, rec = train_stage2(cfg, data.target.images, data.target_splits, seed, path, cache=cfg.cache)

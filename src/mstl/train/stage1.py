@@ -13,12 +13,13 @@ from typing import Any, Callable
 import numpy as np
 
 from ..config import RunConfig
-from ..data.pipeline import gather_array, make_dataset
+from ..data.pipeline import make_dataset
 from ..data.splits import balanced_class_weights
-from ..model import build_classifier, compile_for_training, freeze, load_classifier
+from ..model import base_of, build_classifier, compile_for_training, freeze, load_classifier
 from ..progress import say
 from ..tf_env import keras, tf
 from .prepare import SplitRows
+from .prefix_cache import PrefixCacheStore, cut_for, cut_points, upper_model
 from .store import RunStore, save_model_atomic
 
 
@@ -75,24 +76,35 @@ def strategy():
 
 
 def run_trial(cfg: RunConfig, images: np.ndarray, split: SplitRows, n_classes: int, frozen: int, seed: int,
-              init_model=None, label: str = "", verbose: bool = True) -> tuple[Any, dict]:
+              init_model=None, label: str = "", verbose: bool = True, calibration: np.ndarray | None = None,
+              prefix: Callable | None = None) -> tuple[Any, dict]:
+    """Train one depth. ``prefix(model, cut)`` may return an ActivationCache for the frozen prefix: the
+    trial then trains the layers above the cut on cached activations (same computation, less of it)."""
     s1 = cfg.stage1
     t0 = time.monotonic()
     keras.utils.set_random_seed(seed)
+    cache = None
     with strategy().scope():
         model = init_model if init_model is not None else build_classifier(
-            cfg.model, cfg.data.image_size, n_classes, cfg.data.scaling,
-            calibration_images=gather_array(images, split.train[:64]))
+            cfg.model, cfg.data.image_size, n_classes, cfg.data.scaling, calibration_images=calibration)
         freeze(model, frozen)
-        compile_for_training(model, s1.learning_rate)
-    train = make_dataset(images, split.train, split.y_train, s1.batch_size, shuffle=True, seed=seed)
-    val = make_dataset(images, split.val, split.y_val, s1.batch_size)
+        if prefix is not None:
+            cache = prefix(model, frozen)
+        train_model = upper_model(model, cache.cut) if cache is not None else model
+        compile_for_training(train_model, s1.learning_rate)
+    t_cache = time.monotonic() - t0
+    if cache is not None:
+        source, tr, va = cache.array, cache.positions(split.train), cache.positions(split.val)
+    else:
+        source, tr, va = images, split.train, split.val
+    train = make_dataset(source, tr, split.y_train, s1.batch_size, shuffle=True, seed=seed)
+    val = make_dataset(source, va, split.y_val, s1.batch_size)
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=s1.early_stopping_patience,
                                                restore_best_weights=True)]
     if verbose:
         callbacks.append(EpochLog(label, s1.epochs))
-    hist = model.fit(train, validation_data=val, epochs=s1.epochs, verbose=0, callbacks=callbacks,
-                     class_weight=balanced_class_weights(split.y_train, n_classes))
+    hist = train_model.fit(train, validation_data=val, epochs=s1.epochs, verbose=0, callbacks=callbacks,
+                           class_weight=balanced_class_weights(split.y_train, n_classes))
     h = hist.history
     best_epoch = int(np.argmin(h["val_loss"]))
     record = {
@@ -103,49 +115,78 @@ def run_trial(cfg: RunConfig, images: np.ndarray, split: SplitRows, n_classes: i
         "epochs": len(h["loss"]), "best_epoch": best_epoch + 1,
         "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         "n_train": int(len(split.train)), "n_val": int(len(split.val)),
-        "seconds": round(time.monotonic() - t0, 2),
+        "cache_cut": cache.cut if cache is not None else None,
+        "seconds": round(time.monotonic() - t0, 2), "setup_seconds": round(t_cache, 2),
     }
     return model, record
 
 
-def sweep_size(cfg: RunConfig, store: RunStore, images: np.ndarray, split: SplitRows, size: int,
-               n_classes: int, seed: int, on_trial: Callable[[dict], None] | None = None) -> dict:
-    """Run (or resume) the unfreezing sweep for one bridge size; returns the best record."""
-    n_layers = _n_base_layers(cfg)
-    grid = depth_grid(cfg, n_layers)
-    while True:
-        done = {r["frozen"]: r for r in store.trials() if r["size"] == size and r["seed"] == seed}
-        depth = next_depth(grid, done, cfg.stage1.patience)
-        if depth is None:
-            break
-        init = None
-        if cfg.stage1.mode == "continue" and done:
-            last = min(done)  # the deepest unfreezing done so far is where the model continues from
-            init = load_classifier(_state_path(store, size, last, seed))
-        label = f"size {size} frozen {depth}"
-        say(f"trial: {label} (seed {seed}, {len(done) + 1} of at most {len(grid)} for this size)")
-        model, rec = run_trial(cfg, images, split, n_classes, depth, seed, init, label)
-        rec["size"] = int(size)
-        prev_best = best_record(list(done.values())) if done else None
-        is_best = prev_best is None or best_record([prev_best, rec]) is rec
-        if cfg.stage1.mode == "continue":
-            save_model_atomic(model, _state_path(store, size, depth, seed))
-        if is_best:
-            save_model_atomic(model, store.stage1_model(size, depth, seed))
-        store.add_trial(rec)
-        _cleanup(store, size, seed, keep_best=best_record(list(done.values()) + [rec])["frozen"],
-                 keep_state=depth if cfg.stage1.mode == "continue" else None)
-        say(f"  -> val_acc {rec['val_accuracy']:.3f} val_loss {rec['val_loss']:.3f} in {rec['seconds']:.0f}s"
-            + ("  (best so far)" if is_best else ""))
-        if on_trial:
-            on_trial(rec)
-        keras.backend.clear_session()
-    records = [r for r in store.trials() if r["size"] == size and r["seed"] == seed]
-    return best_record(records)
+def sweep(cfg: RunConfig, store: RunStore, images: np.ndarray, splits: dict[int, SplitRows], n_classes: int,
+          seed: int, calibration: np.ndarray | None = None, prefix_store: PrefixCacheStore | None = None) -> dict[int, dict]:
+    """Run (or resume) the unfreezing sweep of every size, depth by depth: each depth's frozen-prefix
+    cache then serves all sizes before the sweep moves down. Each size stops at its own peak.
+    Returns the best record per size."""
+    grid = depth_grid(cfg, _n_base_layers(cfg))
+    sizes = sorted(splits)
+    cuts: list[int] | None = None
+
+    def prefix(model, frozen):
+        nonlocal cuts
+        if prefix_store is None:
+            return None
+        if cuts is None:
+            cuts = cut_points(base_of(model))
+        cut = cut_for(frozen, cuts)
+        key = "pretrained" if cfg.model.weights != "none" else f"seed{seed}"
+        return prefix_store.get(model, cut, key, images) if cut is not None else None
+
+    n_trials = 0
+    t0 = time.monotonic()
+    for depth in grid:
+        for size in sizes:
+            done = {r["frozen"]: r for r in store.trials() if r["size"] == size and r["seed"] == seed}
+            if next_depth(grid, done, cfg.stage1.patience) != depth:
+                continue
+            init = None
+            if cfg.stage1.mode == "continue" and done:
+                init = load_classifier(_state_path(store, size, min(done), seed))
+            label = f"size {size} frozen {depth}"
+            eta = ""
+            if n_trials:
+                eta = f"; {(time.monotonic() - t0) / n_trials:.0f}s per trial so far"
+            say(f"trial: {label} (seed {seed}; {len(done) + 1} of at most {len(grid)} for this size{eta})")
+            model, rec = run_trial(cfg, images, splits[size], n_classes, depth, seed, init, label,
+                                   calibration=calibration, prefix=prefix)
+            rec["size"] = int(size)
+            _record(cfg, store, model, rec, done, size, depth, seed)
+            n_trials += 1
+            keras.backend.clear_session()
+    best = {}
+    for size in sizes:
+        records = [r for r in store.trials() if r["size"] == size and r["seed"] == seed]
+        best[size] = best_record(records)
+    return best
+
+
+def _record(cfg, store: RunStore, model, rec: dict, done: dict, size: int, depth: int, seed: int) -> None:
+    """Model files first, then the record: a kill in between leaves a stray file, never a record
+    without its model."""
+    prev_best = best_record(list(done.values())) if done else None
+    is_best = prev_best is None or best_record([prev_best, rec]) is rec
+    if cfg.stage1.mode == "continue":
+        save_model_atomic(model, _state_path(store, size, depth, seed))
+    if is_best:
+        save_model_atomic(model, store.stage1_model(size, depth, seed))
+    store.add_trial(rec)
+    _cleanup(store, size, seed, keep_best=best_record(list(done.values()) + [rec])["frozen"],
+             keep_state=depth if cfg.stage1.mode == "continue" else None)
+    say(f"  -> val_acc {rec['val_accuracy']:.3f} val_loss {rec['val_loss']:.3f} in {rec['seconds']:.0f}s"
+        + (f" (cached prefix to layer {rec['cache_cut']})" if rec.get("cache_cut") is not None else "")
+        + ("  (best so far)" if is_best else ""))
 
 
 def ensure_best_model(cfg: RunConfig, store: RunStore, images, split: SplitRows, size: int, n_classes: int,
-                      seed: int) -> str:
+                      seed: int, calibration: np.ndarray | None = None) -> str:
     """Path of the best stage-1 model for a size; retrains its trial if the file went missing."""
     records = [r for r in store.trials() if r["size"] == size and r["seed"] == seed]
     best = best_record(records)
@@ -155,7 +196,8 @@ def ensure_best_model(cfg: RunConfig, store: RunStore, images, split: SplitRows,
             raise FileNotFoundError(f"{path} is missing and a continue-mode model cannot be re-trained alone; "
                                     "rerun with --restart")
         say(f"stage-1 model {path} missing: re-training its trial")
-        model, _ = run_trial(cfg, images, split, n_classes, best["frozen"], seed, label=f"size {size} (rebuild)")
+        model, _ = run_trial(cfg, images, split, n_classes, best["frozen"], seed, label=f"size {size} (rebuild)",
+                             calibration=calibration)
         save_model_atomic(model, path)
     return str(path)
 

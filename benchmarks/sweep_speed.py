@@ -1,0 +1,202 @@
+"""The caches against the plain path, in one process, on the same data (MobileNetV2 width 1.0, the demo
+preset's image size and sizes). Prints one name=value line per figure:
+
+  stage1_epoch_speedup  one trial at 95 frozen layers, seconds per epoch once its cache exists
+  sweep_speedup         a whole stage-1 sweep over the demo depths, cache passes included
+  stage2_speedup        stage 2 for 25 epochs, embedding pass included
+  pipeline_ratio        images/s of fit() through the tf.data pipeline / train_on_batch on in-memory tensors
+  sweep_cost_2x         cached sweep time with twice the data / the same with the base data
+
+Goals on 2 CPU cores: >= 1.5, >= 2, >= 10, >= 0.8, <= 2.1.
+
+    .venv/bin/python benchmarks/sweep_speed.py [--quick] [--weights FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+LOCAL_WEIGHTS = HERE.parent.parent / "shared" / "weights" / "mobilenet_v2_1.0_imagenet_no_top.weights.h5"
+
+
+class EpochTimer:
+    def __init__(self, keras):
+        class CB(keras.callbacks.Callback):
+            def on_train_begin(cb, logs=None):
+                cb.times = []
+
+            def on_epoch_begin(cb, epoch, logs=None):
+                cb.t = time.perf_counter()
+
+            def on_epoch_end(cb, epoch, logs=None):
+                cb.times.append(time.perf_counter() - cb.t)
+        self.cb = CB()
+
+
+def config(quick: bool, weights: str, per_class: int):
+    from mstl.config import override, preset
+    cfg = preset("demo")
+    fixed = {  # a fixed grid and epoch count: the two paths do the same number of trials and epochs
+        "stage1.patience": 99, "stage1.early_stopping_patience": 99,
+    }
+    if quick:
+        fixed.update({"stage1.sizes": (48, 96), "stage1.start_frozen": 130, "stage1.min_frozen": 110,
+                      "stage1.epochs": 2, "data.image_size": 64, "stage2.target_size": 120})
+        per_class = max(per_class // 6, 24)
+    cfg = override(cfg, **fixed)
+    return replace(cfg, model=replace(cfg.model, weights=weights), demo_bridge_per_class=per_class,
+                   demo_target_per_class=cfg.demo_target_per_class if not quick else 40)
+
+
+def timed_sweep(cfg, cache: bool) -> float:
+    from mstl.train.run import prepare, run_stage1
+    from mstl.train.store import RunStore
+    cfg = replace(cfg, cache=cache)
+    data = prepare(cfg, quiet=True)
+    with tempfile.TemporaryDirectory() as d:
+        store = RunStore(Path(d) / "run")
+        store.open(cfg, "bench")
+        t = time.perf_counter()
+        run_stage1(store, data)
+        return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke check of the script")
+    ap.add_argument("--weights", default=None)
+    a = ap.parse_args()
+    weights = a.weights or os.environ.get("MSTL_WEIGHTS") or (str(LOCAL_WEIGHTS) if LOCAL_WEIGHTS.exists() else "none")
+    os.environ.setdefault("MSTL_CACHE_DIR", tempfile.mkdtemp(prefix="mstl-bench-cache-"))
+    from mstl.tf_env import keras
+    from mstl.train.prefix_cache import PrefixCacheStore, cut_for, cut_points
+    from mstl.train.run import bn_calibration, prepare
+    from mstl.train.stage1 import run_trial
+    from mstl.train.stage2 import train_stage2
+    from mstl.data.pipeline import gather_array, make_dataset
+    from mstl.model import base_of, compile_for_training, freeze, build_classifier
+
+    t_start = time.perf_counter()
+    cfg = config(a.quick, weights, 150)
+    data = prepare(cfg, quiet=True)
+    size = max(data.splits)
+    split = data.splits[size]
+    cal = bn_calibration(data)
+    print(f"# demo preset: {cfg.data.image_size} px, sizes {list(cfg.stage1.sizes)}, weights {weights}, "
+          f"{os.cpu_count()} cores", file=sys.stderr)
+
+    # 1. one trial at 95 frozen, seconds per epoch once the cache exists
+    with tempfile.TemporaryDirectory() as d:
+        store = PrefixCacheStore(Path(d), np.concatenate([split.train, split.val]), "float32", 8e9)
+        frozen = 95
+        timer_p, timer_c = EpochTimer(keras), EpochTimer(keras)
+        e_cfg = replace(cfg, stage1=replace(cfg.stage1, epochs=3))
+
+        def with_timer(timer):
+            orig = keras.callbacks.EarlyStopping
+
+            class ES(orig):
+                def __init__(self, *args, **kw):
+                    super().__init__(*args, **kw)
+
+                def set_model(self, model):
+                    super().set_model(model)
+                    timer.cb.set_model(model)
+
+                def on_train_begin(self, logs=None):
+                    super().on_train_begin(logs)
+                    timer.cb.on_train_begin(logs)
+
+                def on_epoch_begin(self, epoch, logs=None):
+                    timer.cb.on_epoch_begin(epoch, logs)
+
+                def on_epoch_end(self, epoch, logs=None):
+                    timer.cb.on_epoch_end(epoch, logs)
+                    super().on_epoch_end(epoch, logs)
+            keras.callbacks.EarlyStopping = ES
+            return orig
+
+        orig = with_timer(timer_p)
+        run_trial(e_cfg, data.bridge.images, split, 4, frozen, 1, verbose=False, calibration=cal)
+        keras.callbacks.EarlyStopping = orig
+        cache_time = [0.0]
+
+        def prefix(model, f):
+            t = time.perf_counter()
+            c = store.get(model, cut_for(f, cut_points(base_of(model))), "bench", data.bridge.images)
+            cache_time[0] = time.perf_counter() - t
+            return c
+
+        orig = with_timer(timer_c)
+        run_trial(e_cfg, data.bridge.images, split, 4, frozen, 1, verbose=False, calibration=cal, prefix=prefix)
+        keras.callbacks.EarlyStopping = orig
+        plain_epoch = float(np.median(timer_p.cb.times[1:]))
+        cached_epoch = float(np.median(timer_c.cb.times[1:]))
+        print(f"stage1_epoch_plain_s={plain_epoch:.2f}")
+        print(f"stage1_epoch_cached_s={cached_epoch:.2f}")
+        print(f"stage1_cache_pass_s={cache_time[0]:.2f}")
+        print(f"stage1_epoch_speedup={plain_epoch / cached_epoch:.2f}")
+
+    # 2. stage 2 for 25 epochs, embedding pass included (a threshold above 1 never stops it early)
+    s2 = replace(cfg, stage2=replace(cfg.stage2, max_epochs=25, stop_train_accuracy=1.01))
+    t = time.perf_counter()
+    train_stage2(s2, data.target.images, data.target_splits, 1, None, cache=False)
+    plain2 = time.perf_counter() - t
+    t = time.perf_counter()
+    train_stage2(s2, data.target.images, data.target_splits, 1, None, cache=True)
+    cached2 = time.perf_counter() - t
+    print(f"stage2_plain_s={plain2:.2f}")
+    print(f"stage2_cached_s={cached2:.2f}")
+    print(f"stage2_speedup={plain2 / cached2:.2f}")
+
+    # 3. input pipeline: fit() through tf.data from the image cache vs train_on_batch on in-memory tensors
+    keras.utils.set_random_seed(1)
+    model = build_classifier(cfg.model, cfg.data.image_size, 4, cfg.data.scaling, calibration_images=cal)
+    freeze(model, 100)
+    compile_for_training(model, 1e-4)
+    bs = cfg.stage1.batch_size
+    n = (len(split.train) // bs) * bs
+    x = gather_array(data.bridge.images, split.train[:n])
+    y = split.y_train[:n]
+    model.train_on_batch(x[:bs], y[:bs])
+    t = time.perf_counter()
+    for _ in range(2):
+        for s in range(0, n, bs):
+            model.train_on_batch(x[s:s + bs], y[s:s + bs])
+    tob = 2 * n / (time.perf_counter() - t)
+    ds = make_dataset(data.bridge.images, split.train[:n], y, bs, shuffle=True, seed=1)
+    model.fit(ds, epochs=1, verbose=0)
+    t = time.perf_counter()
+    model.fit(ds, epochs=2, verbose=0)
+    fit_rate = 2 * n / (time.perf_counter() - t)
+    print(f"train_on_batch_img_s={tob:.1f}")
+    print(f"fit_pipeline_img_s={fit_rate:.1f}")
+    print(f"pipeline_ratio={fit_rate / tob:.2f}")
+    keras.backend.clear_session()
+
+    # 4. whole sweeps: plain vs cached; cached with twice the data
+    plain = timed_sweep(cfg, cache=False)
+    cached = timed_sweep(cfg, cache=True)
+    print(f"sweep_plain_s={plain:.1f}")
+    print(f"sweep_cached_s={cached:.1f}")
+    print(f"sweep_speedup={plain / cached:.2f}")
+    cfg2 = replace(cfg, stage1=replace(cfg.stage1, sizes=tuple(2 * s for s in cfg.stage1.sizes)),
+                   demo_bridge_per_class=2 * cfg.demo_bridge_per_class)
+    cached2x = timed_sweep(cfg2, cache=True)
+    print(f"sweep_cached_2x_s={cached2x:.1f}")
+    print(f"sweep_cost_2x={cached2x / cached:.2f}")
+    from mstl.bench.machine import cpu_model
+    print(f"# total {time.perf_counter() - t_start:.0f}s on {cpu_model()}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Thread-safe inference for the app: a pool of runtimes, each used by one request at a time."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.images import load_image
+from ..runtimes import load_runtime
+
+
+class Classifier:
+    def __init__(self, model_path: str | os.PathLike, workers: int | None = None, threads_per_worker: int = 1,
+                 max_pixels: int = 40_000_000):
+        self.path = Path(model_path)
+        card_path = self.path.with_name(self.path.name + ".json")
+        self.card: dict[str, Any] = json.loads(card_path.read_text()) if card_path.exists() else {}
+        workers = workers or max(1, os.cpu_count() or 1)
+        self._pool: queue.Queue = queue.Queue()
+        for _ in range(workers):
+            self._pool.put(load_runtime(self.path, threads=threads_per_worker))
+        first = self._pool.queue[0]
+        self.image_size = first.image_size
+        n_out = None
+        self.labels: list[str] = self.card.get("labels") or []
+        if not self.labels:
+            n_out = first.predict(np.zeros((1, self.image_size, self.image_size, 3), np.uint8)).shape[1]
+            self.labels = [f"class_{i}" for i in range(n_out)]
+        self.resize = (self.card.get("input", {}).get("resize", {}) or {}).get("method", "bilinear")
+        self.max_pixels = max_pixels
+        self.runtime = f"{first.name} {first.version}"
+
+    @contextmanager
+    def _runtime(self):
+        rt = self._pool.get()
+        try:
+            yield rt
+        finally:
+            self._pool.put(rt)
+
+    def describe(self) -> dict[str, Any]:
+        card = dict(self.card)
+        card.setdefault("name", self.path.name)
+        card["file"] = str(self.path)
+        card["size_bytes"] = self.path.stat().st_size
+        card["served_by"] = self.runtime
+        return card
+
+    def classify(self, data: bytes, name: str = "<upload>") -> dict[str, Any]:
+        t0 = time.perf_counter()
+        pixels = load_image(data, self.image_size, self.resize, name=name, max_pixels=self.max_pixels)
+        t1 = time.perf_counter()
+        with self._runtime() as rt:
+            probs = rt.output_probs(rt.run(rt.prepare(pixels)))[0]
+        t2 = time.perf_counter()
+        probs = np.clip(probs.astype(np.float64), 0, None)
+        total = probs.sum()
+        probs = probs / total if total > 0 else np.full_like(probs, 1 / len(probs))
+        best = int(np.argmax(probs))
+        return {
+            "label": self.labels[best],
+            "probabilities": {lab: float(p) for lab, p in zip(self.labels, probs)},
+            "latency_ms": round((t2 - t0) * 1000, 3),
+            "timing_ms": {"decode_resize": round((t1 - t0) * 1000, 3), "inference": round((t2 - t1) * 1000, 3)},
+        }

@@ -1,0 +1,54 @@
+"""mstl-app: serve an exported model behind a phone-friendly page and a JSON API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..progress import say, warn
+from .common import UserError, friendly
+
+app = typer.Typer(add_completion=False)
+DEFAULT_MODEL = Path("runs/latest/exports/classifier-int8.tflite")
+
+
+@app.command()
+@friendly
+def serve(
+    model: Optional[Path] = typer.Option(None, help=f"a .tflite or .onnx artifact (default {DEFAULT_MODEL})"),
+    host: str = typer.Option("127.0.0.1", help="127.0.0.1 = this machine only; 0.0.0.0 = phones on your network"),
+    port: int = typer.Option(8000),
+    workers: Optional[int] = typer.Option(None, help="interpreters serving requests in parallel (default: cores)"),
+    max_upload_mb: float = typer.Option(10.0, help="largest accepted upload"),
+):
+    """Serve the model: open http://HOST:PORT on a phone or a laptop."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError("the app needs FastAPI and uvicorn: pip install 'mstl[app]'") from None
+    from ..app_demo.inference import Classifier
+    from ..app_demo.server import create_app
+    if model is None:
+        model = DEFAULT_MODEL
+        if not model.is_file():
+            raise UserError(f"no model given and {model} does not exist: run `make demo` (or mstl-export --int8), "
+                            "or pass --model FILE")
+        say(f"model: {model.resolve()} (the int8 TFLite of runs/latest)")
+    if model.suffix not in (".tflite", ".onnx"):
+        raise UserError(f"{model}: the app serves .tflite or .onnx artifacts")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        warn(f"listening on {host}: anyone on this network can reach the app. It is a research prototype with no "
+             "authentication; use it on a trusted network only.")
+    clf = Classifier(model, workers=workers)
+    say(f"serving {clf.path.name} ({clf.runtime}, labels {clf.labels}) on http://{host}:{port}")
+    uvicorn.run(create_app(clf, int(max_upload_mb * 1024 * 1024)), host=host, port=port, log_level="warning")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

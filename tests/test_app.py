@@ -1,0 +1,151 @@
+import io
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ARTIFACTS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def classifier(smoke_exports):
+    from mstl.app_demo.inference import Classifier
+    return Classifier(smoke_exports / "classifier-int8.tflite", workers=2)
+
+
+@pytest.fixture(scope="module")
+def client(classifier):
+    from starlette.testclient import TestClient
+    from mstl.app_demo.server import create_app
+    return TestClient(create_app(classifier, max_upload=200_000))
+
+
+def _jpeg(size=(64, 64), exif_orientation=None, seed=0):
+    arr = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    kw = {}
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kw["exif"] = exif.tobytes()
+    Image.fromarray(arr).save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def test_health_and_model(client, classifier):
+    assert client.get("/health").json() == {"status": "ok"}
+    card = client.get("/model").json()
+    assert card["precision"] == "int8" and card["labels"] == classifier.labels and card["verification"]["status"] == "ok"
+    page = client.get("/")
+    assert page.status_code == 200 and 'capture="environment"' in page.text and "not a diagnostic device" in page.text
+
+
+def test_predict(client, classifier):
+    r = client.post("/predict", files={"file": ("x.jpeg", _jpeg(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert set(out["probabilities"]) == set(classifier.labels) and out["label"] in classifier.labels
+    assert abs(sum(out["probabilities"].values()) - 1) < 1e-9 and out["latency_ms"] > 0
+    assert out["label"] == max(out["probabilities"], key=out["probabilities"].get)
+
+
+def test_exif_orientation_applied_before_inference(classifier):
+    from mstl.data.images import load_image
+    rotated = _jpeg((60, 30), exif_orientation=6)
+    assert load_image(rotated, 32).shape == (32, 32, 3)
+    upright = Image.open(io.BytesIO(rotated))
+    from PIL import ImageOps
+    assert ImageOps.exif_transpose(upright).size == (30, 60)
+
+
+@pytest.mark.parametrize("files,status,words", [
+    ({"file": ("notes.txt", b"hello there", "text/plain")}, 400, "not an image"),
+    ({"file": ("cut.jpeg", _jpeg()[:200], "image/jpeg")}, 400, "truncated"),
+    ({"file": ("empty.jpeg", b"", "image/jpeg")}, 400, "empty upload"),
+    ({"other": ("x.jpeg", _jpeg(), "image/jpeg")}, 422, "missing field 'file'"),
+    ({"file": ("big.jpeg", b"\xff" * 300_000, "image/jpeg")}, 413, "limit"),
+])
+def test_bad_uploads(client, files, status, words):
+    r = client.post("/predict", files=files)
+    assert r.status_code == status and words in r.json()["error"]
+    assert client.get("/health").status_code == 200  # still serving
+
+
+def test_too_many_pixels(classifier, monkeypatch):
+    from starlette.testclient import TestClient
+    from mstl.app_demo.server import create_app
+    monkeypatch.setattr(classifier, "max_pixels", 1000)
+    r = TestClient(create_app(classifier)).post("/predict", files={"file": ("x.jpeg", _jpeg(), "image/jpeg")})
+    assert r.status_code == 413 and "too many pixels" in r.json()["error"]
+
+
+def test_not_multipart(client):
+    r = client.post("/predict", content=b"abc", headers={"content-type": "application/octet-stream"})
+    assert r.status_code == 415 and "multipart" in r.json()["error"]
+
+
+def test_concurrent_requests_are_consistent(client):
+    from concurrent.futures import ThreadPoolExecutor
+    data = _jpeg(seed=3)
+    first = client.post("/predict", files={"file": ("x.jpeg", data, "image/jpeg")}).json()["probabilities"]
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda _: client.post("/predict", files={"file": ("x.jpeg", data, "image/jpeg")}).json(), range(32)))
+    assert all(o["probabilities"] == first for o in outs)
+
+
+def _chromium() -> str | None:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path:
+        return path
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"], env=env,
+                       capture_output=True, timeout=600)
+    return shutil.which("chromium")
+
+
+def test_browser_upload_shows_label(classifier, tmp_path):
+    pw = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    chromium = _chromium()
+    if not chromium:
+        pytest.skip("Debian's chromium could not be installed here (needs root and apt-get)")
+    import uvicorn
+    from mstl.app_demo.server import create_app
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(classifier), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    img = tmp_path / "photo.jpeg"
+    img.write_bytes(_jpeg((300, 200)))
+    try:
+        with pw.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone's screen
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#model dd >> text=int8")
+            page.set_input_files("#file", str(img))
+            label = page.wait_for_selector("[data-testid=label]:not(:empty)", timeout=20000)
+            assert label.inner_text() in classifier.labels
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "app-demo.png"), full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert (ARTIFACTS / "app-demo.png").stat().st_size > 5000

@@ -1,0 +1,84 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from mstl.cli.bench import app
+
+runner = CliRunner()
+
+BENCHMARK_MODEL_LOG = """STARTING!
+Num threads: [4]
+Graph: [/data/local/tmp/classifier-int8.tflite]
+Use xnnpack: [1]
+Loaded model /data/local/tmp/classifier-int8.tflite
+Initialized session in 20.283ms.
+Running benchmark for at least 1 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
+count=200 first=5012 curr=2011 min=1990 max=2400 avg=2050.5 std=40 p5=2000 median=2040 p95=2150
+Running benchmark for at least 50 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
+count=500 first=2100 curr=2001 min=1950 max=2300 avg=2010.25 std=30 p5=1960 median=2000 p95=2100
+Inference timings in us: Init: 20283, First inference: 5012, Warmup (avg): 2050.5, Inference (avg): 2010.25
+Memory footprint delta from the start of the tool (MB): init=2.94922 overall=10.1797
+"""
+
+
+def test_import_without_tensorflow():
+    code = "import sys, mstl.bench.run, mstl.bench.measure, mstl.cli.bench; assert 'tensorflow' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_parse_benchmark_model():
+    from mstl.bench.android import parse_benchmark_model
+    r = parse_benchmark_model(BENCHMARK_MODEL_LOG, "phone.txt")
+    assert r["artifact"] == "classifier-int8.tflite" and r["precision"] == "int8"
+    lat = r["latency"]["4"]
+    assert lat["p50"] == pytest.approx(2.0) and lat["mean"] == pytest.approx(2.01025) and lat["runs"] == 500
+    assert r["init_ms"] == pytest.approx(20.283) and r["first_ms"] == pytest.approx(5.012) and r["xnnpack"] is True
+    with pytest.raises(ValueError, match="benchmark_model"):
+        parse_benchmark_model("garbage")
+
+
+@pytest.mark.slow
+def test_bench_exports_json_and_markdown(smoke_exports, tmp_path):
+    out = tmp_path / "b.json"
+    md = tmp_path / "b.md"
+    res = runner.invoke(app, [str(smoke_exports), "--runs", "20", "--warmup", "2", "--threads", "1",
+                              "--json", str(out), "--markdown", str(md), "--save-dir", str(tmp_path / "saved")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert set(rep) >= {"machine", "results"} and rep["machine"]["cores"] >= 1
+    for r in rep["results"]:
+        for k in ("artifact", "format", "precision", "size_mb", "accuracy", "latency_ms", "init_ms", "first_ms", "peak_rss_mb"):
+            assert k in r, k
+        assert r["status"] == "ok" and 0 <= r["accuracy"] <= 1
+        lat = r["latency_ms"]["1"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and r["peak_rss_mb"] > 10
+    assert "| classifier-int8.tflite |" in md.read_text()
+    saved = list((tmp_path / "saved").glob("bench_*litert*_ort*.json"))
+    assert len(saved) == 1
+
+
+@pytest.mark.slow
+def test_min_accuracy_and_broken_artifact(smoke_exports, tmp_path):
+    res = runner.invoke(app, [str(smoke_exports / "classifier-int8.tflite"), "--runs", "5", "--threads", "1",
+                              "--min-accuracy", "1.01"])
+    assert res.exit_code == 2 and "below --min-accuracy" in res.output
+    res = runner.invoke(app, [str(smoke_exports / "classifier-int8.tflite"), "--runs", "5", "--threads", "1",
+                              "--min-accuracy", "0.0"])
+    assert res.exit_code == 0, res.output
+    broken = tmp_path / "broken-int8.tflite"
+    broken.write_bytes(b"not a flatbuffer at all" * 10)
+    good = tmp_path / "classifier-fp32.onnx"
+    shutil.copy(smoke_exports / "classifier-fp32.onnx", good)
+    res = runner.invoke(app, [str(broken), str(good), "--runs", "5", "--threads", "1", "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 2 and "broken-int8.tflite" in res.output and "could not be measured" in res.output
+    rep = json.loads((tmp_path / "r.json").read_text())
+    status = {r["artifact"]: r["status"] for r in rep["results"]}
+    assert status == {"broken-int8.tflite": "failed", "classifier-fp32.onnx": "ok"}
+    assert rep["data"] is None and rep["results"][1]["accuracy"] is None  # no labelled data: said, not invented
+    (tmp_path / "model.pt").write_bytes(b"x")
+    res = runner.invoke(app, [str(tmp_path / "model.pt")])
+    assert res.exit_code == 2 and "unknown artifact type" in res.output

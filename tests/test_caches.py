@@ -1,0 +1,60 @@
+"""The caches change speed, never results: float32 activation caching and the stage-2 embedding cache
+reproduce the plain path."""
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_data():
+    from mstl.config import preset
+    from mstl.train.run import prepare
+    return prepare(preset("smoke"), quiet=True)
+
+
+def test_cut_points_match_mobilenetv2_blocks():
+    from mstl.model import build_base
+    from mstl.train.prefix_cache import cut_for, cut_points
+    cuts = cut_points(build_base(96, 1.0, "none"))
+    # single-tensor cuts listed in STACK.md for width 1.0
+    for c in (80, 89, 90, 97, 106, 115, 116, 124):
+        assert c in cuts, c
+    for c in (81, 85, 107, 120):
+        assert c not in cuts, c
+    assert cut_for(85, cuts) == 80 and cut_for(120, cuts) == 116 and cut_for(1, cuts) is None
+
+
+def test_activation_cache_reproduces_plain_trial(smoke_data, tmp_path):
+    from mstl.train.prefix_cache import PrefixCacheStore, cut_for, cut_points
+    from mstl.train.run import bn_calibration
+    from mstl.train.stage1 import run_trial
+    from mstl.model import base_of
+    cfg = smoke_data.cfg
+    size = min(smoke_data.splits)
+    split = smoke_data.splits[size]
+    cal = bn_calibration(smoke_data)
+    images = smoke_data.bridge.images
+    store = PrefixCacheStore(tmp_path / "cache", np.concatenate([split.train, split.val]), "float32", 1e9)
+
+    def prefix(model, frozen):
+        return store.get(model, cut_for(frozen, cut_points(base_of(model))), "seed1", images)
+
+    m_plain, r_plain = run_trial(cfg, images, split, 4, 120, 1, verbose=False, calibration=cal)
+    m_cache, r_cache = run_trial(cfg, images, split, 4, 120, 1, verbose=False, calibration=cal, prefix=prefix)
+    assert r_cache["cache_cut"] is not None and r_plain["cache_cut"] is None
+    assert r_cache["epochs"] == r_plain["epochs"]
+    assert r_cache["val_accuracy"] == r_plain["val_accuracy"]
+    assert r_cache["val_loss"] == pytest.approx(r_plain["val_loss"], rel=1e-4, abs=1e-5)
+    x = np.asarray(images[split.val], dtype="float32")
+    np.testing.assert_allclose(m_cache.predict(x, verbose=0), m_plain.predict(x, verbose=0), atol=1e-4)
+
+
+def test_cache_budget_falls_back(smoke_data, tmp_path):
+    from mstl.train.prefix_cache import PrefixCacheStore
+    from mstl.model import build_classifier
+    store = PrefixCacheStore(tmp_path / "c", np.arange(10), "float16", budget_bytes=10)
+    m = build_classifier(smoke_data.cfg.model, 32, 4, "imagenet")
+    assert store.get(m, 80, "x", smoke_data.bridge.images) is None
+    assert not list((tmp_path).glob("c/*.npy"))
