@@ -129,8 +129,9 @@ def test_browser_upload_shows_label(classifier, tmp_path):
         if server.started:
             break
         time.sleep(0.05)
-    img = tmp_path / "photo.jpeg"
-    img.write_bytes(_jpeg((300, 200)))
+    from mstl.data.synthetic import cxr_image
+    img = tmp_path / "chest-film.jpeg"
+    Image.fromarray(cxr_image("COVID-19", np.random.default_rng(7), 224)[0]).save(img, quality=92)
     try:
         with pw.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=[

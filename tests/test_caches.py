@@ -21,9 +21,9 @@ def test_cut_points_match_mobilenetv2_blocks():
     # single-tensor cuts listed in STACK.md for width 1.0
     for c in (80, 89, 90, 97, 106, 115, 116, 124):
         assert c in cuts, c
-    for c in (81, 85, 107, 120):
+    for c in (81, 85, 107, 110):
         assert c not in cuts, c
-    assert cut_for(85, cuts) == 80 and cut_for(120, cuts) == 116 and cut_for(1, cuts) is None
+    assert cut_for(85, cuts) == 80 and cut_for(120, cuts) == 119 and cut_for(116, cuts) == 115 and cut_for(1, cuts) is None
 
 
 def test_activation_cache_reproduces_plain_trial(smoke_data, tmp_path):

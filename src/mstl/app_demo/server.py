@@ -1,6 +1,5 @@
 """FastAPI service: GET / (page), GET /health, GET /model, POST /predict (multipart field `file`)."""
 
-from __future__ import annotations
 
 import json
 from importlib import resources
