@@ -22,6 +22,8 @@ class Format:
     runtime: str  # "litert" | "onnxruntime"
     min_agreement: float  # verification threshold on top-1 agreement with the Keras model
     note: str = ""
+    # Builder options to retry with, in order, when an artifact fails verification (slower, more exact).
+    fallbacks: tuple[dict, ...] = ()
 
     @property
     def suffix(self) -> str:
@@ -47,7 +49,8 @@ FORMATS: tuple[Format, ...] = (
            0.98, "full integer: int8 weights and activations"),
     Format("onnx-fp32", "onnx", "fp32", None, (), "mstl.export.onnx:build_fp32", "onnxruntime", 0.999),
     Format("onnx-int8", "onnx", "int8", "int8", ("calibration",), "mstl.export.onnx:build_int8", "onnxruntime", 0.98,
-           "static QDQ, uint8 activations / int8 per-channel weights"),
+           "static QDQ, int8 per-channel weights; uint8 activations (fast), int8 if those fail verification",
+           fallbacks=({"activations": "int8"},)),
 )
 
 FORMAT_NAMES = ("tflite", "onnx")

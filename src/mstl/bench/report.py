@@ -15,7 +15,7 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     threads = [str(t) for t in report["threads"]]
     tcol = "/".join(threads)
     head = ["artifact", "format", "precision", "status", "size MB", "accuracy %", "Δ vs fp32", f"p50 ms @{tcol}t",
-            f"p90 ms @{tcol}t", f"img/s @{tcol}t", "e2e p50 ms", "init ms", "peak MB", "notes"]
+            f"p90 ms @{tcol}t", f"img/s @{tcol}t", f"e2e p50 ms @{threads[-1]}t", "init ms", "peak MB", "notes"]
     out = []
     for r in report["results"]:
         if r.get("status") != "ok":

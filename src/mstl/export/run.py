@@ -138,28 +138,33 @@ def _export_one(fmt: Format, model, work: Path, job: ExportJob, pixels, referenc
     row: dict[str, Any] = {"name": name, "format": fmt.format, "precision": fmt.precision, "path": name,
                            "key": fmt.key, "size_bytes": None, "status": "failed", "agreement": None,
                            "max_abs_diff": None, "n_compared": 0}
-    try:
-        builder = fmt.load_builder()
-        data = builder(model, work, calibration=calibration, io=job.io)
-    except Exception as e:  # a converter failure is reported per artifact; the others still export
-        row["error"] = f"conversion failed: {str(e).splitlines()[0][:300]}"
-        say(f"{name}: {row['error']}")
-        return row
-    staged = work / name
-    staged.write_bytes(data)
-    try:
-        rt = load_runtime(staged, threads=2)
-    except RuntimeError_ as e:
-        row["error"] = str(e)
-        return row
-    card = {"name": name, "format": fmt.format, "precision": fmt.precision, "labels": job.labels,
-            **_io_card(rt, job.labels, job), "source": job.source, "intended_use": INTENDED_USE,
-            "data_licence": job.data_licence, "note": fmt.note}
-    data = fmt.load_module().embed_metadata(data, card)
-    staged.write_bytes(data)
-    rt = load_runtime(staged, threads=2)
     threshold = job.thresholds.get(fmt.precision, fmt.min_agreement)
-    check = verify(rt, pixels, reference, threshold)
+    for attempt, options in enumerate(({},) + fmt.fallbacks):
+        try:
+            data = fmt.load_builder()(model, work, calibration=calibration, io=job.io, **options)
+        except Exception as e:  # a converter failure is reported per artifact; the others still export
+            row["error"] = f"conversion failed: {str(e).splitlines()[0][:300]}"
+            say(f"{name}: {row['error']}")
+            return row
+        staged = work / name
+        staged.write_bytes(data)
+        try:
+            rt = load_runtime(staged, threads=2)
+        except RuntimeError_ as e:
+            row["error"] = str(e)
+            return row
+        card = {"name": name, "format": fmt.format, "precision": fmt.precision, "labels": job.labels,
+                **_io_card(rt, job.labels, job), "source": job.source, "intended_use": INTENDED_USE,
+                "data_licence": job.data_licence, "note": fmt.note, "builder_options": options}
+        data = fmt.load_module().embed_metadata(data, card)
+        staged.write_bytes(data)
+        rt = load_runtime(staged, threads=2)
+        check = verify(rt, pixels, reference, threshold)
+        if check["status"] == "ok" or attempt == len(fmt.fallbacks):
+            break
+        say(f"{name}: {check['reason']}; retrying with {fmt.fallbacks[attempt]}")
+    if options and check["status"] == "ok":
+        check["fallback"] = f"verified with builder options {options} after the default options failed"
     seconds = round(time.monotonic() - t0, 2)
     card.update({"sha256": _sha256(data), "size_bytes": len(data), "verification": check,
                  "runtime": f"{rt.name} {rt.version}", "export_seconds": seconds})
@@ -172,6 +177,8 @@ def _export_one(fmt: Format, model, work: Path, job: ExportJob, pixels, referenc
         row["reason"] = check["reason"]
     if "warning" in check:
         row["warning"] = check["warning"]
+    if options:
+        row["builder_options"] = options
     agree = "-" if check["agreement"] is None else f"{100 * check['agreement']:.1f}%"
     say(f"{name}: {len(data) / 1e6:.2f} MB, {seconds:.1f}s, agreement {agree} on {check['n_compared']} images, "
         f"max |diff| {check['max_abs_diff']:.4f} -> {check['status']}" + (f" ({check['reason']})" if "reason" in check else ""))
