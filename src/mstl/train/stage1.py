@@ -23,6 +23,9 @@ from .prefix_cache import PrefixCacheStore, cut_for, cut_points, upper_model
 from .store import RunStore, save_model_atomic
 
 
+STEPS_PER_EXECUTION = 8  # both paths, cached or not: results are the same, per-batch overhead is not
+
+
 def depth_grid(cfg: RunConfig, n_layers: int) -> list[int]:
     """Frozen depths in sweep order: start, start - step, ... down to the floor."""
     s1 = cfg.stage1
@@ -91,7 +94,7 @@ def run_trial(cfg: RunConfig, images: np.ndarray, split: SplitRows, n_classes: i
         if prefix is not None:
             cache = prefix(model, frozen)
         train_model = upper_model(model, cache.cut) if cache is not None else model
-        compile_for_training(train_model, s1.learning_rate)
+        compile_for_training(train_model, s1.learning_rate, STEPS_PER_EXECUTION)
     t_cache = time.monotonic() - t0
     if cache is not None:
         source, tr, va = cache.array, cache.positions(split.train), cache.positions(split.val)

@@ -20,6 +20,9 @@ from ..tf_env import keras, tf
 from .prepare import TargetSplits
 
 
+STEPS_PER_EXECUTION = 32  # both paths: a head step is tiny, so per-call overhead would dominate
+
+
 class StopAtTrainAccuracy(keras.callbacks.Callback):
     """Stop as soon as an epoch's training accuracy reaches the threshold (the paper's rule)."""
 
@@ -63,13 +66,13 @@ def train_stage2(cfg: RunConfig, images: np.ndarray, t: TargetSplits, seed: int,
     if cache:
         f_train = _features(model, images, t.train)
         head = _head_model(model, f_train.shape[1])
-        compile_for_training(head, s2.learning_rate)
+        compile_for_training(head, s2.learning_rate, STEPS_PER_EXECUTION)
         ds = tf.data.Dataset.from_tensor_slices((f_train, t.y_train)).shuffle(len(f_train), seed=seed).batch(s2.batch_size)
         hist = head.fit(ds, epochs=s2.max_epochs, verbose=0, callbacks=[stop])
         p_val = head.predict(_features(model, images, t.val), verbose=0)
         p_test = head.predict(_features(model, images, t.test), verbose=0)
     else:
-        compile_for_training(model, s2.learning_rate)
+        compile_for_training(model, s2.learning_rate, STEPS_PER_EXECUTION)
         ds = make_dataset(images, t.train, t.y_train, s2.batch_size, shuffle=True, seed=seed)
         hist = model.fit(ds, epochs=s2.max_epochs, verbose=0, callbacks=[stop])
         p_val = model.predict(make_dataset(images, t.val, t.y_val, 64), verbose=0)
