@@ -38,6 +38,7 @@ class StopAtTrainAccuracy(keras.callbacks.Callback):
 
 
 def _features(model, images: np.ndarray, rows: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Pooled features of the given image rows: one inference pass through the frozen network."""
     extractor = keras.Model(model.inputs, model.get_layer(POOL_NAME).output)
     ds = make_dataset(images, rows, np.zeros(len(rows), np.int64), batch).map(lambda x, y: x)
     return extractor.predict(ds, verbose=0)
@@ -63,14 +64,17 @@ def train_stage2(cfg: RunConfig, images: np.ndarray, t: TargetSplits, seed: int,
                                calibration_images=gather_array(images, t.train[:64])))
     model = with_new_head(source, 2, cfg.model.dropout)
     stop = StopAtTrainAccuracy(s2.stop_train_accuracy)
+    t_train = time.monotonic()
     if cache:
-        f_train = _features(model, images, t.train)
+        n_tr, n_va = len(t.train), len(t.val)
+        feats = _features(model, images, np.concatenate([t.train, t.val, t.test]))
+        f_train = feats[:n_tr]
         head = _head_model(model, f_train.shape[1])
         compile_for_training(head, s2.learning_rate, STEPS_PER_EXECUTION)
         ds = tf.data.Dataset.from_tensor_slices((f_train, t.y_train)).shuffle(len(f_train), seed=seed).batch(s2.batch_size)
         hist = head.fit(ds, epochs=s2.max_epochs, verbose=0, callbacks=[stop])
-        p_val = head.predict(_features(model, images, t.val), verbose=0)
-        p_test = head.predict(_features(model, images, t.test), verbose=0)
+        probs = head.predict(feats[n_tr:], batch_size=256, verbose=0)
+        p_val, p_test = probs[:n_va], probs[n_va:]
     else:
         compile_for_training(model, s2.learning_rate, STEPS_PER_EXECUTION)
         ds = make_dataset(images, t.train, t.y_train, s2.batch_size, shuffle=True, seed=seed)
@@ -90,6 +94,7 @@ def train_stage2(cfg: RunConfig, images: np.ndarray, t: TargetSplits, seed: int,
         "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"], "n_val": val["n"],
         "train_accuracy": float(h["accuracy"][-1]), "epochs": len(h["accuracy"]),
         "stopped_at_threshold": stop.reached_at is not None,
+        "train_seconds": round(time.monotonic() - t_train, 2),
         "classes": names, "embedding_cache": bool(cache),
         "seconds": round(time.monotonic() - t0, 2),
     }
