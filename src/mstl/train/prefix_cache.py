@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..progress import progress_bar, say, warn
-from ..tf_env import keras
+from ..tf_env import keras, tf
 from ..model import BASE_NAME, base_of
 
 
@@ -141,10 +141,12 @@ class PrefixCacheStore:
         tmp = path.with_name(f".{path.name}.partial{os.getpid()}")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(len(self.rows),) + shape)
         batch = 64
+        # A compiled call: eager execution of ~100 layers per batch ran the pass at half the speed.
+        run = tf.function(lambda x: prefix(x, training=False), reduce_retracing=True)
         with progress_bar(f"activation cache at layer {cut} ({base_of(model).layers[cut].name})", len(self.rows)) as adv:
             for s in range(0, len(self.rows), batch):
                 x = gather_array(images, self.rows[s:s + batch])
-                out[s:s + batch] = prefix(x, training=False).numpy().astype(self.dtype)
+                out[s:s + batch] = run(x).numpy().astype(self.dtype)
                 adv(len(x))
         out.flush()
         del out
