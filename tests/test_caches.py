@@ -58,3 +58,29 @@ def test_cache_budget_falls_back(smoke_data, tmp_path):
     m = build_classifier(smoke_data.cfg.model, 32, 4, "imagenet")
     assert store.get(m, 80, "x", smoke_data.bridge.images) is None
     assert not list((tmp_path).glob("c/*.npy"))
+
+
+def test_depth_session_trials_match_fresh_trials(smoke_data, tmp_path):
+    """Sizes sharing one built model per depth get the results fresh builds give, in any order."""
+    from mstl.model import base_of
+    from mstl.train.prefix_cache import PrefixCacheStore, cut_for, cut_points
+    from mstl.train.run import bn_calibration
+    from mstl.train.stage1 import DepthSession, run_trial
+    from dataclasses import replace
+    cfg = replace(smoke_data.cfg, model=replace(smoke_data.cfg.model, dropout=0.3))  # dropout's seed state too
+    images = smoke_data.bridge.images
+    cal = bn_calibration(smoke_data)
+    rows = np.concatenate([np.concatenate([s.train, s.val]) for s in smoke_data.splits.values()])
+    store = PrefixCacheStore(tmp_path / "cache", rows, "float32", 1e9)
+
+    def prefix(model, frozen):
+        return store.get(model, cut_for(frozen, cut_points(base_of(model))), "seed1", images)
+
+    sizes = sorted(smoke_data.splits)
+    session = DepthSession(cfg, 4, 120, 1, cal, prefix)
+    shared = {s: run_trial(cfg, images, smoke_data.splits[s], 4, 120, 1, verbose=False, session=session)[1]
+              for s in reversed(sizes)}
+    for s in sizes:
+        fresh = run_trial(cfg, images, smoke_data.splits[s], 4, 120, 1, verbose=False, calibration=cal, prefix=prefix)[1]
+        assert shared[s]["val_accuracy"] == fresh["val_accuracy"] and shared[s]["epochs"] == fresh["epochs"]
+        assert shared[s]["val_loss"] == pytest.approx(fresh["val_loss"], rel=1e-5, abs=1e-6)

@@ -78,23 +78,55 @@ def strategy():
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
+class DepthSession:
+    """One built, frozen, cached and compiled model for a depth, shared by every size at that depth.
+
+    Before each size, every variable of the model (weights, BatchNorm statistics, dropout seed state)
+    and of the optimizer goes back to its value right after the build, so each trial starts exactly
+    where a fresh build with the same seed starts - the trial stays a pure function - while the build,
+    the weight loading and the tracing of the training step are paid once per depth, not once per size.
+    """
+
+    def __init__(self, cfg: RunConfig, n_classes: int, frozen: int, seed: int, calibration, prefix):
+        keras.utils.set_random_seed(seed)
+        with strategy().scope():
+            self.model = build_classifier(cfg.model, cfg.data.image_size, n_classes, cfg.data.scaling,
+                                          calibration_images=calibration)
+            freeze(self.model, frozen)
+            self.cache = prefix(self.model, frozen) if prefix is not None else None
+            self.train_model = upper_model(self.model, self.cache.cut) if self.cache is not None else self.model
+            compile_for_training(self.train_model, cfg.stage1.learning_rate, STEPS_PER_EXECUTION)
+            self.train_model.optimizer.build(self.train_model.trainable_variables)
+        self._vars = list(self.model.variables) + list(self.train_model.optimizer.variables)
+        self._start = [v.numpy() for v in self._vars]
+
+    def reset(self) -> None:
+        for v, value in zip(self._vars, self._start):
+            v.assign(value)
+
+
 def run_trial(cfg: RunConfig, images: np.ndarray, split: SplitRows, n_classes: int, frozen: int, seed: int,
               init_model=None, label: str = "", verbose: bool = True, calibration: np.ndarray | None = None,
-              prefix: Callable | None = None) -> tuple[Any, dict]:
-    """Train one depth. ``prefix(model, cut)`` may return an ActivationCache for the frozen prefix: the
-    trial then trains the layers above the cut on cached activations (same computation, less of it)."""
+              prefix: Callable | None = None, session: DepthSession | None = None) -> tuple[Any, dict]:
+    """Train one depth. ``prefix(model, frozen)`` may return an ActivationCache for the frozen prefix:
+    the trial then trains the layers above the cut on cached activations (same computation, less of
+    it). A ``session`` supplies an already built model for this depth, reset to its starting state."""
     s1 = cfg.stage1
     t0 = time.monotonic()
+    if session is None:
+        session = DepthSession(cfg, n_classes, frozen, seed, calibration, prefix) if init_model is None else None
+    if session is not None:
+        session.reset()
+        model, train_model, cache = session.model, session.train_model, session.cache
+    else:
+        keras.utils.set_random_seed(seed)
+        with strategy().scope():
+            model = init_model
+            freeze(model, frozen)
+            cache = prefix(model, frozen) if prefix is not None else None
+            train_model = upper_model(model, cache.cut) if cache is not None else model
+            compile_for_training(train_model, s1.learning_rate, STEPS_PER_EXECUTION)
     keras.utils.set_random_seed(seed)
-    cache = None
-    with strategy().scope():
-        model = init_model if init_model is not None else build_classifier(
-            cfg.model, cfg.data.image_size, n_classes, cfg.data.scaling, calibration_images=calibration)
-        freeze(model, frozen)
-        if prefix is not None:
-            cache = prefix(model, frozen)
-        train_model = upper_model(model, cache.cut) if cache is not None else model
-        compile_for_training(train_model, s1.learning_rate, STEPS_PER_EXECUTION)
     t_cache = time.monotonic() - t0
     if cache is not None:
         source, tr, va = cache.array, cache.positions(split.train), cache.positions(split.val)
@@ -145,7 +177,9 @@ def sweep(cfg: RunConfig, store: RunStore, images: np.ndarray, splits: dict[int,
 
     n_trials = 0
     t0 = time.monotonic()
+    share = cfg.stage1.mode == "restart" and prefix_store is not None
     for depth in grid:
+        session = None
         for size in sizes:
             done = {r["frozen"]: r for r in store.trials() if r["size"] == size and r["seed"] == seed}
             if next_depth(grid, done, cfg.stage1.patience) != depth:
@@ -158,12 +192,15 @@ def sweep(cfg: RunConfig, store: RunStore, images: np.ndarray, splits: dict[int,
             if n_trials:
                 eta = f"; {(time.monotonic() - t0) / n_trials:.0f}s per trial so far"
             say(f"trial: {label} (seed {seed}; {len(done) + 1} of at most {len(grid)} for this size{eta})")
+            if share and session is None:
+                session = DepthSession(cfg, n_classes, depth, seed, calibration, prefix)
             model, rec = run_trial(cfg, images, splits[size], n_classes, depth, seed, init, label,
-                                   calibration=calibration, prefix=prefix)
+                                   calibration=calibration, prefix=prefix, session=session)
             rec["size"] = int(size)
             _record(cfg, store, model, rec, done, size, depth, seed)
             n_trials += 1
-            keras.backend.clear_session()
+        session = None
+        keras.backend.clear_session()
     best = {}
     for size in sizes:
         records = [r for r in store.trials() if r["size"] == size and r["seed"] == seed]
