@@ -14,7 +14,6 @@ export path; ImageNet weights from --weights (or ../shared/weights when present)
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile

@@ -7,7 +7,6 @@ import multiprocessing as mp
 import os
 import resource
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,7 +112,3 @@ def measure_isolated(path: str, threads: list[int], runs: int, warmup: int, pixe
         return {"artifact": str(path), "status": "failed", "error": payload}
     payload["status"] = "ok"
     return payload
-
-
-def artifact_exists(path: str) -> bool:
-    return Path(path).is_file()

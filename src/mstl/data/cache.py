@@ -74,14 +74,14 @@ def build_cache(index: DatasetIndex, size: int, method: str, root: Path | None =
     tmp = Path(tempfile.mkdtemp(prefix=f".images-{key}-", dir=root))
     try:
         n = len(index)
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
         ok = np.zeros(n, dtype=bool)
         failures: list[Skipped] = []
         read = _reader(index, size, method)
 
         def work(i: int):
             try:
-                images[i] = read(i)
+                out[i] = read(i)
                 return i, None
             except ImageError as e:
                 return i, e.reason
@@ -94,8 +94,7 @@ def build_cache(index: DatasetIndex, size: int, method: str, root: Path | None =
                 else:
                     failures.append(Skipped(index.paths[i], reason))
                 advance(1)
-        images.flush()
-        del images
+        out.flush()
         np.save(tmp / "ok.npy", ok)
         (tmp / "meta.json").write_text(json.dumps({
             "n": n, "size": size, "method": method, "fingerprint": index.fingerprint(),
