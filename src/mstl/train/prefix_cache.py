@@ -142,7 +142,8 @@ class PrefixCacheStore:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(len(self.rows),) + shape)
         batch = 64
         # A compiled call: eager execution of ~100 layers per batch ran the pass at half the speed.
-        run = tf.function(lambda x: prefix(x, training=False), reduce_retracing=True)
+        spec = tf.TensorSpec((None,) + tuple(images.shape[1:]), tf.float32)
+        run = tf.function(lambda x: prefix(x, training=False), input_signature=[spec])
         with progress_bar(f"activation cache at layer {cut} ({base_of(model).layers[cut].name})", len(self.rows)) as adv:
             for s in range(0, len(self.rows), batch):
                 x = gather_array(images, self.rows[s:s + batch])
