@@ -87,11 +87,13 @@ class DepthSession:
     the weight loading and the tracing of the training step are paid once per depth, not once per size.
     """
 
-    def __init__(self, cfg: RunConfig, n_classes: int, frozen: int, seed: int, calibration, prefix):
+    def __init__(self, cfg: RunConfig, n_classes: int, frozen: int, seed: int, calibration, prefix,
+                 init_model=None):
+        """``init_model``: continue mode's model from the previous depth, used instead of a fresh build."""
         keras.utils.set_random_seed(seed)
         with strategy().scope():
-            self.model = build_classifier(cfg.model, cfg.data.image_size, n_classes, cfg.data.scaling,
-                                          calibration_images=calibration)
+            self.model = init_model if init_model is not None else build_classifier(
+                cfg.model, cfg.data.image_size, n_classes, cfg.data.scaling, calibration_images=calibration)
             freeze(self.model, frozen)
             self.cache = prefix(self.model, frozen) if prefix is not None else None
             self.train_model = upper_model(self.model, self.cache.cut) if self.cache is not None else self.model
@@ -114,18 +116,9 @@ def run_trial(cfg: RunConfig, images: np.ndarray, split: SplitRows, n_classes: i
     s1 = cfg.stage1
     t0 = time.monotonic()
     if session is None:
-        session = DepthSession(cfg, n_classes, frozen, seed, calibration, prefix) if init_model is None else None
-    if session is not None:
-        session.reset()
-        model, train_model, cache = session.model, session.train_model, session.cache
-    else:
-        keras.utils.set_random_seed(seed)
-        with strategy().scope():
-            model = init_model
-            freeze(model, frozen)
-            cache = prefix(model, frozen) if prefix is not None else None
-            train_model = upper_model(model, cache.cut) if cache is not None else model
-            compile_for_training(train_model, s1.learning_rate, STEPS_PER_EXECUTION)
+        session = DepthSession(cfg, n_classes, frozen, seed, calibration, prefix, init_model)
+    session.reset()
+    model, train_model, cache = session.model, session.train_model, session.cache
     keras.utils.set_random_seed(seed)
     t_cache = time.monotonic() - t0
     if cache is not None:
