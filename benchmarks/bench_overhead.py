@@ -113,7 +113,7 @@ def main() -> None:
             im.load()
             full = (time.perf_counter_ns() - t) / 1e6
         print(f"full_decode_12mp_ms={full:.1f}")
-        from mstl.bench.machine import cpu_model
+        from mstl.machine import cpu_model
         print(f"# measured on {cpu_model()}, {os.cpu_count()} cores, 1 thread; 224 px file: {f224.name}", file=sys.stderr)
 
 

@@ -12,6 +12,23 @@ IO_TYPES = ("uint8", "int8", "float")
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """One way to build a format. ``prepared``: build from the int8-ready copy of the model (kernels
+    rounded to the int8 grid, channel ranges evened out, biases corrected: export/bias_correction.py)."""
+    name: str
+    options: tuple[tuple[str, object], ...] = ()  # builder keyword arguments, as pairs (hashable)
+    prepared: bool = False
+    note: str = ""
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.options)
+
+
+DEFAULT_RECIPE = Recipe("default")
+
+
+@dataclass(frozen=True)
 class Format:
     key: str  # "tflite-int8"
     format: str  # "tflite" | "onnx"
@@ -22,8 +39,12 @@ class Format:
     runtime: str  # "litert" | "onnxruntime"
     min_agreement: float  # verification threshold on top-1 agreement with the Keras model
     note: str = ""
-    # Builder options to retry with, in order, when an artifact fails verification (slower, more exact).
-    fallbacks: tuple[dict, ...] = ()
+    # Tried in order, fastest first, until one passes verification; () = the default build only.
+    recipes: tuple[Recipe, ...] = ()
+
+    @property
+    def ladder(self) -> tuple[Recipe, ...]:
+        return self.recipes or (DEFAULT_RECIPE,)
 
     @property
     def suffix(self) -> str:
@@ -31,6 +52,10 @@ class Format:
 
     def filename(self, stem: str) -> str:
         return f"{stem}-{self.precision}{self.suffix}"
+
+    def rejected_filename(self, stem: str) -> str:
+        """Where an artifact that failed verification goes: never the name apps and the bench pick."""
+        return f"{stem}-{self.precision}-rejected{self.suffix}"
 
     def load_module(self):
         return importlib.import_module(self.builder.split(":")[0])
@@ -46,11 +71,18 @@ FORMATS: tuple[Format, ...] = (
     Format("tflite-dynamic", "tflite", "dynamic", "dynamic", (), "mstl.export.tflite:build_dynamic", "litert", 0.98,
            "int8 weights, float activations: often SLOWER than fp32 on x86"),
     Format("tflite-int8", "tflite", "int8", "int8", ("io", "calibration"), "mstl.export.tflite:build_int8", "litert",
-           0.98, "full integer: int8 weights and activations"),
+           0.98, "full integer: int8 weights and activations",
+           recipes=(Recipe("minmax", note="the converter's own: min-max ranges, per-channel int8 kernels"),
+                    Recipe("bias-corrected", prepared=True,
+                           note="int8-ready model: kernels pre-rounded, channel ranges equalized, biases corrected"))),
     Format("onnx-fp32", "onnx", "fp32", None, (), "mstl.export.onnx:build_fp32", "onnxruntime", 0.999),
     Format("onnx-int8", "onnx", "int8", "int8", ("calibration",), "mstl.export.onnx:build_int8", "onnxruntime", 0.98,
-           "static QDQ, int8 per-channel weights; uint8 activations (fast), int8 if those fail verification",
-           fallbacks=({"activations": "int8"},)),
+           "static QDQ, int8 per-channel weights",
+           recipes=(Recipe("u8s8-minmax", (("activations", "uint8"),), note="uint8 activations: the fast form on x86"),
+                    Recipe("u8s8-bias-corrected", (("activations", "uint8"),), prepared=True,
+                           note="uint8 activations on the int8-ready model"),
+                    Recipe("s8s8-bias-corrected", (("activations", "int8"),), prepared=True,
+                           note="int8 activations: more exact on some models, about 2x slower on x86"))),
 )
 
 FORMAT_NAMES = ("tflite", "onnx")

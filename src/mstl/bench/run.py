@@ -12,7 +12,7 @@ import numpy as np
 from ..data.filelist import labelled_folder, load_sources, read_list
 from ..formats import for_file
 from ..progress import say
-from .machine import machine_info
+from ..machine import machine_info
 from .measure import measure_isolated
 
 

@@ -29,7 +29,7 @@ def bench(
 ):
     """Measure every artifact in its own process and print one row per artifact."""
     from ..bench.android import parse_benchmark_model
-    from ..bench.machine import slug
+    from ..machine import slug
     from ..bench.report import print_table, save
     from ..bench.run import run_bench
 

@@ -27,11 +27,13 @@ def export(
                                         "(needed with --model outside a run dir)"),
     labels: Optional[str] = typer.Option(None, help="comma-separated class names for --model outside a run"),
     image_size: Optional[int] = typer.Option(None, help="with --model outside a run: resize to this (default: the model's input)"),
-    calibration: Optional[int] = typer.Option(None, help="calibration images for int8 (default 300)"),
+    calibration: Optional[int] = typer.Option(None, help="calibration images for int8 (default 200)"),
     io: Optional[str] = typer.Option(None, help=f"int8 TFLite input/output type: {' | '.join(IO_TYPES)} (default uint8)"),
     out: Optional[Path] = typer.Option(None, help="output folder (default RUN_DIR/exports)"),
     min_float: float = typer.Option(0.999, help="agreement threshold for float forms"),
     min_int8: float = typer.Option(0.98, help="agreement threshold for int8 and dynamic forms"),
+    explain: bool = typer.Option(False, "--explain", help="after export, compare each quantized artifact with its "
+                                 "fp32 sibling tensor by tensor and print the layers that lose the most (SQNR)"),
 ):
     """Export to .tflite / .onnx, verify each artifact in its own runtime, write cards and a manifest."""
     if io is not None and io not in IO_TYPES:
@@ -42,19 +44,26 @@ def export(
     thresholds = {"fp32": min_float, "fp16": min_float, "dynamic": min_int8, "int8": min_int8}
     from ..export.run import job_from_run, run_export
     if (run_dir / "config.json").exists() and data is None:
-        job = job_from_run(run_dir, formats, out, model, calibration or 300, io or "uint8", thresholds)
+        job = job_from_run(run_dir, formats, out, model, calibration or 200, io or "uint8", thresholds, explain)
     else:
-        job = _standalone_job(run_dir, model, data, labels, image_size, formats, out, calibration or 300,
+        job = _standalone_job(run_dir, model, data, labels, image_size, formats, out, calibration or 200,
                               io or "uint8", thresholds)
+        job.explain = explain
     manifest = run_export(job)
     say("")
-    say(f"{'artifact':<28} {'size MB':>8} {'agreement':>10} {'compared':>9} {'max|diff|':>10} {'time s':>7}  status")
+    say(f"{'artifact':<32} {'size MB':>8} {'agreement':>10} {'flips':>9} {'max|diff|':>10} {'Δacc pt (95% CI)':>22} "
+        f"{'time s':>7}  recipe / status")
     failed = []
     for a in manifest["artifacts"]:
-        agree = "-" if a["agreement"] is None else f"{100 * a['agreement']:.1f}%"
+        agree = "-" if a["agreement"] is None else f"{100 * a['agreement']:.2f}%"
         size = "-" if a["size_bytes"] is None else f"{a['size_bytes'] / 1e6:.2f}"
         diff = "-" if a["max_abs_diff"] is None else f"{a['max_abs_diff']:.4f}"
-        say(f"{a['name']:<28} {size:>8} {agree:>10} {a['n_compared']:>9} {diff:>10} {a.get('export_seconds', 0):>7.1f}  {a['status']}")
+        flips = f"{a.get('flips', '-')}/{a['n_compared']}"
+        h = a.get("heldout") or {}
+        dacc = (f"{100 * h['accuracy_delta']:+.1f} [{100 * h['accuracy_delta_ci95'][0]:+.1f}, "
+                f"{100 * h['accuracy_delta_ci95'][1]:+.1f}]") if "accuracy_delta" in h else "-"
+        say(f"{a['name']:<32} {size:>8} {agree:>10} {flips:>9} {diff:>10} {dacc:>22} {a.get('export_seconds', 0):>7.1f}  "
+            f"{a.get('recipe', '-')} / {a['status']}")
         if a["status"] != "ok":
             failed.append(f"{a['name']}: {a.get('reason') or a.get('error')}")
     say(f"manifest: {job.out_dir / 'manifest.json'}")

@@ -17,8 +17,12 @@ from ..data.filelist import load_sources, read_list
 from ..data.splits import stratified_sample
 from ..formats import Format
 from ..progress import say
-from ..runtimes import RuntimeError_, load_runtime
+from ..machine import cpu_flags, cpu_model
+from ..runtimes import load_runtime
 from .verify import verify
+
+CORRECTION_IMAGES = 128  # calibration images the bias correction measures channel means on
+EXPLAIN_IMAGES = 16
 
 INTENDED_USE = ("Research prototype for evaluating on-device inference of a small medical-image classifier. "
                 "NOT a medical device and not for diagnosis or treatment decisions.")
@@ -36,7 +40,9 @@ class ExportJob:
     verify_sources: list[str]
     calibration_sources: list[str]
     calibration_labels: np.ndarray | None = None
-    calibration_n: int = 300
+    calibration_n: int = 200
+    verify_labels: np.ndarray | None = None
+    explain: bool = False
     io: str = "uint8"
     thresholds: dict[str, float] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
@@ -94,6 +100,22 @@ def _io_card(rt, labels, job: ExportJob) -> dict[str, Any]:
     return {"input": card_in, "output": card_out}
 
 
+class _Int8Ready:
+    """The int8-ready copy of the model (bias_correction.py), made once, when a recipe first asks."""
+
+    def __init__(self, model_path: Path, calibration: np.ndarray | None):
+        self.model_path, self.calibration, self.model, self.info = model_path, calibration, None, None
+
+    def get(self):
+        if self.model is None:
+            from ..model import load_classifier
+            from .bias_correction import int8_ready
+            self.model = load_classifier(self.model_path)
+            say("  preparing the int8-ready model (kernels rounded to the int8 grid, biases corrected)")
+            self.info = int8_ready(self.model, self.calibration[:CORRECTION_IMAGES])
+        return self.model
+
+
 def run_export(job: ExportJob) -> dict[str, Any]:
     from ..model import load_classifier
 
@@ -104,89 +126,137 @@ def run_export(job: ExportJob) -> dict[str, Any]:
     if int(model.input_shape[1]) != job.image_size:
         raise ValueError(f"{job.model_path} takes {model.input_shape[1]} px images, the config says {job.image_size}")
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    say(f"decoding {len(job.verify_sources)} verification images through the edge path (Pillow)")
-    pixels = load_sources(job.verify_sources, job.image_size, job.resize_method)
-    reference = model.predict(pixels.astype(np.float32), batch_size=32, verbose=0)
-    calibration = None
+    calibration, pick = None, np.zeros(0, int)
     if any("calibration" in f.options for f in job.formats):
         n = min(job.calibration_n, len(job.calibration_sources))
         pick = (stratified_sample(job.calibration_labels, n, 0) if job.calibration_labels is not None
                 else np.arange(n))
         say(f"decoding {n} calibration images (stratified from the training split)")
         calibration = load_sources([job.calibration_sources[i] for i in pick], job.image_size, job.resize_method)
-
+    # Agreement checks the conversion, so every image that did not calibrate it counts.
+    held = set(job.verify_sources)
+    used = set(int(i) for i in pick)
+    extra = [i for i, s in enumerate(job.calibration_sources) if i not in used and s not in held]
+    sources = list(job.verify_sources) + [job.calibration_sources[i] for i in extra]
+    labels = None
+    if job.verify_labels is not None and job.calibration_labels is not None:
+        labels = np.concatenate([np.asarray(job.verify_labels), np.asarray(job.calibration_labels)[extra]]).astype(int)
+    heldout = np.arange(len(sources)) < len(job.verify_sources)
+    say(f"decoding {len(sources)} verification images through the edge path (Pillow): "
+        f"{len(job.verify_sources)} held out, {len(extra)} training images not used for calibration")
+    pixels = load_sources(sources, job.image_size, job.resize_method)
+    reference = model.predict(pixels.astype(np.float32), batch_size=32, verbose=0)
+    check = _Check(pixels, reference, labels, heldout)
+    ready = _Int8Ready(job.model_path, calibration)
     rows = []
     with tempfile.TemporaryDirectory(prefix="mstl-export-") as tmp:
         work = Path(tmp)
         for fmt in job.formats:
-            rows.append(_export_one(fmt, model, work, job, pixels, reference, calibration))
+            rows.append(_export_one(fmt, model, ready, work, job, check, calibration))
+    if job.explain:
+        from .diagnose import explain_exports
+        explain_exports(job.out_dir, rows, pixels[~heldout][:EXPLAIN_IMAGES] if (~heldout).any() else pixels[:EXPLAIN_IMAGES])
     (job.out_dir / "labels.txt").write_text("\n".join(job.labels) + "\n")
     manifest = {
         "artifacts": rows, "labels": job.labels, "source": job.source,
         "image_size": job.image_size, "resize_method": job.resize_method,
-        "verification_images": len(job.verify_sources),
+        "verification_images": len(sources), "heldout_images": len(job.verify_sources),
+        "calibration": {"images": int(len(pick)), "from": "target training split, stratified by class, seed 0"},
+        "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     _atomic_write(job.out_dir / "manifest.json", json.dumps(manifest, indent=2).encode())
     return manifest
 
 
-def _export_one(fmt: Format, model, work: Path, job: ExportJob, pixels, reference, calibration) -> dict[str, Any]:
+@dataclass
+class _Check:
+    pixels: np.ndarray
+    reference: np.ndarray
+    labels: np.ndarray | None
+    heldout: np.ndarray
+
+
+def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJob, chk: _Check,
+                calibration) -> dict[str, Any]:
+    """Try the format's recipes in order (fastest first) and keep the first that passes the gate. A
+    format none of whose recipes passes is written under a '-rejected' name, never the default one."""
     name = fmt.filename(job.stem)
-    path = job.out_dir / name
     t0 = time.monotonic()
     row: dict[str, Any] = {"name": name, "format": fmt.format, "precision": fmt.precision, "path": name,
                            "key": fmt.key, "size_bytes": None, "status": "failed", "agreement": None,
                            "max_abs_diff": None, "n_compared": 0}
     threshold = job.thresholds.get(fmt.precision, fmt.min_agreement)
-    for attempt, options in enumerate(({},) + fmt.fallbacks):
+    tried: list[dict[str, Any]] = []
+    best = None
+    for recipe in fmt.ladder:
         try:
-            data = fmt.load_builder()(model, work, calibration=calibration, io=job.io, **options)
-        except Exception as e:  # a converter failure is reported per artifact; the others still export
-            row["error"] = f"conversion failed: {str(e).splitlines()[0][:300]}"
-            say(f"{name}: {row['error']}")
-            return row
-        staged = work / name
-        staged.write_bytes(data)
-        try:
+            source = ready.get() if recipe.prepared else model
+            data = fmt.load_builder()(source, work, calibration=calibration, io=job.io, **recipe.kwargs)
+            staged = work / name
+            staged.write_bytes(data)
             rt = load_runtime(staged, threads=2)
-        except RuntimeError_ as e:
-            row["error"] = str(e)
-            return row
-        card = {"name": name, "format": fmt.format, "precision": fmt.precision, "labels": job.labels,
-                **_io_card(rt, job.labels, job), "source": job.source, "intended_use": INTENDED_USE,
-                "data_licence": job.data_licence, "note": fmt.note, "builder_options": options}
-        data = fmt.load_module().embed_metadata(data, card)
-        staged.write_bytes(data)
-        rt = load_runtime(staged, threads=2)
-        check = verify(rt, pixels, reference, threshold)
-        if check["status"] == "ok" or attempt == len(fmt.fallbacks):
+        except Exception as e:  # a converter failure is reported per recipe; the next one may work
+            reason = f"conversion failed: {str(e).splitlines()[0][:300]}" if str(e) else type(e).__name__
+            tried.append({"recipe": recipe.name, "status": "failed", "reason": reason})
+            say(f"{name} [{recipe.name}]: {reason}")
+            continue
+        check = verify(rt, chk.pixels, chk.reference, threshold, chk.labels, chk.heldout)
+        tried.append({"recipe": recipe.name, "status": check["status"], "agreement": check["agreement"],
+                      "flips": check["flips"], "n_compared": check["n_compared"],
+                      "max_abs_diff": check["max_abs_diff"], **({"reason": check["reason"]} if "reason" in check else {})})
+        if len(fmt.ladder) > 1:
+            agree = "-" if check["agreement"] is None else f"{100 * check['agreement']:.2f}%"
+            say(f"{name} [{recipe.name}]: agreement {agree} ({check['flips']} flips of {check['n_compared']}) -> {check['status']}")
+        if best is None or check["status"] == "ok" or (check["agreement"] or 0) > (best[2]["agreement"] or 0):
+            best = (recipe, data, check, rt)
+        if check["status"] == "ok":
             break
-        say(f"{name}: {check['reason']}; retrying with {fmt.fallbacks[attempt]}")
-    if options and check["status"] == "ok":
-        check["fallback"] = f"verified with builder options {options} after the default options failed"
+    if best is None:
+        row["error"] = "; ".join(t["reason"] for t in tried)
+        row["recipes_tried"] = tried
+        return row
+    recipe, data, check, rt = best
+    if check["status"] != "ok":
+        name = fmt.rejected_filename(job.stem)
+        row.update({"name": name, "path": name})
+    card = {"name": name, "format": fmt.format, "precision": fmt.precision, "labels": job.labels,
+            **_io_card(rt, job.labels, job), "source": job.source, "intended_use": INTENDED_USE,
+            "data_licence": job.data_licence, "note": fmt.note, "recipe": recipe.name,
+            "recipe_note": recipe.note, "builder_options": recipe.kwargs, "recipes_tried": tried}
+    if recipe.prepared:
+        card["int8_ready"] = ready.info
+    if calibration is not None and "calibration" in fmt.options:
+        card["calibration"] = {"images": int(len(calibration)), "from": "target training split, stratified, seed 0"}
+    card["machine"] = {"cpu": cpu_model(), "cpu_flags": cpu_flags()}
+    data = fmt.load_module().embed_metadata(data, card)
     seconds = round(time.monotonic() - t0, 2)
     card.update({"sha256": _sha256(data), "size_bytes": len(data), "verification": check,
                  "runtime": f"{rt.name} {rt.version}", "export_seconds": seconds})
+    path = job.out_dir / name
     _atomic_write(path, data)
     _atomic_write(path.with_name(name + ".json"), json.dumps(card, indent=2).encode())
+    if check["status"] != "ok":
+        for stale in (job.out_dir / fmt.filename(job.stem), job.out_dir / (fmt.filename(job.stem) + ".json")):
+            stale.unlink(missing_ok=True)  # an earlier export's file must not pass for this one's
     row.update({"size_bytes": len(data), "status": check["status"], "agreement": check["agreement"],
+                "agreement_ci95": check["agreement_ci95"], "flips": check["flips"],
                 "max_abs_diff": check["max_abs_diff"], "n_compared": check["n_compared"],
-                "export_seconds": seconds, "sha256": card["sha256"]})
-    if "reason" in check:
-        row["reason"] = check["reason"]
-    if "warning" in check:
-        row["warning"] = check["warning"]
-    if options:
-        row["builder_options"] = options
-    agree = "-" if check["agreement"] is None else f"{100 * check['agreement']:.1f}%"
-    say(f"{name}: {len(data) / 1e6:.2f} MB, {seconds:.1f}s, agreement {agree} on {check['n_compared']} images, "
-        f"max |diff| {check['max_abs_diff']:.4f} -> {check['status']}" + (f" ({check['reason']})" if "reason" in check else ""))
+                "export_seconds": seconds, "sha256": card["sha256"], "recipe": recipe.name, "recipes_tried": tried})
+    if "heldout" in check:
+        row["heldout"] = check["heldout"]
+    for key in ("reason", "warning"):
+        if key in check:
+            row[key] = check[key]
+    agree = "-" if check["agreement"] is None else f"{100 * check['agreement']:.2f}%"
+    say(f"{name}: {len(data) / 1e6:.2f} MB, {seconds:.1f}s, recipe {recipe.name}, agreement {agree} on "
+        f"{check['n_compared']} images, max |diff| {check['max_abs_diff']:.4f} -> {check['status']}"
+        + (f" ({check['reason']})" if "reason" in check else ""))
     return row
 
 
 def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, model_path: Path | None,
-                 calibration_n: int, io: str, thresholds: dict[str, float]) -> ExportJob:
+                 calibration_n: int, io: str, thresholds: dict[str, float], explain: bool = False) -> ExportJob:
     """An export job for a run dir: the deployable stage-2 classifier, its test split for verification
     and its training split for calibration."""
     from ..train.store import RunStore
@@ -200,16 +270,20 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
         sel = json.loads(sel_path.read_text())
         model_path = store.dir / sel["model"]
         say(f"model: {model_path} (stage 2 on the bridge size {sel['size']} model, seed {sel['seed']}: {sel['why']})")
-    # Every held-out target image (test and validation splits: neither trained the model) verifies.
-    verify_src = read_list(store.dir / "target_test.tsv")[0] + read_list(store.dir / "target_val.tsv")[0]
+    # Held out: the test and validation splits (neither trained the model); the gate adds the training
+    # images that do not calibrate.
+    test_src, test_y = read_list(store.dir / "target_test.tsv")
+    val_src, val_y = read_list(store.dir / "target_val.tsv") if (store.dir / "target_val.tsv").exists() else ([], np.zeros(0, int))
+    verify_src = test_src + val_src
     cal_src, cal_y = read_list(store.dir / "target_train.tsv")
     labels = (store.dir / "labels.txt").read_text().split("\n")[:-1]
     demo = cfg.target is None
     return ExportJob(
         model_path=Path(model_path), out_dir=out_dir or store.dir / "exports", formats=formats, labels=labels,
         image_size=cfg.data.image_size, resize_method=cfg.data.resize_method, scaling=cfg.data.scaling,
-        verify_sources=verify_src, calibration_sources=cal_src, calibration_labels=cal_y,
-        calibration_n=calibration_n, io=io, thresholds=thresholds,
+        verify_sources=verify_src, verify_labels=np.concatenate([test_y, val_y]).astype(int),
+        calibration_sources=cal_src, calibration_labels=cal_y,
+        calibration_n=calibration_n, io=io, thresholds=thresholds, explain=explain,
         source={"run_dir": str(store.dir.resolve()), "config_hash": store.config_hash(), "model": str(model_path),
                 "preset": cfg.preset, "weights": cfg.model.weights},
         data_licence=("synthetic demo data generated by mstl: no licence restrictions, no medical meaning" if demo

@@ -12,7 +12,7 @@ from ..tf_env import tf
 
 
 def _converter(model, workdir: Path):
-    saved = workdir / "saved_model"
+    saved = workdir / f"saved_model-{id(model)}"  # one per model: the int8-ready copy is another model
     if not saved.exists():
         model.export(str(saved), format="tf_saved_model", verbose=False)
     return tf.lite.TFLiteConverter.from_saved_model(str(saved))

@@ -1,5 +1,9 @@
-"""The verification gate: an artifact is compared with its Keras model on held-out images fed as a
-device feeds them, and is "ok" only above its format's agreement threshold."""
+"""The verification gate: an artifact is compared with its Keras model on target images fed as a
+device feeds them, and is "ok" only above its format's agreement threshold.
+
+Agreement is a property of the conversion, not of generalisation, so every target image that did not
+calibrate the artifact counts (held-out and training images alike); accuracy and ROC AUC deltas,
+which are about generalisation, use the held-out images alone."""
 
 from __future__ import annotations
 
@@ -7,35 +11,77 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import roc_auc, wilson_interval
 from ..runtimes import Runtime
 
 MARGIN = 0.05  # near-ties (top-1 minus top-2 below this) say nothing about agreement
 CONSTANT_STD = 1e-3
+MIN_DECISIVE_FLIPS = 3  # fewer images than this many flips' worth below the threshold: verdict is noise
+BOOTSTRAP = 2000
 
 
-def verify(rt: Runtime, pixels: np.ndarray, reference: np.ndarray, min_agreement: float) -> dict[str, Any]:
-    probs = rt.predict(pixels)
+def verify(rt: Runtime, pixels: np.ndarray, reference: np.ndarray, min_agreement: float,
+           labels: np.ndarray | None = None, heldout: np.ndarray | None = None, probs: np.ndarray | None = None
+           ) -> dict[str, Any]:
+    """``labels`` (with the boolean mask ``heldout``) add accuracy and ROC AUC deltas against the Keras
+    model on the held-out images, with paired-bootstrap 95% intervals."""
+    probs = rt.predict(pixels) if probs is None else probs
     ref_sorted = np.sort(reference, axis=1)
     margin = ref_sorted[:, -1] - ref_sorted[:, -2]
     clear = margin > MARGIN
     n = int(clear.sum())
-    agree = float(np.mean(probs[clear].argmax(1) == reference[clear].argmax(1))) if n else None
+    agreeing = int(np.sum(probs[clear].argmax(1) == reference[clear].argmax(1)))
+    agree = agreeing / n if n else None
     constant = bool(reference.std(axis=0).max() < CONSTANT_STD)
     out: dict[str, Any] = {
-        "agreement": agree, "n_compared": n, "n_images": int(len(pixels)),
+        "agreement": agree, "n_compared": n, "n_images": int(len(pixels)), "flips": n - agreeing,
+        "agreement_ci95": list(wilson_interval(agreeing, n)) if n else None,
+        "agreement_all": float(np.mean(probs.argmax(1) == reference.argmax(1))) if len(pixels) else None,
         "n_near_ties": int(len(pixels) - n),
         "max_abs_diff": float(np.abs(probs - reference).max()) if len(pixels) else None,
         "threshold": min_agreement, "reference_nearly_constant": constant,
     }
+    if labels is not None:
+        mask = np.ones(len(labels), bool) if heldout is None else np.asarray(heldout, bool)
+        out["heldout"] = paired_deltas(np.asarray(labels)[mask], reference[mask], probs[mask])
     if n == 0:
         out["status"], out["reason"] = "failed", f"no image with a top-1 margin above {MARGIN}: nothing to compare"
     elif agree < min_agreement:
         out["status"] = "failed"
         out["reason"] = (f"top-1 agreement {100 * agree:.2f}% is below the {100 * min_agreement:.1f}% threshold "
-                         f"by {100 * (min_agreement - agree):.2f} points ({n} images compared)")
+                         f"by {100 * (min_agreement - agree):.2f} points ({n} images compared, {n - agreeing} flips)")
     else:
         out["status"] = "ok"
+    if n and n * (1 - min_agreement) < MIN_DECISIVE_FLIPS:
+        out["warning"] = (f"only {n} images compared: {MIN_DECISIVE_FLIPS} flips move agreement across the "
+                          f"{100 * min_agreement:.1f}% threshold, so the verdict is close to noise; verify on more images")
     if constant:
         out["warning"] = ("the Keras model's outputs are nearly constant over these images: any artifact "
                           "'agrees' with it, so agreement proves little")
+    return out
+
+
+def paired_deltas(y: np.ndarray, ref: np.ndarray, probs: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Accuracy (and, for two classes, ROC AUC) of the artifact minus the Keras model's on the same
+    images, with 95% intervals from a paired bootstrap over images."""
+    n = len(y)
+    if n == 0:
+        return {"n": 0}
+    hit_a = probs.argmax(1) == y
+    hit_r = ref.argmax(1) == y
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(BOOTSTRAP, n))
+    d_acc = (hit_a[idx].mean(1) - hit_r[idx].mean(1))
+    out: dict[str, Any] = {"n": int(n), "accuracy_keras": float(hit_r.mean()), "accuracy": float(hit_a.mean()),
+                           "accuracy_delta": float(hit_a.mean() - hit_r.mean()),
+                           "accuracy_delta_ci95": [float(np.percentile(d_acc, 2.5)), float(np.percentile(d_acc, 97.5))]}
+    if ref.shape[1] == 2 and len(set(y.tolist())) == 2:
+        auc_r, auc_a = roc_auc(y, ref[:, 1]), roc_auc(y, probs[:, 1])
+        deltas = []
+        for rows in idx[:500]:  # AUC is costlier; 500 resamples give the interval to ~0.1 point
+            a, r = roc_auc(y[rows], probs[rows, 1]), roc_auc(y[rows], ref[rows, 1])
+            if a is not None and r is not None:
+                deltas.append(a - r)
+        out.update({"roc_auc_keras": auc_r, "roc_auc": auc_a, "roc_auc_delta": auc_a - auc_r,
+                    "roc_auc_delta_ci95": [float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))]})
     return out

@@ -22,6 +22,37 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Instruction-set extensions that decide whether int8 kernels beat float ones (x86: VNNI dot products;
+# ARM: the dot-product extension, "asimddp" in /proc/cpuinfo).
+INT8_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd", "asimddp", "i8mm")
+
+
+def cpu_flags() -> list[str]:
+    """The int8-relevant instruction-set flags of this CPU (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            text = fh.read()
+    except OSError:
+        return []
+    m = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.MULTILINE)
+    have = set(m.group(1).split()) if m else set()
+    return [f for f in INT8_FLAGS if f in have]
+
+
+def int8_speed_hint(flags: list[str]) -> str:
+    """Why int8 may or may not beat float32 on this CPU, in one clause."""
+    f = set(flags)
+    if f & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        return "VNNI int8 dot products present: int8 kernels are usually faster than fp32 here"
+    if "asimddp" in f or "i8mm" in f:
+        return "ARM int8 dot-product instructions present: int8 is usually faster than fp32 here"
+    if "avx2" in f:
+        return "AVX2 without VNNI: int8 dot products take extra instructions, so int8 often gains size, not speed"
+    if f & {"neon", "asimd"}:
+        return "NEON without the dot-product extension: int8 gains are modest"
+    return "no int8 dot-product instructions detected: expect int8 to gain size, not speed"
+
+
 def runtime_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
     out = {}
@@ -42,6 +73,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "hostname": socket.gethostname(),
         "runtimes": runtime_versions(),
+        "cpu_flags": cpu_flags(),
     }
 
 

@@ -1,0 +1,154 @@
+"""The int8 recipe ladder, the int8-ready model and the per-tensor diagnosis."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mstl.cli.export import app
+from mstl.formats import FORMATS, by_key
+
+runner = CliRunner()
+
+
+def _swapped(model):
+    """The same network with its two classes swapped: an artifact that can never pass the gate."""
+    from mstl.tf_env import keras
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    k, b = clone.layers[-1].get_weights()
+    clone.layers[-1].set_weights([k[:, ::-1], b[::-1]])
+    return clone
+
+
+def test_every_int8_format_has_a_ladder_that_ends_exact():
+    for f in FORMATS:
+        if f.precision == "int8":
+            assert len(f.ladder) >= 2 and f.ladder[-1].prepared
+            assert len({r.name for r in f.ladder}) == len(f.ladder)
+    assert by_key("tflite-fp32").ladder[0].name == "default"
+
+
+@pytest.mark.slow
+def test_failed_recipe_is_skipped_and_recorded(smoke_run, tmp_path, monkeypatch):
+    import mstl.export.tflite as tfl
+    real = tfl.build_int8
+    calls = []
+
+    def first_broken(model, workdir, **kw):  # the first recipe's build is broken, later ones are real
+        calls.append(model)
+        return real(_swapped(model) if len(calls) == 1 else model, workdir, **kw)
+
+    monkeypatch.setattr(tfl, "build_int8", first_broken)
+    out = tmp_path / "ladder"
+    res = runner.invoke(app, [str(smoke_run), "--format", "tflite", "--int8", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    row = {a["key"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}["tflite-int8"]
+    assert row["status"] == "ok" and row["recipe"] == "bias-corrected"
+    first = row["recipes_tried"][0]
+    assert first["recipe"] == "minmax" and first["status"] == "failed" and first["agreement"] < 0.5
+    card = json.loads((out / "classifier-int8.tflite.json").read_text())
+    assert card["recipe"] == "bias-corrected" and card["recipes_tried"][0]["status"] == "failed"
+    assert card["int8_ready"]["layers"] > 0 and card["calibration"]["images"] > 0
+
+
+@pytest.mark.slow
+def test_gate_failure_never_lands_under_the_default_name(smoke_run, tmp_path, monkeypatch):
+    import mstl.export.tflite as tfl
+    real = tfl.build_int8
+    monkeypatch.setattr(tfl, "build_int8", lambda model, workdir, **kw: real(_swapped(model), workdir, **kw))
+    out = tmp_path / "rejected"
+    out.mkdir()
+    (out / "classifier-int8.tflite").write_bytes(b"an earlier export's file")
+    res = runner.invoke(app, [str(smoke_run), "--format", "tflite", "--int8", "--out", str(out)])
+    assert res.exit_code == 2 and "classifier-int8-rejected.tflite" in res.output
+    assert not (out / "classifier-int8.tflite").exists()
+    assert (out / "classifier-int8-rejected.tflite").is_file()
+    row = {a["key"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}["tflite-int8"]
+    assert row["status"] == "failed" and row["path"] == "classifier-int8-rejected.tflite"
+    assert [t["recipe"] for t in row["recipes_tried"]] == [r.name for r in by_key("tflite-int8").ladder]
+
+
+def _tiny_net(seed=0):
+    from mstl.tf_env import keras
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="c1")(inp)
+    x = keras.layers.BatchNormalization(name="c1_BN")(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="d1")(x)
+    x = keras.layers.BatchNormalization(name="d1_BN")(x)
+    x = keras.layers.ReLU(6.0)(x)
+    p = keras.layers.Conv2D(4, 1, use_bias=False, name="p1")(x)
+    p = keras.layers.BatchNormalization(name="p1_BN")(p)
+    q = keras.layers.Conv2D(4, 1, use_bias=False, name="p2")(x)
+    q = keras.layers.BatchNormalization(name="p2_BN")(q)
+    s = keras.layers.Add(name="add")([p, q])
+    x = keras.layers.Conv2D(6, 1, use_bias=False, name="e1")(s)
+    x = keras.layers.BatchNormalization(name="e1_BN")(x)
+    net = keras.Model(inp, x)
+    rng = np.random.default_rng(seed)
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 1, n), rng.normal(0, 1, n), rng.uniform(0.1, 3, n)])
+    # Channels of very different scale, as in MobileNetV2: what equalization and rounding act on.
+    k = net.get_layer("p1").kernel.numpy()
+    net.get_layer("p1").kernel.assign(k * np.array([1, 10, 0.1, 3], np.float32))
+    return net
+
+
+def test_equalization_keeps_the_float_function():
+    from mstl.export.bias_correction import equalize_streams, linear_streams
+    net = _tiny_net()
+    x = np.random.default_rng(1).normal(0, 1, (32, 16, 16, 3)).astype(np.float32)
+    before = np.asarray(net(x))
+    streams = linear_streams(net)
+    assert len(streams) == 1 and {b.name for b in streams[0]["norms"]} == {"p1_BN", "p2_BN"}
+    assert [c.name for c in streams[0]["convs"]] == ["e1"]
+    info = equalize_streams(net, x)
+    assert info["streams"] == 1
+    np.testing.assert_allclose(np.asarray(net(x)), before, rtol=1e-4, atol=1e-4)
+
+
+def test_bias_correction_removes_the_mean_error_that_rounding_leaves():
+    from mstl.export.bias_correction import conv_bn_pairs, int8_ready, round_kernel
+    ref = _tiny_net()
+    rounded, ready = _tiny_net(), _tiny_net()
+    x = np.random.default_rng(2).uniform(0, 255, (64, 16, 16, 3)).astype(np.float32)
+    for conv, bn in conv_bn_pairs(rounded):
+        round_kernel(conv, bn)
+    info = int8_ready(ready, x, equalize=False)
+    assert info["layers"] == 5
+    want = np.asarray(ref(x)).mean(axis=(0, 1, 2))
+    err_rounded = np.abs(np.asarray(rounded(x)).mean(axis=(0, 1, 2)) - want).max()
+    err_ready = np.abs(np.asarray(ready(x)).mean(axis=(0, 1, 2)) - want).max()
+    assert err_ready < 1e-3 < err_rounded
+
+
+def test_blame_uses_the_graph_not_the_order():
+    from mstl.export.diagnose import blame
+    layers = [{"tensor": "a", "layer": "a", "sqnr_db": 40.0, "inputs": []},
+              {"tensor": "b", "layer": "b", "sqnr_db": 20.0, "inputs": ["a"]},
+              {"tensor": "c", "layer": "c", "sqnr_db": 39.0, "inputs": ["a"]},
+              {"tensor": "d", "layer": "d", "sqnr_db": 19.0, "inputs": ["b", "c"]}]
+    report = blame(layers)
+    assert [l["layer"] for l in report["worst_steps"]][:1] == ["b"]
+    assert report["worst_steps"][0]["drop_db"] == pytest.approx(20.0)
+    assert {l["layer"]: l["drop_db"] for l in layers}["d"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_explain_reports_layers_for_both_runtimes(smoke_exports, smoke_run):
+    from mstl.data.filelist import load_sources, read_list
+    from mstl.export.diagnose import explain_exports
+    rows = json.loads((smoke_exports / "manifest.json").read_text())["artifacts"]
+    size = json.loads((smoke_exports / "classifier-fp32.tflite.json").read_text())["input"]["shape"][1]
+    pixels = load_sources(read_list(smoke_run / "target_test.tsv")[0][:4], size, "bilinear")
+    reports = explain_exports(smoke_exports, [r for r in rows if r["precision"] in ("fp32", "int8")], pixels)
+    assert set(reports) == {"classifier-int8.tflite", "classifier-int8.onnx"}
+    for rep in reports.values():
+        assert len(rep["layers"]) > 10 and rep["worst_steps"]
+        assert all(np.isfinite(l["sqnr_db"]) or l["sqnr_db"] == float("inf") for l in rep["layers"])
+    assert (smoke_exports / "explain-classifier-int8.tflite.json").is_file()
