@@ -82,3 +82,42 @@ def test_min_accuracy_and_broken_artifact(smoke_exports, tmp_path):
     (tmp_path / "model.pt").write_bytes(b"x")
     res = runner.invoke(app, [str(tmp_path / "model.pt")])
     assert res.exit_code == 2 and "unknown artifact type" in res.output
+
+
+def test_dead_worker_is_reported_within_seconds(tmp_path, monkeypatch):
+    """A runtime that crashes the process (segfault, OOM kill) must not hang the bench."""
+    import time
+    from mstl.bench import measure as m
+    fake = tmp_path / "boom.tflite"
+    fake.write_bytes(b"x")
+    monkeypatch.setattr(m, "_worker", _die_with_sigkill)
+    t0 = time.monotonic()
+    r = m.measure_isolated(str(fake), [1], 1, 0, None, None, None, [], timeout=120)
+    assert time.monotonic() - t0 < 20
+    assert r["status"] == "failed" and "SIGKILL" in r["error"] and "boom.tflite" in r["error"]
+
+
+def _die_with_sigkill(args, queue):
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _row(fmt, precision, p50, size, verified=True, delta=None):
+    return {"format": fmt, "precision": precision, "status": "ok", "artifact": f"c-{precision}.{fmt}",
+            "latency": {"1": {"p50": p50}}, "size_mb": size, "verified": verified, "delta_vs_fp32": delta}
+
+
+def test_recommendation_follows_measured_speed_and_verification():
+    from mstl.bench.report import recommendations
+    machine = {"cpu_flags": ["avx2", "fma"]}
+    fast = {"machine": machine, "threads": [1], "results": [_row("tflite", "fp32", 2.0, 8.9), _row("tflite", "int8", 1.0, 2.7, delta=0.0)]}
+    (line,) = recommendations(fast)
+    assert "deploy c-int8.tflite" in line and "2.00x faster" in line and "3.3x smaller" in line
+    slow = {"machine": machine, "threads": [1], "results": [_row("onnx", "fp32", 5.4, 8.9), _row("onnx", "int8", 7.3, 2.6)]}
+    (line,) = recommendations(slow)
+    assert line.startswith("onnx: deploy c-fp32.onnx") and "1.35x slower" in line and "AVX2 without VNNI" in line
+    unverified = {"machine": machine, "threads": [1],
+                  "results": [_row("onnx", "fp32", 5.4, 8.9), _row("onnx", "int8", 1.0, 2.6, verified=False)]}
+    (line,) = recommendations(unverified)
+    assert "deploy c-fp32.onnx" in line and "no verified quantized form" in line

@@ -97,18 +97,45 @@ def _worker(args, queue):
 
 def measure_isolated(path: str, threads: list[int], runs: int, warmup: int, pixels, labels, class_names,
                      e2e_files: list[str], timeout: float = 1800) -> dict[str, Any]:
+    """``measure`` in a spawned process. A worker that dies (segfault, out-of-memory kill) is noticed
+    within a second and reported with its exit signal; the caller goes on with the next artifact."""
+    import queue as queue_mod
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_worker, args=((path, threads, runs, warmup, pixels, labels, class_names, e2e_files), queue))
     proc.start()
+    deadline = time.monotonic() + timeout
     try:
-        status, payload = queue.get(timeout=timeout)
-    except Exception:
-        proc.kill()
-        return {"artifact": str(path), "status": "failed", "error": f"{path}: no result within {timeout:.0f}s (crashed?)"}
+        while True:
+            try:
+                status, payload = queue.get(timeout=1.0)
+                break
+            except queue_mod.Empty:
+                if not proc.is_alive():
+                    try:  # the result may have landed just before the process ended
+                        status, payload = queue.get(timeout=1.0)
+                        break
+                    except queue_mod.Empty:
+                        return {"artifact": str(path), "status": "failed", "error": f"{path}: {_death(proc.exitcode)}"}
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    return {"artifact": str(path), "status": "failed",
+                            "error": f"{path}: no result within {timeout:.0f}s; the worker was killed"}
     finally:
         proc.join(timeout=10)
     if status == "error":
         return {"artifact": str(path), "status": "failed", "error": payload}
     payload["status"] = "ok"
     return payload
+
+
+def _death(code: int | None) -> str:
+    import signal
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (killed: out of memory?)" if name == "SIGKILL" else " (the runtime crashed)" if name in ("SIGSEGV", "SIGABRT", "SIGBUS") else ""
+        return f"the measuring process died with {name}{hint}"
+    return f"the measuring process exited with code {code} before reporting"

@@ -44,6 +44,7 @@ def header_lines(report: dict[str, Any]) -> list[str]:
     xnn = {r.get("xnnpack") for r in report["results"] if r.get("format") == "tflite" and r.get("status") == "ok"}
     return [
         f"machine: {m['cpu']} ({m['arch']}, {m['cores']} cores), {m['os']}, Python {m['python']}",
+        f"cpu flags (int8-relevant): {' '.join(m.get('cpu_flags') or []) or 'none detected'}",
         f"runtimes: {rts}",
         f"threads: {report['threads']}; {report['runs']} timed runs after {report['warmup']} warm-up, batch 1; "
         f"LiteRT XNNPACK: {'on' if xnn == {True} else 'off' if xnn == {False} else 'mixed/none'}",
@@ -52,12 +53,54 @@ def header_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
+SAME_SPEED = 0.10  # within 10% counts as the same speed on these noisy machines
+
+
+def recommendations(report: dict[str, Any]) -> list[str]:
+    """One line per format: which artifact to deploy on this device, and why (speed, size, accuracy)."""
+    from ..machine import int8_speed_hint
+    hint = int8_speed_hint(report["machine"].get("cpu_flags", []))
+    out = []
+    for fmt in sorted({r.get("format") for r in report["results"] if r.get("status") == "ok" and r.get("latency")}):
+        ok = [r for r in report["results"] if r.get("format") == fmt and r.get("status") == "ok" and r.get("latency")]
+        t = str(report["threads"][0])
+        ok = [r for r in ok if t in r["latency"] and r["latency"][t].get("p50")]
+        fp32 = next((r for r in ok if r["precision"] == "fp32"), None)
+        # The export gate (agreement with Keras on hundreds of images) decides whether a quantized form
+        # qualifies; a test-split accuracy delta on a few dozen images is reported, not used to decide.
+        quant = [r for r in ok if r["precision"] != "fp32" and r.get("verified", True)]
+        if fp32 is None or not quant:
+            if fp32 is not None:
+                out.append(f"{fmt}: deploy {fp32['artifact']} - no verified quantized form was measured")
+            elif ok:
+                best = min(ok, key=lambda r: r["latency"][t]["p50"])
+                out.append(f"{fmt}: deploy {best['artifact']} - the fastest measured (no fp32 reference to compare)")
+            continue
+        q = min(quant, key=lambda r: r["latency"][t]["p50"])
+        speed = fp32["latency"][t]["p50"] / q["latency"][t]["p50"]
+        smaller = (fp32.get("size_mb") or 0) / (q.get("size_mb") or 1)
+        acc = "" if q.get("delta_vs_fp32") is None else f", accuracy {100 * q['delta_vs_fp32']:+.1f} pt vs fp32"
+        if speed >= 1 + SAME_SPEED:
+            out.append(f"{fmt}: deploy {q['artifact']} - {speed:.2f}x faster than fp32 at {t} thread(s), "
+                       f"{smaller:.1f}x smaller{acc}")
+        elif speed >= 1 - SAME_SPEED:
+            out.append(f"{fmt}: deploy {q['artifact']} - {smaller:.1f}x smaller at about the speed of fp32 "
+                       f"({speed:.2f}x at {t} thread(s)){acc}; {hint}")
+        else:
+            out.append(f"{fmt}: deploy {fp32['artifact']} where speed matters - {q['artifact']} is {1 / speed:.2f}x "
+                       f"slower here ({hint}); {q['artifact']} only where its {smaller:.1f}x smaller size matters{acc}")
+    return out
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     head, body = rows(report)
     lines = ["# mstl-bench", ""] + [f"- {h}" for h in header_lines(report)] + [""]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in body]
+    recs = recommendations(report)
+    if recs:
+        lines += ["", "## Recommendation for this device", ""] + [f"- {r}" for r in recs]
     return "\n".join(lines) + "\n"
 
 
@@ -74,6 +117,8 @@ def print_table(report: dict[str, Any]) -> None:
     for r in body:
         t.add_row(*r)
     console.print(t)
+    for line in recommendations(report):
+        console.print(f"recommend {line}", markup=False, highlight=False)
 
 
 def save(report: dict[str, Any], path: Path) -> None:

@@ -103,6 +103,14 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         names = class_names or ([f"class_{k}" for k in range(int(y.max()) + 1)] if y is not None else None)
         r = measure_isolated(str(a.path), threads, runs, warmup, pixels, y, names, e2e)
         r.update({"format": a.format, "precision": a.precision, "artifact": a.path.name, "path": str(a.path)})
+        card = _card(a.path) if a.format != "keras" else None
+        if card is not None:
+            status = (card.get("verification") or {}).get("status")
+            r["verified"] = status == "ok"
+            r["recipe"] = card.get("recipe")
+            if status != "ok":
+                r.setdefault("notes", []).append(f"NOT VERIFIED: export gate {status or 'never run'} "
+                                                 f"({(card.get('verification') or {}).get('reason', 'no reason recorded')})")
         if r["status"] != "ok":
             say(f"  failed: {r['error']}")
         results.append(r)
@@ -143,4 +151,6 @@ def _compare_with_fp32(results: list[dict]) -> None:
         slower = [t for t, v in r["latency_ms"].items() if t in base["latency_ms"] and v["p50"] and base["latency_ms"][t]["p50"]
                   and v["p50"] > base["latency_ms"][t]["p50"]]
         if slower:
-            r["notes"].append(f"SLOWER than {r['format']} fp32 on this CPU at {','.join(slower)} thread(s)")
+            from ..machine import cpu_flags, int8_speed_hint
+            why = f" ({int8_speed_hint(cpu_flags())})" if r.get("precision") in ("int8", "dynamic") else ""
+            r["notes"].append(f"SLOWER than {r['format']} fp32 on this CPU at {','.join(slower)} thread(s){why}")

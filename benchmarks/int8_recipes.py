@@ -1,0 +1,71 @@
+"""Int8 on a run dir: export with the recipe ladder, then time each int8 artifact against its fp32
+sibling on this CPU. Prints one name=value line per figure.
+
+    .venv/bin/python benchmarks/int8_recipes.py runs/xray [--runs 200] [--threads 1] [--reuse]
+
+--reuse takes RUN/exports as it is instead of exporting again into RUN/exports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reuse", action="store_true")
+    args = ap.parse_args()
+    exports = args.run_dir / "exports"
+    if not args.reuse:
+        cli = Path(sys.executable).with_name("mstl-export")
+        res = subprocess.run([str(cli), str(args.run_dir), "--int8"], capture_output=True, text=True)
+        if res.returncode not in (0, 2):  # 2: a gate failed; the figures still say by how much
+            print(res.stdout[-2000:] + res.stderr[-2000:], file=sys.stderr)
+            return res.returncode
+    from mstl.bench.measure import measure_isolated
+    from mstl.machine import cpu_flags, cpu_model, int8_speed_hint
+    manifest = json.loads((exports / "manifest.json").read_text())
+    rows = {a["key"]: a for a in manifest["artifacts"]}
+    print(f"cpu={cpu_model()}")
+    print(f"cpu_flags={','.join(cpu_flags())}")
+    print(f"verification_images={manifest['verification_images']}")
+    x = None
+    for fmt in ("tflite", "onnx"):
+        q, f = rows.get(f"{fmt}-int8"), rows.get(f"{fmt}-fp32")
+        if not q or not f:
+            continue
+        print(f"{fmt}_int8_agreement={q['agreement']:.4f}")
+        print(f"{fmt}_int8_flips={q.get('flips')}/{q['n_compared']}")
+        print(f"{fmt}_int8_status={q['status']}")
+        print(f"{fmt}_int8_recipe={q.get('recipe')}")
+        print(f"{fmt}_int8_recipes_tried=" + ";".join(
+            f"{t['recipe']}:{t['status']}:{t.get('agreement') if t.get('agreement') is None else round(t['agreement'], 4)}"
+            for t in q.get("recipes_tried", [])))
+        if "heldout" in q:
+            h = q["heldout"]
+            print(f"{fmt}_int8_heldout_accuracy_delta={h['accuracy_delta']:+.4f}")
+            if "roc_auc_delta" in h:
+                print(f"{fmt}_int8_heldout_auc_delta={h['roc_auc_delta']:+.4f}")
+        print(f"{fmt}_int8_size_mb={q['size_bytes'] / 1e6:.2f}")
+        p50 = {}
+        for key, row in (("fp32", f), ("int8", q)):
+            r = measure_isolated(str(exports / row["path"]), [args.threads], args.runs, 20, x, None, None, [])
+            p50[key] = r["latency"][str(args.threads)]["p50"]
+            print(f"{fmt}_{key}_p50_ms={p50[key]:.3f}")
+        print(f"{fmt}_int8_speedup={p50['fp32'] / p50['int8']:.3f}")
+    print(f"threads={args.threads}")
+    print(f"int8_hint={int8_speed_hint(cpu_flags())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
