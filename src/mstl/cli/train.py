@@ -156,6 +156,42 @@ def full(
     _finish(store, t0)
 
 
+def _config(**options):
+    """Print the fully resolved configuration without running anything (the same flags as `full`)."""
+    as_json = options.pop("as_json")
+    for unused in ("run_dir", "restart"):
+        options.pop(unused, None)
+    options["preset"] = options.pop("preset_name")
+    cfg = _config_from_options(options).validate()
+    resolved = {"preset": cfg.preset, "config": cfg.to_dict()}
+    if as_json:
+        print(json.dumps(resolved, indent=2))
+        return
+    for group, values in cfg.to_dict().items():
+        if isinstance(values, dict):
+            for k, v in values.items():
+                say(f"{group}.{k} = {v}")
+        else:
+            say(f"{group} = {values}")
+
+
+def _with_json_flag(fn):
+    """``fn`` with `full`'s signature plus --json, so that `config` takes exactly `full`'s flags."""
+    import inspect as _inspect
+    import typing
+    hints = typing.get_type_hints(full)  # real types, not the strings of `from __future__ import annotations`
+    sig = _inspect.signature(full)
+    sig = sig.replace(parameters=[p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()])
+    flag = _inspect.Parameter("as_json", _inspect.Parameter.KEYWORD_ONLY,
+                              default=typer.Option(False, "--json", help="print exactly one JSON object on stdout"),
+                              annotation=bool)
+    fn.__signature__ = sig.replace(parameters=[*sig.parameters.values(), flag])
+    return fn
+
+
+app.command("config")(friendly(_with_json_flag(_config)))
+
+
 def _open(cfg: RunConfig, run_dir: Optional[Path], restart: bool):
     from ..train.prepare import data_fingerprint
     from ..train.run import prepare, setup_runtime

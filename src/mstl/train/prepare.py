@@ -113,6 +113,13 @@ def target_splits(src: Source, cfg: RunConfig) -> TargetSplits:
                          cfg.data_seed + 2, cfg.data.patient_split)
     tr_pos, va_pos = rest_pos[tr], rest_pos[va]
     y = mapping.apply(src.labels)
+    for split, part in (("training", tr_pos), ("validation", va_pos), ("test", test_pos)):
+        missing = [name for k, name in enumerate(mapping.names) if not np.any(y[part] == k)]
+        if missing:
+            raise ValueError(
+                f"target: no '{missing[0]}' image in the {split} split ({len(part)} images of {n}): a split "
+                "without both classes cannot measure a classifier; use more target images (--target-size), "
+                "another --positive-class, or a dataset with more of that class")
     return TargetSplits(
         src.rows[tr_pos], src.rows[va_pos], src.rows[test_pos], y[tr_pos], y[va_pos], y[test_pos], mapping)
 
