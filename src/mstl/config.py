@@ -72,6 +72,9 @@ class RunConfig:
     preset: str = "paper"
     seeds: tuple[int, ...] = (1,)
     data_seed: int = 0  # subsets and splits; fixed across training seeds so that only training varies
+    # Data draws to repeat the whole study over (subsets and splits): the first is this run dir's own
+    # `data_seed`, each further one a complete run in draws/data-seed-<k>/. () = this draw only.
+    data_seeds: tuple[int, ...] = ()
     stage1_seeds: int = 1  # how many of `seeds` also repeat stage 1
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -109,10 +112,15 @@ class RunConfig:
             v = getattr(self.stage1, name)
             if not 0 < v < 1:
                 problems.append(f"stage-1 {name} must be in (0, 1), got {v}")
-        for name in ("test_fraction", "val_fraction"):
-            v = getattr(self.stage2, name)
-            if not 0 < v < 1:
-                problems.append(f"stage-2 {name} must be in (0, 1), got {v}")
+        if not 0 < self.stage2.test_fraction < 1:
+            problems.append(f"stage-2 test_fraction must be in (0, 1), got {self.stage2.test_fraction}")
+        if not 0 <= self.stage2.val_fraction < 1:
+            problems.append(f"stage-2 val_fraction must be in [0, 1) (0 = no validation split, as in the paper), "
+                            f"got {self.stage2.val_fraction}")
+        if self.data_seeds and self.data_seeds[0] != self.data_seed:
+            problems.append(f"the first data seed ({self.data_seeds[0]}) must be the run's own data_seed ({self.data_seed})")
+        if len(set(self.data_seeds)) != len(self.data_seeds):
+            problems.append(f"data seeds repeat: {self.data_seeds}")
         if self.prefix_cache not in ("float32", "float16"):
             problems.append(f"prefix cache must be float32 or float16, got {self.prefix_cache!r}")
         if not self.seeds:
@@ -143,7 +151,8 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         """What decides results: everything but locations and pure bookkeeping."""
         d = self.to_dict()
-        for k in ("bridge", "target", "preset", "cache", "cache_budget_gb"):
+        # data_seeds: further draws live in their own run dirs, each with its own identity
+        for k in ("bridge", "target", "preset", "cache", "cache_budget_gb", "data_seeds"):
             d.pop(k, None)
         # float32 caching reproduces the plain path; only float16 storage can change results
         d["prefix_cache"] = d["prefix_cache"] == "float16"
@@ -177,10 +186,38 @@ def _file_digest(path: str) -> str:
         return "missing:" + path.rsplit("/", 1)[-1]
 
 
+# The paper preset: what the paper states, and the most literal reading of what it leaves open
+# (README "Presets" names each reading). Every other preset derives from `corrected`.
+PAPER_READINGS = {
+    "data.scaling": ("unit", "stated: pixel values scaled to [0, 1]"),
+    "data.image_size": (150, "stated: 150x150"),
+    "data.patient_split": (False, "reading: the paper draws random subsets and splits; no patient grouping is mentioned"),
+    "model.alpha": (1.0, "stated: MobileNetV2 (width 1.0)"),
+    "model.weights": ("imagenet", "stated: ImageNet-pretrained MobileNetV2 (Keras' weights)"),
+    "model.bn_mode": ("train", "reading: Keras' default when layers are unfrozen - trainable BatchNorm layers use batch statistics"),
+    "model.dropout": (0.0, "reading: no dropout is mentioned; the new head is a plain dense softmax layer"),
+    "stage2.val_fraction": (0.0, "stated: 85% train / 15% test, no validation split; stage 2 trains on all 85%"),
+    "stage2.test_fraction": (0.15, "stated: 15% test"),
+    "stage2.target_size": (2800, "stated: 2,800 target images"),
+    "stage2.batch_size": (8, "stated: batch size 8"),
+    "stage2.max_epochs": (25, "stated: up to 25 epochs"),
+    "stage2.stop_train_accuracy": (0.85, "stated: training stops at 85% training accuracy"),
+    "stage1.sizes": (PAPER_SIZES, "stated: 10k..80k in steps of 10k"),
+    "stage1.unfreeze_step": (5, "stated: 5 more layers unfrozen per cycle"),
+}
+
+
 def preset(name: str) -> RunConfig:
-    """Named presets. ``paper`` follows PROTOCOL.md; ``demo`` fits 2 CPU cores; ``smoke`` runs in seconds."""
+    """Named presets. ``paper`` is the paper as written (PAPER_READINGS); ``corrected`` carries the
+    toolkit's corrections at the paper's scale; ``demo`` fits 2 CPU cores; ``smoke`` runs in seconds."""
     if name == "paper":
-        return RunConfig(preset="paper")
+        cfg = RunConfig(preset="paper")
+        for key, (value, _) in PAPER_READINGS.items():
+            group, field_name = key.split(".")
+            cfg = replace(cfg, **{group: replace(getattr(cfg, group), **{field_name: value})})
+        return cfg
+    if name == "corrected":
+        return RunConfig(preset="corrected")
     if name == "demo":
         return RunConfig(
             preset="demo",
@@ -210,10 +247,21 @@ def preset(name: str) -> RunConfig:
             demo_bridge_per_class=16,
             demo_target_per_class=40,
         )
-    raise ValueError(f"unknown preset {name!r}: choose paper, demo or smoke")
+    raise ValueError(f"unknown preset {name!r}: choose {', '.join(PRESETS)}")
 
 
-PRESETS = ("paper", "demo", "smoke")
+PRESETS = ("paper", "corrected", "demo", "smoke")
+
+
+def departures_from_paper(cfg: RunConfig) -> list[dict[str, Any]]:
+    """Every setting the paper states or that the paper preset reads literally, where ``cfg`` differs."""
+    out = []
+    for key, (value, why) in PAPER_READINGS.items():
+        group, field_name = key.split(".")
+        here = getattr(getattr(cfg, group), field_name)
+        if (tuple(here) if isinstance(here, (list, tuple)) else here) != value:
+            out.append({"setting": key, "paper": value, "this_run": here, "paper_basis": why})
+    return out
 
 
 def override(cfg: RunConfig, **changes: Any) -> RunConfig:

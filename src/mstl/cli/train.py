@@ -75,6 +75,8 @@ def _config_from_options(o: dict) -> RunConfig:
         bridge=o["bridge"] and str(Path(o["bridge"]).resolve()),
         target=o["target"] and str(Path(o["target"]).resolve()),
         seeds=parse_ints(o["seeds"], "--seeds"),
+        data_seeds=parse_ints(o["data_seeds"], "--data-seeds"),
+        data_seed=(parse_ints(o["data_seeds"], "--data-seeds") or (None,))[0],
         **{
             "stage1.sizes": parse_ints(o["sizes"], "--sizes"),
             "stage1.start_frozen": o["start_frozen"], "stage1.min_frozen": o["min_frozen"],
@@ -118,6 +120,9 @@ def full(
     weights: Optional[str] = typer.Option(None, help="imagenet | none | PATH to a .h5 weights file (env MSTL_WEIGHTS)"),
     sizes: Optional[str] = typer.Option(None, help="bridge sizes, e.g. 10000,20000 or 10k,20k"),
     seeds: Optional[str] = typer.Option(None, help="training seeds, e.g. 1,2,3 (stage 2 repeats per seed)"),
+    data_seeds: Optional[str] = typer.Option(None, help="data draws to repeat the whole study over, e.g. 0,1,2 "
+                                             "(bridge subsets and target splits; the first is the run dir's own, "
+                                             "the others go to RUN_DIR/draws/data-seed-<k>)"),
     stage1_seeds: Optional[int] = typer.Option(None, help="how many of the seeds also repeat stage 1 (default 1)"),
     positive_class: Optional[str] = typer.Option(None, help="target class that is positive (default COVID-19)"),
     target_size: Optional[int] = typer.Option(None, help="target images drawn (paper 2800)"),
@@ -153,7 +158,20 @@ def full(
     from ..train.run import run_stage1, run_stage2
     run_stage1(store, data)
     run_stage2(store, data)
+    _run_draws(cfg, store, restart)
     _finish(store, t0)
+
+
+def _run_draws(cfg: RunConfig, store, restart: bool) -> None:
+    """The further data draws, each a complete run dir under draws/ (resumable like any other)."""
+    from dataclasses import replace
+    for k in cfg.data_seeds[1:]:
+        say(f"data draw {k} ({list(cfg.data_seeds).index(k) + 1} of {len(cfg.data_seeds)})")
+        sub_store, sub = _open(replace(cfg, data_seed=k, data_seeds=()), store.dir / "draws" / f"data-seed-{k}",
+                               restart, link=False)
+        from ..train.run import run_stage1, run_stage2
+        run_stage1(sub_store, sub)
+        run_stage2(sub_store, sub)
 
 
 def _config(**options):
@@ -192,7 +210,7 @@ def _with_json_flag(fn):
 app.command("config")(friendly(_with_json_flag(_config)))
 
 
-def _open(cfg: RunConfig, run_dir: Optional[Path], restart: bool):
+def _open(cfg: RunConfig, run_dir: Optional[Path], restart: bool, link: bool = True):
     from ..train.prepare import data_fingerprint
     from ..train.run import prepare, setup_runtime
     from ..train.store import RunStore, link_latest
@@ -211,7 +229,7 @@ def _open(cfg: RunConfig, run_dir: Optional[Path], restart: bool):
     store.open(cfg, data_fingerprint(data.bridge, data.target), restart=restart)
     from ..train.prepare import write_split_files
     write_split_files(store.dir, data.target_splits, data.target)
-    if chosen.parent.resolve() == RUNS_ROOT.resolve() or run_dir is None:
+    if link and (chosen.parent.resolve() == RUNS_ROOT.resolve() or run_dir is None):
         link_latest(chosen)
     say(f"run dir: {chosen}")
     return store, data
@@ -231,7 +249,7 @@ def _finish(store, t0: float) -> None:
     say("")
     say(f"{'size':>8} {'optimal frozen':>15} {'stage-2 test acc':>17} {'95% CI':>16}")
     best = {}
-    from ..train.stage1 import best_record
+    from ..train.store import best_record
     for size in sorted({r["size"] for r in trials}):
         best[size] = best_record([r for r in trials if r["size"] == size])["frozen"]
     for r in sorted(store.stage2_records(), key=lambda r: (r["size"], r["seed"])):

@@ -109,11 +109,16 @@ def target_splits(src: Source, cfg: RunConfig) -> TargetSplits:
     g = [src.groups[i] for i in pos]
     rest, test = group_split(src.labels[pos], g, s2.test_fraction, cfg.data_seed + 1, cfg.data.patient_split)
     rest_pos, test_pos = pos[rest], pos[test]
-    tr, va = group_split(src.labels[rest_pos], [src.groups[i] for i in rest_pos], s2.val_fraction,
-                         cfg.data_seed + 2, cfg.data.patient_split)
-    tr_pos, va_pos = rest_pos[tr], rest_pos[va]
+    if s2.val_fraction > 0:
+        tr, va = group_split(src.labels[rest_pos], [src.groups[i] for i in rest_pos], s2.val_fraction,
+                             cfg.data_seed + 2, cfg.data.patient_split)
+        tr_pos, va_pos = rest_pos[tr], rest_pos[va]
+    else:  # the paper: stage 2 trains on everything that is not test
+        tr_pos, va_pos = rest_pos, rest_pos[:0]
     y = mapping.apply(src.labels)
     for split, part in (("training", tr_pos), ("validation", va_pos), ("test", test_pos)):
+        if split == "validation" and s2.val_fraction == 0:
+            continue
         missing = [name for k, name in enumerate(mapping.names) if not np.any(y[part] == k)]
         if missing:
             raise ValueError(

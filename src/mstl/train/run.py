@@ -119,10 +119,13 @@ def run_stage2(store: RunStore, data: RunData) -> dict:
         if size:
             rec["stage1_frozen"] = int(Path(path).stem.split("-")[1])
         store.add_stage2(rec)
+        val = "no validation split" if rec["val_accuracy"] is None else f"val {rec['val_accuracy']:.3f}"
         say(f"  -> test accuracy {rec['accuracy']:.3f} [{rec['ci_low']:.3f}, {rec['ci_high']:.3f}], "
-            f"val {rec['val_accuracy']:.3f}, {rec['epochs']} epoch(s), {rec['seconds']:.1f}s")
+            f"{val}, {rec['epochs']} epoch(s), {rec['seconds']:.1f}s")
         keras.backend.clear_session()
     selection = choose_deployable(store.stage2_records())
     store.write_json("selection.json", selection)
     say(f"deployable model: size {selection['size']} seed {selection['seed']} - {selection['why']}")
+    if "warning" in selection:
+        say(f"  note: {selection['warning']}")
     return selection

@@ -20,7 +20,7 @@ from ..progress import say
 from ..tf_env import keras, tf
 from .prepare import SplitRows
 from .prefix_cache import PrefixCacheStore, cut_for, cut_points, upper_model
-from .store import RunStore, save_model_atomic
+from .store import RunStore, best_record, save_model_atomic
 
 
 STEPS_PER_EXECUTION = 8  # both paths, cached or not: results are the same, per-batch overhead is not
@@ -52,11 +52,6 @@ def next_depth(grid: list[int], done: dict[int, dict], patience: int) -> int | N
                 return None
     return None
 
-
-def best_record(records: list[dict]) -> dict:
-    """Highest validation accuracy; ties go to the lower validation loss, then to more frozen layers
-    (cheaper to fine-tune and to cache)."""
-    return max(records, key=lambda r: (r["val_accuracy"], -r["val_loss"], r["frozen"]))
 
 
 class EpochLog(keras.callbacks.Callback):

@@ -175,3 +175,9 @@ def link_latest(run_dir: Path) -> None:
         os.replace(tmp, latest)
     except OSError:
         pass
+
+
+def best_record(records: list[dict]) -> dict:
+    """The optimal frozen depth of one size's sweep: highest validation accuracy; ties go to the lower
+    validation loss, then to more frozen layers (cheaper to fine-tune and to cache)."""
+    return max(records, key=lambda r: (r["val_accuracy"], -r["val_loss"], r["frozen"]))
