@@ -121,3 +121,17 @@ def test_recommendation_follows_measured_speed_and_verification():
                   "results": [_row("onnx", "fp32", 5.4, 8.9), _row("onnx", "int8", 1.0, 2.6, verified=False)]}
     (line,) = recommendations(unverified)
     assert "deploy c-fp32.onnx" in line and "no verified quantized form" in line
+
+
+@pytest.mark.slow
+def test_xnnpack_is_detected_not_assumed(smoke_exports, monkeypatch):
+    from ai_edge_litert import interpreter as lit
+    from mstl.runtimes import load_runtime
+    path = smoke_exports / "classifier-int8.tflite"
+    assert load_runtime(path).xnnpack is True
+    real = lit.Interpreter
+
+    def without_delegates(*a, **kw):
+        return real(*a, experimental_op_resolver_type=lit.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, **kw)
+    monkeypatch.setattr(lit, "Interpreter", without_delegates)
+    assert load_runtime(path).xnnpack is False

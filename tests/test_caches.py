@@ -84,3 +84,24 @@ def test_depth_session_trials_match_fresh_trials(smoke_data, tmp_path):
         fresh = run_trial(cfg, images, smoke_data.splits[s], 4, 120, 1, verbose=False, calibration=cal, prefix=prefix)[1]
         assert shared[s]["val_accuracy"] == fresh["val_accuracy"] and shared[s]["epochs"] == fresh["epochs"]
         assert shared[s]["val_loss"] == pytest.approx(fresh["val_loss"], rel=1e-5, abs=1e-6)
+
+
+def test_activation_cache_made_under_another_identity_is_rebuilt(smoke_data, tmp_path):
+    """--restart with other weights or rows must not reuse an old cache file that has the same name."""
+    from mstl.config import ModelConfig
+    from mstl.model import base_of, build_classifier
+    from mstl.train.prefix_cache import PrefixCacheStore, cut_for, cut_points
+    size = min(smoke_data.splits)
+    rows = np.concatenate([smoke_data.splits[size].train, smoke_data.splits[size].val])
+    images = smoke_data.bridge.images
+    cfg = smoke_data.cfg
+    built = []
+    for identity, seed in (("run-a", 1), ("run-a", 1), ("run-b", 2)):
+        from mstl.tf_env import keras
+        keras.utils.set_random_seed(seed)
+        model = build_classifier(ModelConfig(alpha=0.35, weights="none"), cfg.data.image_size, 4, cfg.data.scaling)
+        cut = cut_for(130, cut_points(base_of(model)))
+        store = PrefixCacheStore(tmp_path / "cache", rows, "float32", 1e9, identity=identity)
+        built.append(np.array(store.get(model, cut, "pretrained", images).array))
+    np.testing.assert_array_equal(built[0], built[1])  # same identity: reused
+    assert not np.allclose(built[0], built[2])  # other weights under another identity: rebuilt, not reused

@@ -24,3 +24,30 @@ def test_bad_values_are_named():
         override(preset("smoke"), **{"data.scaling": "weird"})
     with pytest.raises(ValueError, match="unknown preset"):
         preset("nope")
+
+
+def test_every_config_value_can_be_set_by_name():
+    from mstl.config import apply_settings, settable_keys
+    cfg = preset("paper")
+    keys = settable_keys(cfg)
+    assert {"stage2.learning_rate", "stage2.val_fraction", "stage2.batch_size", "model.dropout", "data_seed",
+            "stage1.val_fraction"} <= set(keys)
+    out = apply_settings(cfg, ["stage2.learning_rate=0.01", "model.dropout=0.3", "data.patient_split=yes",
+                               "stage1.sizes=10k,20k", "data_seed=4", "stage2.positive_class=COVID-19"])
+    assert out.stage2.learning_rate == 0.01 and out.model.dropout == 0.3 and out.data.patient_split is True
+    assert out.stage1.sizes == (10_000, 20_000) and out.data_seed == 4 and out.stage2.positive_class == "COVID-19"
+    with pytest.raises(ValueError, match="unknown key 'stage2.lr'.*stage2.learning_rate"):
+        apply_settings(cfg, ["stage2.lr=0.1"])
+    with pytest.raises(ValueError, match="expected an integer"):
+        apply_settings(cfg, ["stage2.max_epochs=many"])
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        apply_settings(cfg, ["stage2.val_fraction=1.5"])
+
+
+def test_paper_preset_is_the_paper_and_corrected_departs_where_documented():
+    from mstl.config import PAPER_READINGS, departures_from_paper
+    paper = preset("paper")
+    assert paper.data.scaling == "unit" and paper.stage2.val_fraction == 0.0 and departures_from_paper(paper) == []
+    moved = {d["setting"] for d in departures_from_paper(preset("corrected"))}
+    assert moved == {"data.scaling", "data.patient_split", "model.bn_mode", "model.dropout", "stage2.val_fraction"}
+    assert all(why.startswith(("stated:", "reading:")) for _, why in PAPER_READINGS.values())

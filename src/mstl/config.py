@@ -279,3 +279,65 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
     for g, kv in groups.items():
         top[g] = replace(getattr(cfg, g), **kv)
     return replace(cfg, **top).validate()
+
+
+def settable_keys(cfg: RunConfig | None = None) -> list[str]:
+    """Every configuration value by its dotted name (``stage2.learning_rate``, ``seeds``, ...)."""
+    cfg = cfg or RunConfig()
+    keys = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += [f"{f.name}.{g.name}" for g in fields(value)]
+        elif f.name != "preset":
+            keys.append(f.name)
+    return keys
+
+
+def _parse_value(key: str, text: str, current: Any) -> Any:
+    t = text.strip()
+    if isinstance(current, bool):
+        if t.lower() in ("1", "true", "yes", "on"):
+            return True
+        if t.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--set {key}: expected true or false, got {text!r}")
+    if isinstance(current, tuple):
+        try:
+            return tuple(int(v.replace("_", "").replace("k", "000")) for v in t.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"--set {key}: expected comma-separated integers, got {text!r}") from None
+    if isinstance(current, int):
+        try:
+            return int(t)
+        except ValueError:
+            raise ValueError(f"--set {key}: expected an integer, got {text!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(t)
+        except ValueError:
+            raise ValueError(f"--set {key}: expected a number, got {text!r}") from None
+    return None if t.lower() in ("none", "null", "") else t
+
+
+def apply_settings(cfg: RunConfig, items: list[str]) -> RunConfig:
+    """``["stage2.learning_rate=0.01", "data.patient_split=false"]`` applied on top of ``cfg``: any
+    configuration value by its dotted name, typed from the value it replaces. A misspelt key fails,
+    naming the keys that exist."""
+    known = settable_keys(cfg)
+    changes: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. stage2.learning_rate=0.01")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key not in known:
+            import difflib
+            close = difflib.get_close_matches(key, known, n=4, cutoff=0.5) or [
+                k for k in known if k.startswith(key.split(".")[0] + ".")] or known
+            raise ValueError(f"--set: unknown key {key!r}; close: {', '.join(close[:8])} "
+                             "(`mstl-train config --json` shows them all)")
+        group, _, name = key.partition(".")
+        current = getattr(getattr(cfg, group), name) if name else getattr(cfg, group)
+        changes[key] = _parse_value(key, text, current)
+    return override(cfg, **changes) if changes else cfg

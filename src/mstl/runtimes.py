@@ -88,8 +88,11 @@ class LiteRTRuntime(Runtime):
             self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise RuntimeError_(f"{path}: LiteRT cannot load it ({str(e).splitlines()[0]})") from None
-        # The default op resolver applies the XNNPACK delegate on CPU.
-        self.xnnpack = True
+        # Detected, not assumed: nodes taken by the default CPU delegate (XNNPACK) show as one DELEGATE op.
+        try:
+            self.xnnpack = any(op["op_name"] == "DELEGATE" for op in self.interp._get_ops_details())
+        except AttributeError:  # an interpreter without the inspection call (old tflite-runtime)
+            self.xnnpack = None
         inp = self.interp.get_input_details()[0]
         out = self.interp.get_output_details()[0]
         self._in, self._out = inp["index"], out["index"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.images import load_image
+from ..preprocess import Preprocess
 from ..runtimes import load_runtime
 
 
@@ -33,7 +33,7 @@ class Classifier:
         if not self.labels:
             n_out = first.predict(np.zeros((1, self.image_size, self.image_size, 3), np.uint8)).shape[1]
             self.labels = [f"class_{i}" for i in range(n_out)]
-        self.resize = (self.card.get("input", {}).get("resize", {}) or {}).get("method", "bilinear")
+        self.preprocess = Preprocess.from_card(self.card, self.image_size)
         self.max_pixels = max_pixels
         self.runtime = f"{first.name} {first.version}"
 
@@ -55,7 +55,7 @@ class Classifier:
 
     def classify(self, data: bytes, name: str = "<upload>") -> dict[str, Any]:
         t0 = time.perf_counter()
-        pixels = load_image(data, self.image_size, self.resize, name=name, max_pixels=self.max_pixels)
+        pixels = self.preprocess.load(data, name=name, max_pixels=self.max_pixels)
         t1 = time.perf_counter()
         with self._runtime() as rt:
             probs = rt.output_probs(rt.run(rt.prepare(pixels)))[0]

@@ -40,23 +40,29 @@ def latency(rt, x: np.ndarray, runs: int, warmup: int) -> dict[str, Any]:
     return stats
 
 
-def end_to_end(rt, files: list[str], runs: int) -> dict[str, float]:
+def end_to_end(rt, files: list[str], runs: int, prep=None) -> dict[str, float]:
     """File -> label latency as an app sees it: decode (EXIF, colour), resize, quantize, infer, argmax."""
-    from ..data.images import load_image
-    size = rt.image_size
+    from ..preprocess import Preprocess
+    prep = prep or Preprocess(rt.image_size)
     samples = []
     for i in range(runs):
         f = files[i % len(files)]
         t = time.perf_counter_ns()
-        pixels = load_image(f, size)
+        pixels = prep.load(f)
         int(np.argmax(rt.output_probs(rt.run(rt.prepare(pixels)))))
         samples.append((time.perf_counter_ns() - t) / 1e6)
     return percentiles(samples)
 
 
-def measure(path: str, threads: list[int], runs: int, warmup: int, pixels: np.ndarray | None,
-            labels: np.ndarray | None, class_names: list[str] | None, e2e_files: list[str]) -> dict[str, Any]:
-    """Everything measured for one artifact. Runs inside a fresh worker process."""
+def measure(path: str, threads: list[int], runs: int, warmup: int, pixels: "np.ndarray | str | None",
+            labels: np.ndarray | None, class_names: list[str] | None, e2e_files: list[str], prep=None) -> dict[str, Any]:
+    """Everything measured for one artifact. Runs inside a fresh worker process.
+
+    ``pixels`` may be the path of a .npy file: it is then memory-mapped and read only for the accuracy
+    pass, after the peak memory of loading and running the model has been taken - so the peak says
+    what the model costs, not what the labelled set weighs."""
+    if isinstance(pixels, (str, os.PathLike)):
+        pixels = np.load(pixels, mmap_mode="r")
     out: dict[str, Any] = {"artifact": str(path), "size_mb": os.path.getsize(path) / 1e6, "latency_ms": {},
                            "latency": {}}
     rt = None
@@ -75,14 +81,14 @@ def measure(path: str, threads: list[int], runs: int, warmup: int, pixels: np.nd
     out.update({"runtime": f"{rt.name} {rt.version}", "xnnpack": rt.xnnpack, "input_dtype": str(rt.input_dtype),
                 "image_size": rt.image_size})
     if e2e_files:
-        out["e2e_ms"] = end_to_end(rt, e2e_files, min(runs, 50))
+        out["e2e_ms"] = end_to_end(rt, e2e_files, min(runs, 50), prep)
+    out["peak_rss_mb"] = _peak_rss_mb()
     out["accuracy"] = None
     if pixels is not None and labels is not None and len(pixels):
         probs = rt.predict(pixels)
         out["probs"] = probs.tolist()
         out["metrics"] = classification_report(labels, probs, class_names)
         out["accuracy"] = out["metrics"]["accuracy"]
-    out["peak_rss_mb"] = _peak_rss_mb()
     return out
 
 
@@ -96,13 +102,13 @@ def _worker(args, queue):
 
 
 def measure_isolated(path: str, threads: list[int], runs: int, warmup: int, pixels, labels, class_names,
-                     e2e_files: list[str], timeout: float = 1800) -> dict[str, Any]:
+                     e2e_files: list[str], timeout: float = 1800, prep=None) -> dict[str, Any]:
     """``measure`` in a spawned process. A worker that dies (segfault, out-of-memory kill) is noticed
     within a second and reported with its exit signal; the caller goes on with the next artifact."""
     import queue as queue_mod
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=((path, threads, runs, warmup, pixels, labels, class_names, e2e_files), queue))
+    proc = ctx.Process(target=_worker, args=((path, threads, runs, warmup, pixels, labels, class_names, e2e_files, prep), queue))
     proc.start()
     deadline = time.monotonic() + timeout
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 
 from ..data.filelist import labelled_folder, load_sources, read_list
 from ..formats import for_file
+from ..preprocess import Preprocess, card_of
 from ..progress import say
 from ..machine import machine_info
 from .measure import measure_isolated
@@ -30,8 +32,7 @@ class Artifact:
 
 
 def _card(path: Path) -> dict | None:
-    card = path.with_name(path.name + ".json")
-    return json.loads(card.read_text()) if card.exists() else None
+    return card_of(path)
 
 
 def collect(paths: list[Path]) -> list[Artifact]:
@@ -85,23 +86,30 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         raise BenchError("nothing to measure")
     labelled = labelled_data(artifacts, data)
     class_names = next((a.labels for a in artifacts if a.labels), None)
-    decoded: dict[int, np.ndarray] = {}
+    decoded: dict[Preprocess, str] = {}  # decoded labelled sets, as .npy files the workers memory-map
+    scratch = tempfile.TemporaryDirectory(prefix="mstl-bench-")
     results = []
     for i, a in enumerate(artifacts):
         say(f"[{i + 1}/{len(artifacts)}] {a.path.name}: measuring at {threads} thread(s)")
         pixels = y = None
         e2e = []
-        if labelled:
+        prep = _preprocess(a.path)
+        if labelled and prep is not None:
             sources, y_all, _ = labelled
-            size = _input_size(a.path)
-            if size is not None:
-                if size not in decoded:
-                    say(f"  decoding {len(sources)} labelled images at {size} px")
-                    decoded[size] = load_sources(sources, size, "bilinear")
-                pixels, y = decoded[size], y_all
-                e2e = [s for s in sources if not s.startswith("npz:")][:20]
+            if prep not in decoded:
+                say(f"  decoding {len(sources)} labelled images at {prep.size} px ({prep.resize}, from the card)")
+                decoded[prep] = str(Path(scratch.name) / f"pixels-{len(decoded)}.npy")
+                np.save(decoded[prep], prep.load_many(sources))
+            pixels, y = decoded[prep], y_all
+            e2e = [s for s in sources if not s.startswith("npz:")][:20]
         names = class_names or ([f"class_{k}" for k in range(int(y.max()) + 1)] if y is not None else None)
-        r = measure_isolated(str(a.path), threads, runs, warmup, pixels, y, names, e2e)
+        if a.format == "keras" and len(threads) > 1:
+            # TensorFlow fixes its thread count once per process: one process per thread count
+            parts = [measure_isolated(str(a.path), [t], runs, warmup, pixels, y, names, e2e if t == threads[-1] else [],
+                                      prep=prep) for t in threads]
+            r = next((p for p in parts if p["status"] != "ok"), None) or _merge_threads(parts)
+        else:
+            r = measure_isolated(str(a.path), threads, runs, warmup, pixels, y, names, e2e, prep=prep)
         r.update({"format": a.format, "precision": a.precision, "artifact": a.path.name, "path": str(a.path)})
         card = _card(a.path) if a.format != "keras" else None
         if card is not None:
@@ -114,6 +122,7 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         if r["status"] != "ok":
             say(f"  failed: {r['error']}")
         results.append(r)
+    scratch.cleanup()
     results += extra_rows or []
     _compare_with_fp32(results)
     for r in results:
@@ -123,13 +132,26 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
             "results": results}
 
 
-def _input_size(path: Path) -> int | None:
+def _merge_threads(parts: list[dict]) -> dict:
+    out = dict(parts[0])
+    out["latency"], out["latency_ms"] = {}, {}
+    for p in parts:
+        out["latency"].update(p["latency"])
+        out["latency_ms"].update(p["latency_ms"])
+        if p.get("e2e_ms"):
+            out["e2e_ms"] = p["e2e_ms"]
+    out["peak_rss_mb"] = max(p["peak_rss_mb"] for p in parts)
+    return out
+
+
+def _preprocess(path: Path) -> Preprocess | None:
+    """The artifact's preprocessing from its card; without a card, a bilinear resize to its input."""
     card = _card(path)
     if card:
-        return int(card["input"]["shape"][1])
+        return Preprocess.from_card(card)
     try:
         from ..runtimes import load_runtime
-        return load_runtime(path).image_size
+        return Preprocess(load_runtime(path).image_size)
     except Exception:
         return None  # reported by the measuring process
 

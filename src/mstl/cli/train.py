@@ -6,11 +6,11 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from ..config import PRESETS, RunConfig, override, preset
+from ..config import PRESETS, RunConfig, apply_settings, override, preset
 from ..progress import say, warn
 from .common import friendly, parse_ints
 
@@ -92,6 +92,7 @@ def _config_from_options(o: dict) -> RunConfig:
         stage1_seeds=o["stage1_seeds"], mixed_precision=o["mixed_precision"] or None,
         cache=False if o["no_cache"] else None, prefix_cache=o["prefix_cache"], cache_budget_gb=o["cache_budget_gb"],
     )
+    cfg = apply_settings(cfg, list(o.get("set_") or []))
     return _weights_default(cfg, o["weights"])
 
 
@@ -148,6 +149,9 @@ def full(
     cache_budget_gb: Optional[float] = typer.Option(None, help="largest activation cache (default 8 GB)"),
     mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute on GPUs"),
     restart: bool = typer.Option(False, "--restart", help="discard the run dir's results and start over"),
+    set_: List[str] = typer.Option([], "--set", help="any configuration value by its dotted name, e.g. "
+                                   "--set stage2.learning_rate=0.01 --set model.dropout=0 (repeatable; "
+                                   "`mstl-train config --json` lists them)"),
 ):
     """Stage-1 sweep, stage 2 and report, end to end (resumable: rerun to continue)."""
     o = dict(locals())

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from ..data.filelist import load_sources, read_list
+from ..data.filelist import read_list
 from ..data.splits import stratified_sample
 from ..formats import Format
 from ..progress import say
 from ..machine import cpu_flags, cpu_model
+from ..preprocess import Preprocess
 from ..runtimes import load_runtime
 from .verify import verify
 
@@ -49,6 +50,10 @@ class ExportJob:
     data_licence: str = "not recorded: state the training data's licence here"
     stem: str = "classifier"
 
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.image_size, self.resize_method)
+
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -77,16 +82,10 @@ def check_classifier(model) -> int:
 
 def _io_card(rt, labels, job: ExportJob) -> dict[str, Any]:
     integer_in = np.issubdtype(rt.input_dtype, np.integer)
-    card_in: dict[str, Any] = {
-        "name": "input", "shape": [1, job.image_size, job.image_size, 3], "layout": "NHWC, RGB",
-        "dtype": str(rt.input_dtype),
-        "range": [int(np.iinfo(rt.input_dtype).min), int(np.iinfo(rt.input_dtype).max)] if integer_in else [0.0, 255.0],
-        "meaning": "raw pixel values; scaling to the network's range is inside the graph",
-        "resize": {"method": job.resize_method, "mode": "stretch to square (aspect ratio not kept)",
-                   "library": "Pillow (mstl.data.images.load_image)"},
-        "orientation": "apply EXIF orientation before resizing",
-        "trained_scaling": job.scaling,
-    }
+    card_in: dict[str, Any] = {"name": "input", **job.preprocess.to_card(), "dtype": str(rt.input_dtype),
+                               "trained_scaling": job.scaling}
+    if integer_in:
+        card_in["range"] = [int(np.iinfo(rt.input_dtype).min), int(np.iinfo(rt.input_dtype).max)]
     if rt.input_quant:
         card_in["quantization"] = {"scale": rt.input_quant.scale, "zero_point": rt.input_quant.zero_point}
         if str(rt.input_dtype) == "int8":
@@ -132,7 +131,7 @@ def run_export(job: ExportJob) -> dict[str, Any]:
         pick = (stratified_sample(job.calibration_labels, n, 0) if job.calibration_labels is not None
                 else np.arange(n))
         say(f"decoding {n} calibration images (stratified from the training split)")
-        calibration = load_sources([job.calibration_sources[i] for i in pick], job.image_size, job.resize_method)
+        calibration = job.preprocess.load_many([job.calibration_sources[i] for i in pick])
     # Agreement checks the conversion, so every image that did not calibrate it counts.
     held = set(job.verify_sources)
     used = set(int(i) for i in pick)
@@ -144,7 +143,7 @@ def run_export(job: ExportJob) -> dict[str, Any]:
     heldout = np.arange(len(sources)) < len(job.verify_sources)
     say(f"decoding {len(sources)} verification images through the edge path (Pillow): "
         f"{len(job.verify_sources)} held out, {len(extra)} training images not used for calibration")
-    pixels = load_sources(sources, job.image_size, job.resize_method)
+    pixels = job.preprocess.load_many(sources)
     reference = model.predict(pixels.astype(np.float32), batch_size=32, verbose=0)
     check = _Check(pixels, reference, labels, heldout)
     ready = _Int8Ready(job.model_path, calibration)

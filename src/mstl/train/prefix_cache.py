@@ -102,9 +102,13 @@ class PrefixCacheStore:
     """Activation caches of one run, one cut at a time: a deeper cut is made on demand and the one above
     it is dropped (the sweep only descends)."""
 
-    def __init__(self, folder: Path, rows: np.ndarray, dtype: str, budget_bytes: float):
+    def __init__(self, folder: Path, rows: np.ndarray, dtype: str, budget_bytes: float, identity: str = ""):
         self.folder = folder
         self.rows = np.unique(rows)
+        # What the cached activations depend on: the run's configuration and data (its config hash) and
+        # the exact image rows. A cache file made under another identity is rebuilt, never reused by name.
+        import hashlib
+        self.identity = hashlib.sha256(identity.encode() + self.rows.astype(np.int64).tobytes()).hexdigest()[:16]
         self.dtype = np.dtype(dtype)
         self.budget = budget_bytes
         self.current: ActivationCache | None = None
@@ -126,7 +130,7 @@ class PrefixCacheStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{key}-cut{cut}-{self.dtype.name}.npy"
         meta = path.with_suffix(".json")
-        if not meta.exists():
+        if not meta.exists() or not path.exists() or json.loads(meta.read_text()).get("identity") != self.identity:
             self._build(model, cut, images, path, meta)
         array = np.load(path, mmap_mode="r")
         self._drop_others(path)
@@ -153,6 +157,7 @@ class PrefixCacheStore:
         del out
         os.replace(tmp, path)
         meta.write_text(json.dumps({"cut": cut, "rows": len(self.rows), "shape": shape, "dtype": self.dtype.name,
+                                    "identity": self.identity,
                                     "seconds": round(time.monotonic() - t0, 2)}))
         say(f"  activation cache at layer {cut}: {len(self.rows)} x {shape} {self.dtype.name} = "
             f"{path.stat().st_size / 1e6:.1f} MB in {time.monotonic() - t0:.1f}s")

@@ -80,7 +80,8 @@ def run_stage1(store: RunStore, data: RunData) -> dict[tuple[int, int], dict]:
     prefix = None
     if cfg.cache:
         rows = np.concatenate([np.concatenate([s.train, s.val]) for s in data.splits.values()])
-        prefix = PrefixCacheStore(store.dir / "cache", rows, cfg.prefix_cache, cfg.cache_budget_gb * 1e9)
+        prefix = PrefixCacheStore(store.dir / "cache", rows, cfg.prefix_cache, cfg.cache_budget_gb * 1e9,
+                                  identity=store.config_hash())
     best = {}
     t0 = time.monotonic()
     for seed in stage1_seeds(cfg):
@@ -105,9 +106,9 @@ def run_stage2(store: RunStore, data: RunData) -> dict:
         if (size, seed) in done:
             continue
         src_seed = seed if seed in s1_seeds else s1_seeds[0]
-        path = None
+        path = frozen = None
         if size:
-            path = ensure_best_model(cfg, store, data.bridge.images, data.splits[size], size, n_classes, src_seed,
+            path, frozen = ensure_best_model(cfg, store, data.bridge.images, data.splits[size], size, n_classes, src_seed,
                                      bn_calibration(data))
         what = f"size {size}" if size else f"control (base weights {cfg.model.weights}, no bridge)"
         say(f"stage 2: {what}, seed {seed} ({i + 1} of {len(jobs)})")
@@ -117,7 +118,7 @@ def run_stage2(store: RunStore, data: RunData) -> dict:
         rec.update({"size": int(size), "stage1_model": path, "stage1_seed": src_seed if size else None,
                     "model": str(out.relative_to(store.dir))})
         if size:
-            rec["stage1_frozen"] = int(Path(path).stem.split("-")[1])
+            rec["stage1_frozen"] = frozen
         store.add_stage2(rec)
         val = "no validation split" if rec["val_accuracy"] is None else f"val {rec['val_accuracy']:.3f}"
         say(f"  -> test accuracy {rec['accuracy']:.3f} [{rec['ci_low']:.3f}, {rec['ci_high']:.3f}], "

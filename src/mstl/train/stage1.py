@@ -214,8 +214,8 @@ def _record(cfg, store: RunStore, model, rec: dict, done: dict, size: int, depth
 
 
 def ensure_best_model(cfg: RunConfig, store: RunStore, images, split: SplitRows, size: int, n_classes: int,
-                      seed: int, calibration: np.ndarray | None = None) -> str:
-    """Path of the best stage-1 model for a size; retrains its trial if the file went missing."""
+                      seed: int, calibration: np.ndarray | None = None) -> tuple[str, int]:
+    """(path, frozen depth) of the best stage-1 model for a size; retrains its trial if the file went missing."""
     records = [r for r in store.trials() if r["size"] == size and r["seed"] == seed]
     best = best_record(records)
     path = store.stage1_model(size, best["frozen"], seed)
@@ -227,7 +227,7 @@ def ensure_best_model(cfg: RunConfig, store: RunStore, images, split: SplitRows,
         model, _ = run_trial(cfg, images, split, n_classes, best["frozen"], seed, label=f"size {size} (rebuild)",
                              calibration=calibration)
         save_model_atomic(model, path)
-    return str(path)
+    return str(path), int(best["frozen"])
 
 
 def _state_path(store: RunStore, size: int, frozen: int, seed: int):

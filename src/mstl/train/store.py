@@ -105,7 +105,7 @@ class RunStore:
         if restart:
             for p in (self.results_path, self.stage2_path):
                 p.unlink(missing_ok=True)
-            for sub in ("stage1", "stage2", "figures"):
+            for sub in ("stage1", "stage2", "figures", "cache", "draws"):
                 _rmtree(self.dir / sub)
         atomic_write_text(self.config_path, json.dumps({
             "config_hash": digest, "data_fingerprint": data_fingerprint, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
