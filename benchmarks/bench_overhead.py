@@ -39,7 +39,8 @@ def build_int8(workdir: Path, weights: str) -> Path:
     model = build_classifier(ModelConfig(alpha=1.0, weights=weights, dropout=0.0), 150, 2, "imagenet",
                              calibration_images=cal[:64])
     path = workdir / "mobilenetv2-150-int8.tflite"
-    path.write_bytes(build(model, workdir, calibration=cal))
+    from mstl.formats import BuildOptions
+    path.write_bytes(build(model, workdir, BuildOptions(calibration=cal)))
     return path
 
 

@@ -57,12 +57,21 @@ def test_predict(client, classifier):
 
 
 def test_exif_orientation_applied_before_inference(classifier):
-    from mstl.data.images import load_image
-    rotated = _jpeg((60, 30), exif_orientation=6)
-    assert load_image(rotated, 32).shape == (32, 32, 3)
-    upright = Image.open(io.BytesIO(rotated))
-    from PIL import ImageOps
-    assert ImageOps.exif_transpose(upright).size == (30, 60)
+    """The app's decode turns an EXIF-rotated photo upright: the same picture stored rotated with an
+    orientation tag and stored upright classify from the same pixels."""
+    rng = np.random.default_rng(3)
+    arr = np.zeros((40, 20, 3), np.uint8)
+    arr[:10] = 220  # a bright band at the top of the upright picture
+    arr += rng.integers(0, 20, arr.shape, dtype=np.uint8)
+    upright, rotated = io.BytesIO(), io.BytesIO()
+    Image.fromarray(arr).save(upright, "PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display rotates 90 degrees clockwise
+    Image.fromarray(arr).transpose(Image.Transpose.ROTATE_90).save(rotated, "PNG", exif=exif.tobytes())
+    a = classifier.preprocess.load(upright.getvalue())
+    b = classifier.preprocess.load(rotated.getvalue())
+    assert a[:4].mean() > 150 and a[-4:].mean() < 60  # the band is on top
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 3
 
 
 @pytest.mark.parametrize("files,status,words", [

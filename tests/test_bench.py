@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -54,8 +55,10 @@ def test_bench_exports_json_and_markdown(smoke_exports, tmp_path):
         for k in ("artifact", "format", "precision", "size_mb", "accuracy", "latency_ms", "init_ms", "first_ms", "peak_rss_mb"):
             assert k in r, k
         assert r["status"] == "ok" and 0 <= r["accuracy"] <= 1
-        lat = r["latency_ms"]["1"]
-        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and r["peak_rss_mb"] > 10
+        lat = r["latency"]["1"]
+        # the reported percentile is the samples' own: the p50 lies between the fastest and slowest run
+        assert lat["min"] <= r["latency_ms"]["1"]["p50"] <= lat["max"]
+
     assert "| classifier-int8.tflite |" in md.read_text()
     saved = list((tmp_path / "saved").glob("bench_*litert*_ort*.json"))
     assert len(saved) == 1
@@ -135,3 +138,15 @@ def test_xnnpack_is_detected_not_assumed(smoke_exports, monkeypatch):
         return real(*a, experimental_op_resolver_type=lit.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, **kw)
     monkeypatch.setattr(lit, "Interpreter", without_delegates)
     assert load_runtime(path).xnnpack is False
+
+
+@pytest.mark.slow
+def test_peak_memory_is_the_models_not_the_labelled_sets(smoke_exports, tmp_path):
+    """The labelled set reaches the worker as a memory-mapped file, read after the peak is taken."""
+    from mstl.bench.measure import measure_isolated
+    pixels = np.zeros((34_000, 32, 32, 3), np.uint8)  # ~100 MB
+    np.save(tmp_path / "pixels.npy", pixels)
+    model = str(smoke_exports / "classifier-int8.tflite")
+    as_file = measure_isolated(model, [1], 5, 1, str(tmp_path / "pixels.npy"), None, None, [])
+    in_memory = measure_isolated(model, [1], 5, 1, pixels, None, None, [])
+    assert in_memory["peak_rss_mb"] - as_file["peak_rss_mb"] > 60

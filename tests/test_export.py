@@ -57,7 +57,7 @@ def test_gate_fails_on_broken_artifact(smoke_run, tmp_path, monkeypatch):
     import mstl.export.tflite as tfl
     real = tfl.build_fp32
 
-    def broken(model, workdir, **kw):
+    def broken(model, workdir, opts):
         from mstl.tf_env import keras
         clone = keras.models.clone_model(model)
         clone.set_weights(model.get_weights())
@@ -103,3 +103,13 @@ def test_select_table():
 def test_formats_and_runtimes_import_without_tensorflow():
     code = "import sys, mstl.formats, mstl.runtimes; assert 'tensorflow' not in sys.modules, 'tf imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_export_flags_are_the_format_tables():
+    """Every flag of the format table is an option of mstl-export, and the thresholds are the table's."""
+    import typer.main
+    from mstl.formats import thresholds
+    params = {p.name for p in typer.main.get_command(app).params}
+    assert {f.flag for f in FORMATS if f.flag} <= params
+    assert thresholds() == {f.precision: f.min_agreement for f in FORMATS}
+    assert thresholds({"int8": 0.95, "fp32": None})["int8"] == 0.95

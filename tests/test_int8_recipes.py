@@ -36,9 +36,9 @@ def test_failed_recipe_is_skipped_and_recorded(smoke_run, tmp_path, monkeypatch)
     real = tfl.build_int8
     calls = []
 
-    def first_broken(model, workdir, **kw):  # the first recipe's build is broken, later ones are real
+    def first_broken(model, workdir, opts):  # the first recipe's build is broken, later ones are real
         calls.append(model)
-        return real(_swapped(model) if len(calls) == 1 else model, workdir, **kw)
+        return real(_swapped(model) if len(calls) == 1 else model, workdir, opts)
 
     monkeypatch.setattr(tfl, "build_int8", first_broken)
     out = tmp_path / "ladder"
@@ -57,7 +57,7 @@ def test_failed_recipe_is_skipped_and_recorded(smoke_run, tmp_path, monkeypatch)
 def test_gate_failure_never_lands_under_the_default_name(smoke_run, tmp_path, monkeypatch):
     import mstl.export.tflite as tfl
     real = tfl.build_int8
-    monkeypatch.setattr(tfl, "build_int8", lambda model, workdir, **kw: real(_swapped(model), workdir, **kw))
+    monkeypatch.setattr(tfl, "build_int8", lambda model, workdir, opts: real(_swapped(model), workdir, opts))
     out = tmp_path / "rejected"
     out.mkdir()
     (out / "classifier-int8.tflite").write_bytes(b"an earlier export's file")
@@ -152,3 +152,21 @@ def test_explain_reports_layers_for_both_runtimes(smoke_exports, smoke_run):
         assert len(rep["layers"]) > 10 and rep["worst_steps"]
         assert all(np.isfinite(l["sqnr_db"]) or l["sqnr_db"] == float("inf") for l in rep["layers"])
     assert (smoke_exports / "explain-classifier-int8.tflite.json").is_file()
+
+
+def test_a_misspelt_build_option_fails_loudly():
+    from mstl.formats import BuildOptions, Recipe
+    with pytest.raises(ValueError, match="unknown build option.*activation"):
+        BuildOptions().with_recipe(Recipe("typo", (("activation", "int8"),)))
+    with pytest.raises(ValueError, match="activations must be one of"):
+        BuildOptions().with_recipe(Recipe("bad", (("activations", "int4"),)))
+    for f in FORMATS:  # every recipe in the table is well formed
+        for r in f.ladder:
+            BuildOptions().with_recipe(r)
+
+
+def test_precision_from_file_names():
+    from mstl.formats import precision_of
+    assert precision_of("runs/x/classifier-int8.tflite") == "int8"
+    assert precision_of("classifier-int8-rejected.onnx") == "int8"
+    assert precision_of("model.tflite") == "unknown" and precision_of("a-fp16.tflite") == "fp16"

@@ -5,8 +5,9 @@ the parametrized tests. Importable without TensorFlow: builders are named, and i
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable
 
 IO_TYPES = ("uint8", "int8", "float")
 
@@ -26,6 +27,34 @@ class Recipe:
 
 
 DEFAULT_RECIPE = Recipe("default")
+ACTIVATION_TYPES = ("uint8", "int8")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything a builder may be told, typed: a misspelt recipe option fails here, naming itself,
+    instead of vanishing into a builder's keyword arguments."""
+    calibration: Any = None  # raw 0..255 calibration images, (N, S, S, 3), for the int8 forms
+    io: str = "uint8"  # int8 TFLite input/output type
+    activations: str = "uint8"  # ONNX int8 activation type
+
+    def __post_init__(self):
+        if self.io not in IO_TYPES:
+            raise ValueError(f"io must be one of {IO_TYPES}, got {self.io!r}")
+        if self.activations not in ACTIVATION_TYPES:
+            raise ValueError(f"activations must be one of {ACTIVATION_TYPES}, got {self.activations!r}")
+
+    def with_recipe(self, recipe: Recipe) -> "BuildOptions":
+        try:
+            return replace(self, **recipe.kwargs)
+        except TypeError:
+            known = [f.name for f in fields(self)]
+            bad = [k for k in recipe.kwargs if k not in known]
+            raise ValueError(f"recipe {recipe.name!r}: unknown build option(s) {bad}; known: {known}") from None
+
+    def needs_calibration(self) -> None:
+        if self.calibration is None or len(self.calibration) == 0:
+            raise ValueError("this form needs calibration images (BuildOptions.calibration)")
 
 
 @dataclass(frozen=True)
@@ -101,6 +130,23 @@ def for_file(path: str) -> str:
         if str(path).endswith(f".{fam}"):
             return fam
     raise ValueError(f"{path}: unknown artifact type (expected .tflite, .onnx or .keras)")
+
+
+PRECISIONS = tuple(dict.fromkeys(f.precision for f in FORMATS))
+
+
+def precision_of(path: str) -> str:
+    """The precision an artifact's file name says (``classifier-int8.tflite``, ``...-int8-rejected.onnx``),
+    for files without a card; "unknown" when it says none."""
+    stem = Path(str(path)).name.rsplit(".", 1)[0].removesuffix("-rejected")
+    return next((p for p in PRECISIONS if stem.endswith(f"-{p}")), "unknown")
+
+
+def thresholds(overrides: dict[str, float | None] | None = None) -> dict[str, float]:
+    """Agreement threshold per precision: the table's, unless overridden."""
+    out = {f.precision: f.min_agreement for f in FORMATS}
+    out.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return out
 
 
 def select(formats: list[str], flags: set[str], options: dict[str, object] | None = None) -> list[Format]:

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..formats import precision_of
+
 _COUNT = re.compile(r"count=(\d+) first=(\d+) curr=\d+ min=(\d+) max=(\d+) avg=([\d.]+) std=(\d+)"
                     r"(?: p5=(\d+) median=(\d+) p95=(\d+))?")
 _TIMINGS = re.compile(r"Inference timings in us: Init: ([\d.]+), First inference: ([\d.]+), "
@@ -35,7 +37,7 @@ def parse_benchmark_model(text: str, source: str = "") -> dict[str, Any]:
         lat.update({"p50": float(median) * us, "p5": float(p5) * us, "p95": float(p95) * us})
     mem = _MEMORY.search(text)
     peak = _PEAK.search(text)
-    precision = next((p for p in ("int8", "fp16", "dynamic", "fp32") if f"-{p}." in name), "unknown")
+    precision = precision_of(name)
     return {
         "artifact": name, "format": "tflite", "precision": precision, "status": "ok",
         "source": f"LiteRT benchmark_model ({source})", "size_mb": None, "accuracy": None,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..data.filelist import labelled_folder, load_sources, read_list
-from ..formats import for_file
+from ..formats import for_file, precision_of
 from ..preprocess import Preprocess, card_of
 from ..progress import say
 from ..machine import machine_info
@@ -49,8 +49,7 @@ def collect(paths: list[Path]) -> list[Artifact]:
         elif p.exists() or p.suffix in (".tflite", ".onnx", ".keras"):
             fam = for_file(str(p))
             card = _card(p)
-            precision = (card or {}).get("precision") or next(
-                (q for q in ("int8", "fp16", "dynamic", "fp32") if p.stem.endswith(f"-{q}")), "fp32" if fam == "keras" else "unknown")
+            precision = (card or {}).get("precision") or ("fp32" if fam == "keras" else precision_of(str(p)))
             run_dir = Path(card["source"]["run_dir"]) if card and card.get("source", {}).get("run_dir") else None
             out.append(Artifact(p, fam, precision, (card or {}).get("labels"), run_dir))
         else:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..formats import IO_TYPES, select
+from ..formats import thresholds as table_thresholds
 from ..progress import say
 from .common import UserError, friendly
 
@@ -30,8 +31,8 @@ def export(
     calibration: Optional[int] = typer.Option(None, help="calibration images for int8 (default 200)"),
     io: Optional[str] = typer.Option(None, help=f"int8 TFLite input/output type: {' | '.join(IO_TYPES)} (default uint8)"),
     out: Optional[Path] = typer.Option(None, help="output folder (default RUN_DIR/exports)"),
-    min_float: float = typer.Option(0.999, help="agreement threshold for float forms"),
-    min_int8: float = typer.Option(0.99, help="agreement threshold for full-int8 forms (dynamic range: 0.98)"),
+    min_float: Optional[float] = typer.Option(None, help="agreement threshold for float forms (default: the format table's, 0.999)"),
+    min_int8: Optional[float] = typer.Option(None, help="agreement threshold for full-int8 forms (default: the table's, 0.99)"),
     explain: bool = typer.Option(False, "--explain", help="after export, compare each quantized artifact with its "
                                  "fp32 sibling tensor by tensor and print the layers that lose the most (SQNR)"),
 ):
@@ -41,7 +42,7 @@ def export(
     flags = {f for f, on in (("int8", int8), ("fp16", fp16), ("dynamic", dynamic)) if on}
     formats = select([f.strip() for f in format.split(",") if f.strip()], flags,
                      {"io": io, "calibration": calibration})
-    thresholds = {"fp32": min_float, "fp16": min_float, "int8": min_int8}
+    thresholds = table_thresholds({"fp32": min_float, "fp16": min_float, "int8": min_int8})
     from ..export.run import job_from_run, run_export
     if (run_dir / "config.json").exists() and data is None:
         job = job_from_run(run_dir, formats, out, model, calibration or 200, io or "uint8", thresholds, explain)

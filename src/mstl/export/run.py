@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data.filelist import read_list
 from ..data.splits import stratified_sample
-from ..formats import Format
+from ..formats import BuildOptions, Format
 from ..progress import say
 from ..machine import cpu_flags, cpu_model
 from ..preprocess import Preprocess
@@ -191,7 +191,7 @@ def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJo
     for recipe in fmt.ladder:
         try:
             source = ready.get() if recipe.prepared else model
-            data = fmt.load_builder()(source, work, calibration=calibration, io=job.io, **recipe.kwargs)
+            data = fmt.load_builder()(source, work, BuildOptions(calibration, job.io).with_recipe(recipe))
             staged = work / name
             staged.write_bytes(data)
             rt = load_runtime(staged, threads=2)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..formats import BuildOptions
 from ..tf_env import tf
 
 
@@ -25,27 +26,28 @@ def _convert(model, workdir: Path, configure=None) -> bytes:
     return conv.convert()
 
 
-def build_fp32(model, workdir: Path, **_) -> bytes:
+def build_fp32(model, workdir: Path, opts: BuildOptions = BuildOptions()) -> bytes:
     return _convert(model, workdir)
 
 
-def build_fp16(model, workdir: Path, **_) -> bytes:
+def build_fp16(model, workdir: Path, opts: BuildOptions = BuildOptions()) -> bytes:
     def cfg(c):
         c.optimizations = [tf.lite.Optimize.DEFAULT]
         c.target_spec.supported_types = [tf.float16]
     return _convert(model, workdir, cfg)
 
 
-def build_dynamic(model, workdir: Path, **_) -> bytes:
+def build_dynamic(model, workdir: Path, opts: BuildOptions = BuildOptions()) -> bytes:
     def cfg(c):
         c.optimizations = [tf.lite.Optimize.DEFAULT]
     return _convert(model, workdir, cfg)
 
 
-def build_int8(model, workdir: Path, calibration: np.ndarray, io: str = "uint8", **_) -> bytes:
+def build_int8(model, workdir: Path, opts: BuildOptions) -> bytes:
     """Full integer. Scaling lives inside the graph and calibration uses raw 0..255 pixels, so a uint8
     input takes raw pixels directly (scale 1, zero point 0)."""
-    cal = np.array(calibration, dtype=np.float32)
+    opts.needs_calibration()
+    cal = np.array(opts.calibration, dtype=np.float32)
     # The input's quantization range is what calibration saw; one pixel at 0 and one at 255 make it
     # exactly 0..255, so the uint8 input takes raw pixels (scale 1, zero point 0) with no clipping.
     cal[0, 0, 0, :] = 0.0
@@ -59,9 +61,9 @@ def build_int8(model, workdir: Path, calibration: np.ndarray, io: str = "uint8",
         c.optimizations = [tf.lite.Optimize.DEFAULT]
         c.representative_dataset = representative
         c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if io != "float":
-            c.inference_input_type = tf.uint8 if io == "uint8" else tf.int8
-            c.inference_output_type = tf.uint8 if io == "uint8" else tf.int8
+        if opts.io != "float":
+            c.inference_input_type = tf.uint8 if opts.io == "uint8" else tf.int8
+            c.inference_output_type = tf.uint8 if opts.io == "uint8" else tf.int8
     return _convert(model, workdir, cfg)
 
 
