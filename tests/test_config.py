@@ -51,3 +51,20 @@ def test_paper_preset_is_the_paper_and_corrected_departs_where_documented():
     moved = {d["setting"] for d in departures_from_paper(preset("corrected"))}
     assert moved == {"data.scaling", "data.patient_split", "model.bn_mode", "model.dropout", "stage2.val_fraction"}
     assert all(why.startswith(("stated:", "reading:")) for _, why in PAPER_READINGS.values())
+
+
+def test_base_registry_limits_the_configuration():
+    with pytest.raises(ValueError, match="start_frozen 500 is more than the 154 layers"):
+        override(preset("smoke"), **{"stage1.start_frozen": 500})
+    with pytest.raises(ValueError, match="base network must be one of"):
+        override(preset("smoke"), **{"model.base": "resnet50"})
+    # run dirs made before the registry keep their identity (and so can be resumed)
+    assert "base" not in preset("paper").identity()["model"]
+
+
+@pytest.mark.slow
+def test_registry_layer_count_is_the_built_networks():
+    from mstl.bases import BASES
+    from mstl.model import build_base
+    for entry in BASES.values():
+        assert len(build_base(entry.min_size, 0.35, "none", entry.name).layers) == entry.n_layers

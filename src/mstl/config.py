@@ -31,6 +31,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    base: str = "mobilenet_v2"  # an entry of mstl.bases.BASES
     alpha: float = 1.0
     # "imagenet" (Keras download, cached), "none", or a path to a local weights file.
     weights: str = "imagenet"
@@ -96,8 +97,15 @@ class RunConfig:
             problems.append(f"scaling must be one of {SCALINGS}, got {self.data.scaling!r}")
         if self.data.resize_method not in RESIZE_METHODS:
             problems.append(f"resize method must be one of {RESIZE_METHODS}, got {self.data.resize_method!r}")
-        if self.data.image_size < 32:
-            problems.append(f"image size must be at least 32 (MobileNetV2's minimum), got {self.data.image_size}")
+        from .bases import BASES
+        base = BASES.get(self.model.base)
+        if base is None:
+            problems.append(f"base network must be one of {tuple(BASES)}, got {self.model.base!r}")
+        elif self.data.image_size < base.min_size:
+            problems.append(f"image size must be at least {base.min_size} ({base.name}'s minimum), got {self.data.image_size}")
+        elif not self.stage1.start_frozen <= base.n_layers:
+            problems.append(f"start_frozen {self.stage1.start_frozen} is more than the {base.n_layers} layers of "
+                            f"{base.name}; at most {base.n_layers} (all frozen)")
         if self.model.bn_mode not in BN_MODES:
             problems.append(f"bn mode must be one of {BN_MODES}, got {self.model.bn_mode!r}")
         if self.stage1.mode not in SWEEP_MODES:
@@ -156,6 +164,8 @@ class RunConfig:
             d.pop(k, None)
         # float32 caching reproduces the plain path; only float16 storage can change results
         d["prefix_cache"] = d["prefix_cache"] == "float16"
+        if d["model"]["base"] == "mobilenet_v2":  # the only base before the registry: older run dirs resume
+            del d["model"]["base"]
         w = d["model"]["weights"]
         if w not in ("imagenet", "none"):
             d["model"]["weights"] = "file:" + _file_digest(w)

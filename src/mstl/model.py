@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bases import DEFAULT_BASE, get_base
 from .config import ModelConfig
 from .tf_env import keras
 
@@ -59,12 +60,12 @@ def resolve_weights(weights: str) -> str | None:
     return str(path)
 
 
-def build_base(image_size: int, alpha: float, weights: str) -> "keras.Model":
+def build_base(image_size: int, alpha: float, weights: str, base: str = DEFAULT_BASE) -> "keras.Model":
     w = resolve_weights(weights)
     shape = (image_size, image_size, 3)
+    entry = get_base(base)
     try:
-        return keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=w,
-                                              name=BASE_NAME)
+        return entry.build(shape, alpha, w, BASE_NAME)
     except Exception as e:  # Keras raises bare Exception for download failures
         msg = str(e)
         if w == "imagenet" and ("URL fetch failure" in msg or "Name or service" in msg or "urlopen" in msg):
@@ -75,7 +76,7 @@ def build_base(image_size: int, alpha: float, weights: str) -> "keras.Model":
             ) from None
         if w not in (None, "imagenet"):
             raise WeightsError(
-                f"weights file {w} does not fit MobileNetV2(alpha={alpha}, include_top=False): {msg.splitlines()[0]}"
+                f"weights file {w} does not fit {entry.name}(alpha={alpha}, no top): {msg.splitlines()[0]}"
             ) from None
         raise
 
@@ -102,7 +103,7 @@ def calibrate_batchnorm(base: "keras.Model", x) -> None:
 def build_classifier(cfg: ModelConfig, image_size: int, n_classes: int, scaling: str,
                      calibration_images=None) -> "keras.Model":
     """``calibration_images`` (raw 0..255 pixels) re-estimate BatchNorm statistics when weights are random."""
-    base = build_base(image_size, cfg.alpha, cfg.weights)
+    base = build_base(image_size, cfg.alpha, cfg.weights, cfg.base)
     if cfg.weights == "none" and calibration_images is not None:
         scale, offset = scaling_params(scaling)
         calibrate_batchnorm(base, calibration_images * scale + offset)

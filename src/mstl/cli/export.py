@@ -44,6 +44,8 @@ def export(
                      {"io": io, "calibration": calibration})
     thresholds = table_thresholds({"fp32": min_float, "fp16": min_float, "int8": min_int8})
     from ..export.run import job_from_run, run_export
+    if run_dir.name == "latest" and run_dir.is_symlink():
+        say(f"run dir: {run_dir} -> {run_dir.resolve()}")
     if (run_dir / "config.json").exists() and data is None:
         job = job_from_run(run_dir, formats, out, model, calibration or 200, io or "uint8", thresholds, explain)
     else:

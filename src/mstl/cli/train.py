@@ -132,7 +132,7 @@ def full(
     unfreeze_step: Optional[int] = typer.Option(None, help="layers unfrozen per cycle (paper 5)"),
     patience: Optional[int] = typer.Option(None, help="cycles without a better val accuracy before the sweep stops"),
     mode: Optional[str] = typer.Option(None, help="restart (each depth from the pretrained start) | continue"),
-    head_only: bool = typer.Option(False, "--head-only", help="also run the head-only trial (all 154 frozen)"),
+    head_only: bool = typer.Option(False, "--head-only", help="also run the head-only trial (every base layer frozen)"),
     epochs: Optional[int] = typer.Option(None, help="max epochs per stage-1 cycle (early stopping on val loss)"),
     lr: Optional[float] = typer.Option(None, help="stage-1 learning rate"),
     batch_size: Optional[int] = typer.Option(None, help="stage-1 batch size"),
@@ -141,7 +141,7 @@ def full(
     image_size: Optional[int] = typer.Option(None, help="input size in pixels (paper 150)"),
     scaling: Optional[str] = typer.Option(None, help="imagenet ([-1,1], default) | unit ([0,1], the paper's)"),
     resize_method: Optional[str] = typer.Option(None, help="bilinear | bicubic | nearest | area | lanczos"),
-    alpha: Optional[float] = typer.Option(None, help="MobileNetV2 width"),
+    alpha: Optional[float] = typer.Option(None, help="width multiplier of the base network (MobileNetV2 alpha)"),
     bn_mode: Optional[str] = typer.Option(None, help="inference (default, Keras guide) | train"),
     no_patient_split: bool = typer.Option(False, "--no-patient-split", help="split by image, not by patient"),
     no_cache: bool = typer.Option(False, "--no-cache", help="plain path: no activation or embedding caches"),
@@ -235,6 +235,9 @@ def _open(cfg: RunConfig, run_dir: Optional[Path], restart: bool, link: bool = T
     write_split_files(store.dir, data.target_splits, data.target)
     if link and (chosen.parent.resolve() == RUNS_ROOT.resolve() or run_dir is None):
         link_latest(chosen)
+    elif link and (RUNS_ROOT / "latest").exists():
+        say(f"note: {RUNS_ROOT / 'latest'} still points at {(RUNS_ROOT / 'latest').resolve()} (this run dir is "
+            f"outside {RUNS_ROOT}/): give {chosen} to mstl-export and mstl-bench explicitly")
     say(f"run dir: {chosen}")
     return store, data
 

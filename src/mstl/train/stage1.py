@@ -20,6 +20,7 @@ from ..progress import say
 from ..tf_env import keras, tf
 from .prepare import SplitRows
 from .prefix_cache import PrefixCacheStore, cut_for, cut_points, upper_model
+from ..bases import get_base
 from .store import RunStore, best_record, save_model_atomic
 
 
@@ -244,5 +245,5 @@ def _cleanup(store: RunStore, size: int, seed: int, keep_best: int, keep_state: 
 
 
 def _n_base_layers(cfg: RunConfig) -> int:
-    # MobileNetV2 has the same 154 layers at every width; building it would cost a second.
-    return 154
+    # from the registry: building the network to count its layers would cost a second
+    return get_base(cfg.model.base).n_layers
