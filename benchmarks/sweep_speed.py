@@ -6,6 +6,8 @@ preset's image size and sizes). Prints one name=value line per figure:
   stage2_speedup        stage 2 for 25 epochs, embedding pass included
   pipeline_ratio        images/s of fit() through the tf.data pipeline / train_on_batch on in-memory tensors
   sweep_cost_2x         cached sweep time with twice the data / the same with the base data
+  feature_pass_img_s    the frozen inference pass as stage 2 runs it (Keras, compiled, batch 256)
+  runtime_fp32_img_s    the same network in LiteRT fp32, all cores, batch 32 (an inference runtime's rate)
 
 Goals on 2 CPU cores: >= 1.5, >= 2, >= 10, >= 0.8, <= 2.1.
 
@@ -70,13 +72,40 @@ def timed_sweep(cfg, cache: bool) -> float:
         return time.perf_counter() - t
 
 
+def litert_rate(model, images, rows, pool_name, keras, batch: int = 32) -> float:
+    """Images/s of the frozen network up to the pooled features in LiteRT fp32, at batch 32 on all cores."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+    from mstl.data.pipeline import gather_array
+    extractor = keras.Model(model.inputs, model.get_layer(pool_name).output)
+    with tempfile.TemporaryDirectory() as tmp:
+        extractor.export(f"{tmp}/sm", format="tf_saved_model", verbose=False)
+        data = tf.lite.TFLiteConverter.from_saved_model(f"{tmp}/sm").convert()
+    it = Interpreter(model_content=data, num_threads=os.cpu_count())
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], [batch] + list(images.shape[1:]))
+    it.allocate_tensors()
+    out = it.get_output_details()[0]["index"]
+    x = gather_array(images, rows[:batch])
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    t = time.perf_counter()
+    n = 0
+    for s in range(0, len(rows) - batch + 1, batch):
+        it.set_tensor(inp["index"], gather_array(images, rows[s:s + batch]))
+        it.invoke()
+        it.get_tensor(out)
+        n += batch
+    return n / (time.perf_counter() - t)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke check of the script")
     ap.add_argument("--weights", default=None)
-    ap.add_argument("--only", default=None, help="comma-separated parts to measure: stage1,stage2,pipeline,sweep")
+    ap.add_argument("--only", default=None, help="comma-separated parts to measure: stage1,stage2,passes,pipeline,sweep")
     a = ap.parse_args()
-    parts = set((a.only or "stage1,stage2,pipeline,sweep").split(","))
+    parts = set((a.only or "stage1,stage2,passes,pipeline,sweep").split(","))
     weights = a.weights or os.environ.get("MSTL_WEIGHTS") or (str(LOCAL_WEIGHTS) if LOCAL_WEIGHTS.exists() else "none")
     os.environ.setdefault("MSTL_CACHE_DIR", tempfile.mkdtemp(prefix="mstl-bench-cache-"))
     from mstl.tf_env import keras
@@ -166,6 +195,22 @@ def main() -> None:
         print(f"stage2_model_build_s={total_plain - r_plain['train_seconds']:.2f}")
         print(f"stage2_speedup_with_build={total_plain / total_cached:.2f}")
         print(f"stage2_speedup={r_plain['train_seconds'] / r_cached['train_seconds']:.2f}")
+    if "passes" in parts:
+        # 3. the frozen inference pass as stage 2 runs it (Keras, compiled, batch 256) against the same
+        # network in LiteRT fp32 (all cores, batch 32): what an inference runtime would give
+        from mstl.model import POOL_NAME
+        from mstl.train.stage2 import _features
+        model = build_classifier(cfg.model, cfg.data.image_size, 2, cfg.data.scaling, calibration_images=cal)
+        rows = np.concatenate([data.target_splits.train, data.target_splits.val, data.target_splits.test])
+        rows = np.resize(rows, max(len(rows), 1024))
+        _features(model, data.target.images, rows[:64])  # trace once
+        t = time.perf_counter()
+        _features(model, data.target.images, rows)
+        keras_rate = len(rows) / (time.perf_counter() - t)
+        print(f"feature_pass_img_s={keras_rate:.1f}")
+        rate = litert_rate(model, data.target.images, rows, POOL_NAME, keras)
+        print(f"runtime_fp32_img_s={rate:.1f}")
+        print(f"runtime_over_feature_pass={rate / keras_rate:.2f}")
     if "pipeline" not in parts and "sweep" not in parts:
         return
 

@@ -135,6 +135,14 @@ def test_stage2_embedding_cache_matches_plain_path(smoke_run):
     x = np.asarray(src.images[t.test], dtype="float32")
     np.testing.assert_allclose(m1.predict(x, verbose=0), m2.predict(x, verbose=0), atol=1e-4)
     assert r1["accuracy"] == r2["accuracy"] and r1["epochs"] == r2["epochs"]
+    # one stage-1 model's features serve every stage-2 seed: same result as computing them again
+    memo: dict = {}
+    _, a1 = train_stage2(cfg, src.images, t, 1, str(stage1), cache=True, feature_memo=memo)
+    m3, a2 = train_stage2(cfg, src.images, t, 2, str(stage1), cache=True, feature_memo=memo)
+    m4, b2 = train_stage2(cfg, src.images, t, 2, str(stage1), cache=True)
+    assert not a1["features_reused"] and a2["features_reused"] and len(memo) == 1
+    np.testing.assert_allclose(m3.predict(x, verbose=0), m4.predict(x, verbose=0), atol=1e-6)
+    assert a2["test_pred"] == b2["test_pred"]
 
 
 @pytest.mark.slow

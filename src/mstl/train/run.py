@@ -102,6 +102,7 @@ def run_stage2(store: RunStore, data: RunData) -> dict:
     s1_seeds = stage1_seeds(cfg)
     done = {(r["size"], r["seed"]) for r in store.stage2_records()}
     jobs = [(0, s) for s in cfg.seeds if cfg.stage2.control] + [(size, s) for size in sorted(data.splits) for s in cfg.seeds]
+    features: dict = {}  # pooled features per frozen network, shared by its seeds
     for i, (size, seed) in enumerate(jobs):
         if (size, seed) in done:
             continue
@@ -112,7 +113,8 @@ def run_stage2(store: RunStore, data: RunData) -> dict:
                                      bn_calibration(data))
         what = f"size {size}" if size else f"control (base weights {cfg.model.weights}, no bridge)"
         say(f"stage 2: {what}, seed {seed} ({i + 1} of {len(jobs)})")
-        model, rec = train_stage2(cfg, data.target.images, data.target_splits, seed, path, cache=cfg.cache)
+        model, rec = train_stage2(cfg, data.target.images, data.target_splits, seed, path, cache=cfg.cache,
+                                  feature_memo=features)
         out = store.stage2_model(size, seed)
         save_model_atomic(model, out)
         rec.update({"size": int(size), "stage1_model": path, "stage1_seed": src_seed if size else None,

@@ -62,8 +62,11 @@ def _head_probs(model, features: np.ndarray) -> np.ndarray:
 
 
 def train_stage2(cfg: RunConfig, images: np.ndarray, t: TargetSplits, seed: int, stage1_path: str | None,
-                 cache: bool = True) -> tuple[Any, dict]:
-    """Train the binary head on the target; returns (complete classifier, record)."""
+                 cache: bool = True, feature_memo: dict | None = None) -> tuple[Any, dict]:
+    """Train the binary head on the target; returns (complete classifier, record).
+
+    ``feature_memo``: pooled features by frozen network, shared across calls - a stage-1 model's
+    features do not depend on the stage-2 seed, so with several seeds they are computed once."""
     s2 = cfg.stage2
     t0 = time.monotonic()
     keras.utils.set_random_seed(seed)
@@ -73,12 +76,19 @@ def train_stage2(cfg: RunConfig, images: np.ndarray, t: TargetSplits, seed: int,
     model = with_new_head(source, 2, cfg.model.dropout)
     stop = StopAtTrainAccuracy(s2.stop_train_accuracy)
     t_train = time.monotonic()
+    key = reused = None
     # One call per epoch on both paths (same math): on features a step is a tiny matrix product, and
     # per-call overhead would dominate it.
     steps = max(1, -(-len(t.train) // s2.batch_size))
     if cache:
         n_tr, n_va = len(t.train), len(t.val)
-        feats = _features(model, images, np.concatenate([t.train, t.val, t.test]))
+        # the control's network is the same for every seed unless its weights are random (seeded)
+        key = stage1_path or (f"control:{cfg.model.weights}" if cfg.model.weights != "none" else None)
+        memo = feature_memo if feature_memo is not None and key is not None else {}
+        reused = key in memo
+        if not reused:
+            memo[key] = _features(model, images, np.concatenate([t.train, t.val, t.test]))
+        feats = memo[key]
         f_train = feats[:n_tr]
         head = _head_model(model, f_train.shape[1])
         compile_for_training(head, s2.learning_rate, steps)
@@ -111,6 +121,7 @@ def train_stage2(cfg: RunConfig, images: np.ndarray, t: TargetSplits, seed: int,
         "stopped_at_threshold": stop.reached_at is not None,
         "train_seconds": round(time.monotonic() - t_train, 2),
         "classes": names, "embedding_cache": bool(cache),
+        "features_reused": bool(cache and feature_memo is not None and key is not None and reused),
         "seconds": round(time.monotonic() - t0, 2),
     }
     return model, record

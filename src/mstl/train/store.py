@@ -64,6 +64,66 @@ def save_model_atomic(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
+_LOCKS: dict[str, int] = {}  # run dirs this process holds, with their lock file descriptors
+
+# What mstl writes in a run dir (relative glob patterns): all that --restart may remove.
+OUTPUTS = ("results.jsonl", "stage2.jsonl", "selection.json", "claims.json", "report.md", "trials.csv", "labels.txt",
+           "target_*.tsv", "stage1/size-*-seed-*/*.keras", "stage2/classifier-size-*-seed-*.keras", "figures/*.png",
+           "cache/*.npy", "cache/*.json", "exports/*", "bench/*", "bench.json", "bench.md", ".*.tmp*", ".*.partial*")
+
+
+TRIAL_KEYS = ("size", "frozen", "seed", "val_accuracy", "val_loss")
+STAGE2_KEYS = ("size", "seed", "accuracy", "ci_low", "ci_high")
+
+
+def _complete(records: list[dict], keys: tuple[str, ...], path: Path) -> list[dict]:
+    """Records with every key the run needs; others are named once and ignored (their work reruns)."""
+    good = [r for r in records if isinstance(r, dict) and all(k in r for k in keys)]
+    if len(good) < len(records):
+        from ..progress import warn
+        bad = next(r for r in records if r not in good)
+        missing = [k for k in keys if not isinstance(bad, dict) or k not in bad]
+        warn(f"{path}: {len(records) - len(good)} record(s) lack {', '.join(missing)} and are ignored "
+             "(their trials run again); was the file edited by hand?")
+    return good
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder whose config.json mstl wrote."""
+    cfg = Path(path) / "config.json"
+    try:
+        d = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and "config_hash" in d and "config" in d and "identity" in d
+
+
+def remove_outputs(run_dir: Path) -> list[str]:
+    """Delete what mstl writes in ``run_dir`` (and its further data draws), then the folders it made
+    if they are empty. Returns the files left because mstl did not write them."""
+    for sub in sorted((run_dir / "draws").glob("data-seed-*")):
+        if is_run_dir(sub):
+            remove_outputs(sub)
+            (sub / "config.json").unlink(missing_ok=True)
+            (sub / ".lock").unlink(missing_ok=True)
+    for pattern in OUTPUTS:
+        for p in run_dir.glob(pattern):
+            if p.is_file() or p.is_symlink():
+                p.unlink(missing_ok=True)
+    kept = []
+    for folder in ("stage1", "stage2", "figures", "cache", "exports", "bench", "draws"):
+        root = run_dir / folder
+        if not root.is_dir():
+            continue
+        for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [root]:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        kept += [str(p) for p in root.rglob("*") if p.is_file()] if root.exists() else []
+    return kept
+
+
 class RunStore:
     def __init__(self, run_dir: str | os.PathLike):
         self.dir = Path(run_dir)
@@ -89,8 +149,18 @@ class RunStore:
 
     # config
     def open(self, cfg: RunConfig, data_fingerprint: str, restart: bool = False) -> None:
-        """Create the run dir, or check that an existing one was made with the same config."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Create the run dir, or check that an existing one was made with the same config.
+
+        A folder that is not an mstl run dir is refused unless empty: mstl neither writes into nor
+        deletes from a folder it did not make. ``restart`` removes only what mstl writes."""
+        self._check_target()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"{self.dir}: cannot create the run dir ({e.strerror}); choose another --run-dir") from None
+        if not os.access(self.dir, os.W_OK):
+            raise RunDirError(f"{self.dir}: the run dir is read-only; make it writable or choose another --run-dir")
+        self.lock()
         digest = cfg.config_hash(data_fingerprint)
         if self.config_path.exists() and not restart:
             old = json.loads(self.config_path.read_text())
@@ -103,14 +173,40 @@ class RunStore:
                 )
             return
         if restart:
-            for p in (self.results_path, self.stage2_path):
-                p.unlink(missing_ok=True)
-            for sub in ("stage1", "stage2", "figures", "cache", "draws"):
-                _rmtree(self.dir / sub)
+            kept = remove_outputs(self.dir)
+            if kept:
+                from ..progress import warn
+                warn(f"--restart kept {len(kept)} file(s) that mstl did not write, e.g. {kept[0]}")
         atomic_write_text(self.config_path, json.dumps({
-            "config_hash": digest, "data_fingerprint": data_fingerprint, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "config": cfg.to_dict(), "identity": cfg.identity(),
+            "mstl_run_dir": 1, "config_hash": digest, "data_fingerprint": data_fingerprint,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": cfg.to_dict(), "identity": cfg.identity(),
         }, indent=2))
+
+    def _check_target(self) -> None:
+        if self.dir.exists() and not self.dir.is_dir():
+            raise RunDirError(f"{self.dir} is a file, not a folder; give --run-dir a new folder or an mstl run dir")
+        if self.dir.is_dir() and not is_run_dir(self.dir) and any(self.dir.iterdir()):
+            raise RunDirError(f"{self.dir} is not empty and is not an mstl run dir (no mstl config.json): mstl will "
+                              "not write into it or delete from it; give a new or empty --run-dir")
+
+    def lock(self) -> None:
+        """One writer per run dir: a second mstl-train on the same folder is refused, naming the first.
+        The lock is the kernel's (flock), so a killed process never leaves it stale."""
+        import fcntl
+        key = str(self.dir.resolve())
+        if key in _LOCKS:
+            return
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirError(f"{self.dir} is being written by another mstl-train (process {holder}); wait for it "
+                              "to finish or stop it, or use another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _LOCKS[key] = fd
 
     def config(self) -> RunConfig:
         if not self.config_path.exists():
@@ -122,10 +218,10 @@ class RunStore:
 
     # records
     def trials(self) -> list[dict[str, Any]]:
-        return _dedupe(read_jsonl(self.results_path), ("size", "frozen", "seed"))
+        return _dedupe(_complete(read_jsonl(self.results_path), TRIAL_KEYS, self.results_path), ("size", "frozen", "seed"))
 
     def stage2_records(self) -> list[dict[str, Any]]:
-        return _dedupe(read_jsonl(self.stage2_path), ("size", "seed"))
+        return _dedupe(_complete(read_jsonl(self.stage2_path), STAGE2_KEYS, self.stage2_path), ("size", "seed"))
 
     def add_trial(self, record: dict[str, Any]) -> None:
         append_jsonl(self.results_path, record)
@@ -158,11 +254,6 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif (list(va) if isinstance(va, (list, tuple)) else va) != (list(vb) if isinstance(vb, (list, tuple)) else vb):
             out.append(f"{prefix}{k}")
     return out
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def link_latest(run_dir: Path) -> None:
