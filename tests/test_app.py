@@ -1,4 +1,5 @@
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -159,3 +160,45 @@ def test_browser_upload_shows_label(classifier, tmp_path):
         server.should_exit = True
         thread.join(timeout=10)
     assert (ARTIFACTS / "app-demo.png").stat().st_size > 5000
+
+
+def test_chunked_upload_over_the_limit_gets_413_json(client):
+    """No Content-Length (chunked): the limit is found while the body streams, and answered as JSON 413."""
+    body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpeg\"\r\n\r\n" + b"\xff" * 300_000 + b"\r\n--b--\r\n"
+
+    def chunks():
+        for i in range(0, len(body), 16_384):
+            yield body[i:i + 16_384]
+    r = client.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+    assert client.get("/health").status_code == 200
+
+
+def test_unverified_or_altered_artifacts_are_refused(smoke_exports, tmp_path):
+    import json
+    import shutil as sh
+    from mstl.app_demo.inference import Classifier, UnverifiedModel
+    src = smoke_exports / "classifier-int8.tflite"
+    nocard = tmp_path / "nocard.tflite"
+    sh.copy(src, nocard)
+    with pytest.raises(UnverifiedModel, match="no model card"):
+        Classifier(nocard, workers=1)
+    failed = tmp_path / "failed.tflite"
+    sh.copy(src, failed)
+    card = json.loads((smoke_exports / "classifier-int8.tflite.json").read_text())
+    (tmp_path / "failed.tflite.json").write_text(json.dumps({**card, "verification": {"status": "failed", "reason": "87% agreement"}}))
+    with pytest.raises(UnverifiedModel, match="failed its export verification"):
+        Classifier(failed, workers=1)
+    altered = tmp_path / "altered.tflite"
+    altered.write_bytes(src.read_bytes() + b"\0")
+    (tmp_path / "altered.tflite.json").write_text(json.dumps(card))
+    with pytest.raises(UnverifiedModel, match="sha256 differs"):
+        Classifier(altered, workers=1)
+    served = Classifier(failed, workers=1, allow_unverified=True).describe()
+    assert served["verified"] is False and "87% agreement" in served["unverified_reason"]
+
+
+def test_model_card_shows_no_server_paths(client):
+    card = client.get("/model").json()
+    text = json.dumps(card)
+    assert card["file"] == "classifier-int8.tflite" and "/tmp" not in text and os.path.expanduser("~") + "/" not in text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import queue
 import time
@@ -12,16 +12,44 @@ from typing import Any
 
 import numpy as np
 
-from ..preprocess import Preprocess
+from ..preprocess import Preprocess, card_of
 from ..runtimes import load_runtime
+
+
+class UnverifiedModel(ValueError):
+    """An artifact without a passing verification gate, or whose bytes are not those its card describes."""
+
+
+def check_artifact(path: Path, card: dict | None) -> str | None:
+    """None when ``path`` passed the export gate and is the file its card describes; else why not."""
+    if not card:
+        return f"{path.name} has no model card ({path.name}.json): it was never verified against its Keras model"
+    status = (card.get("verification") or {}).get("status")
+    if status != "ok":
+        reason = (card.get("verification") or {}).get("reason", "no verification recorded")
+        return f"{path.name} failed its export verification ({reason})"
+    want = card.get("sha256")
+    if want:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != want:
+            return f"{path.name} is not the file its card describes (sha256 differs): re-export, or it was replaced"
+    return None
 
 
 class Classifier:
     def __init__(self, model_path: str | os.PathLike, workers: int | None = None, threads_per_worker: int = 1,
-                 max_pixels: int = 40_000_000):
+                 max_pixels: int = 40_000_000, allow_unverified: bool = False):
         self.path = Path(model_path)
-        card_path = self.path.with_name(self.path.name + ".json")
-        self.card: dict[str, Any] = json.loads(card_path.read_text()) if card_path.exists() else {}
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such model file; pass --model with an exported .tflite or .onnx")
+        self.card: dict[str, Any] = card_of(self.path) or {}
+        self.problem = check_artifact(self.path, self.card)
+        if self.problem and not allow_unverified:
+            raise UnverifiedModel(f"{self.problem}; the app serves verified artifacts only (--allow-unverified "
+                                  "to serve it anyway, with a warning on the page)")
         workers = workers or max(1, os.cpu_count() or 1)
         self._pool: queue.Queue = queue.Queue()
         for _ in range(workers):
@@ -46,11 +74,18 @@ class Classifier:
             self._pool.put(rt)
 
     def describe(self) -> dict[str, Any]:
+        """The card as anyone who can reach the app may see it: file names, never server paths."""
         card = dict(self.card)
         card.setdefault("name", self.path.name)
-        card["file"] = str(self.path)
+        card["file"] = self.path.name
+        if isinstance(card.get("source"), dict):
+            card["source"] = {k: (Path(v).name if isinstance(v, str) and ("/" in v or "\\" in v) else v)
+                              for k, v in card["source"].items()}
         card["size_bytes"] = self.path.stat().st_size
         card["served_by"] = self.runtime
+        card["verified"] = self.problem is None
+        if self.problem:
+            card["unverified_reason"] = self.problem
         return card
 
     def classify(self, data: bytes, name: str = "<upload>") -> dict[str, Any]:

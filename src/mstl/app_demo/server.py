@@ -26,24 +26,35 @@ class UploadLimit:
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await _json(send, 413, {"error": f"upload of {int(length):,} bytes is over the {self.limit:,}-byte limit"})
         seen = 0
+        over = False
 
         async def limited():
-            nonlocal seen
+            # Over the limit, the body is cut short here (the app sees an early end) instead of raising:
+            # an exception would meet the framework's error middleware first and become a 500.
+            nonlocal seen, over
+            if over:
+                return {"type": "http.request", "body": b"", "more_body": False}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge()
+                    over = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
+        answered = False
+
+        async def guarded(message):
+            nonlocal answered
+            if not over:
+                return await send(message)
+            if not answered:  # whatever the app made of a cut-short body, the client gets the 413
+                answered = True
+                await _json(send, 413, {"error": f"upload is over the {self.limit:,}-byte limit"})
+
+        await self.app(scope, limited, guarded)
+        if over and not answered:
             await _json(send, 413, {"error": f"upload is over the {self.limit:,}-byte limit"})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _json(send, status: int, body: dict[str, Any]) -> None:

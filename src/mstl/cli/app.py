@@ -22,6 +22,8 @@ def serve(
     port: int = typer.Option(8000),
     workers: Optional[int] = typer.Option(None, help="interpreters serving requests in parallel (default: cores)"),
     max_upload_mb: float = typer.Option(10.0, help="largest accepted upload"),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="serve an artifact that failed (or "
+                                          "never had) export verification; the page and /model say so"),
 ):
     """Serve the model: open http://HOST:PORT on a phone or a laptop."""
     try:
@@ -41,7 +43,14 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"listening on {host}: anyone on this network can reach the app. It is a research prototype with no "
              "authentication; use it on a trusted network only.")
-    clf = Classifier(model, workers=workers)
+    from ..app_demo.inference import UnverifiedModel
+    from ..runtimes import RuntimeError_
+    try:
+        clf = Classifier(model, workers=workers, allow_unverified=allow_unverified)
+    except (UnverifiedModel, RuntimeError_, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    if clf.problem:
+        warn(f"serving an UNVERIFIED model: {clf.problem}")
     say(f"serving {clf.path.name} ({clf.runtime}, labels {clf.labels}) on http://{host}:{port}")
     uvicorn.run(create_app(clf, int(max_upload_mb * 1024 * 1024)), host=host, port=port, log_level="warning")
 
