@@ -150,3 +150,16 @@ def test_peak_memory_is_the_models_not_the_labelled_sets(smoke_exports, tmp_path
     as_file = measure_isolated(model, [1], 5, 1, str(tmp_path / "pixels.npy"), None, None, [])
     in_memory = measure_isolated(model, [1], 5, 1, pixels, None, None, [])
     assert in_memory["peak_rss_mb"] - as_file["peak_rss_mb"] > 60
+
+
+@pytest.mark.slow
+def test_altered_artifact_is_refused_and_threads_must_be_positive(smoke_exports, tmp_path):
+    import shutil as sh
+    for name in ("classifier-fp32.onnx", "classifier-fp32.onnx.json"):
+        sh.copy(smoke_exports / name, tmp_path / name)
+    with open(tmp_path / "classifier-fp32.onnx", "ab") as fh:
+        fh.write(b"\0")
+    res = runner.invoke(app, [str(tmp_path / "classifier-fp32.onnx"), "--runs", "3", "--threads", "1"])
+    assert res.exit_code == 2 and "sha256 differs" in res.output
+    res = runner.invoke(app, [str(smoke_exports / "classifier-fp32.onnx"), "--threads", "0"])
+    assert res.exit_code == 2 and "--threads must be 1 or more" in res.output

@@ -113,3 +113,23 @@ def test_export_flags_are_the_format_tables():
     assert {f.flag for f in FORMATS if f.flag} <= params
     assert thresholds() == {f.precision: f.min_agreement for f in FORMATS}
     assert thresholds({"int8": 0.95, "fp32": None})["int8"] == 0.95
+
+
+@pytest.mark.slow
+def test_reexport_replaces_the_folder_whole(smoke_run, tmp_path):
+    """Exporting fewer formats leaves no file of the earlier export beside the new manifest; a folder
+    mstl did not make is refused."""
+    out = tmp_path / "ex"
+    assert runner.invoke(app, [str(smoke_run), "--format", "tflite,onnx", "--out", str(out)]).exit_code == 0
+    assert (out / "classifier-fp32.onnx").exists()
+    res = runner.invoke(app, [str(smoke_run), "--format", "tflite", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    listed = {a["path"] for a in _manifest(out)["artifacts"]}
+    on_disk = {p.name for p in out.iterdir() if p.suffix in (".tflite", ".onnx")}
+    assert listed == on_disk == {"classifier-fp32.tflite"}
+    assert not list(tmp_path.glob(".ex.*"))  # no staging or old folder left behind
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.pdf").write_bytes(b"%PDF")
+    res = runner.invoke(app, [str(smoke_run), "--format", "tflite", "--out", str(foreign)])
+    assert res.exit_code == 2 and "holds no mstl manifest.json" in res.output and (foreign / "thesis.pdf").exists()

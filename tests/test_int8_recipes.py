@@ -61,6 +61,7 @@ def test_gate_failure_never_lands_under_the_default_name(smoke_run, tmp_path, mo
     out = tmp_path / "rejected"
     out.mkdir()
     (out / "classifier-int8.tflite").write_bytes(b"an earlier export's file")
+    (out / "manifest.json").write_text('{"artifacts": []}')  # an earlier mstl export
     res = runner.invoke(app, [str(smoke_run), "--format", "tflite", "--int8", "--out", str(out)])
     assert res.exit_code == 2 and "classifier-int8-rejected.tflite" in res.output
     assert not (out / "classifier-int8.tflite").exists()

@@ -92,6 +92,12 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         say(f"[{i + 1}/{len(artifacts)}] {a.path.name}: measuring at {threads} thread(s)")
         pixels = y = None
         e2e = []
+        problem = _file_problem(a)
+        if problem:
+            say(f"  refused: {problem}")
+            results.append({"artifact": a.path.name, "path": str(a.path), "format": a.format, "precision": a.precision,
+                            "status": "failed", "error": problem})
+            continue
         prep = _preprocess(a.path)
         if labelled and prep is not None:
             sources, y_all, _ = labelled
@@ -129,6 +135,18 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
     return {"machine": machine_info(), "threads": threads, "runs": runs, "warmup": warmup,
             "data": labelled[2] if labelled else None, "n_images": int(len(labelled[1])) if labelled else 0,
             "results": results}
+
+
+def _file_problem(a: Artifact) -> str | None:
+    """Why this artifact must not be measured: a file that is not the one its card describes."""
+    card = _card(a.path) if a.format != "keras" else None
+    if not card or not card.get("sha256") or not a.path.is_file():
+        return None
+    import hashlib
+    h = hashlib.sha256(a.path.read_bytes()).hexdigest()
+    if h != card["sha256"]:
+        return f"{a.path}: the file is not the one its card describes (sha256 differs); re-export it"
+    return None
 
 
 def _merge_threads(parts: list[dict]) -> dict:

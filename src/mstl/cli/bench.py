@@ -34,6 +34,9 @@ def bench(
     from ..bench.run import run_bench
 
     thread_list = list(parse_ints(threads, "--threads"))
+    if any(t < 1 for t in thread_list):
+        raise UserError(f"--threads must be 1 or more (got {threads}): a runtime given 0 picks its own count, "
+                        "and the row would not say what it measured")
     if runs < 1 or warmup < 0:
         raise UserError("--runs must be >= 1 and --warmup >= 0")
     if not paths and not litert_log:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -124,7 +125,42 @@ def run_export(job: ExportJob) -> dict[str, Any]:
         raise ValueError(f"{job.model_path} has {n_classes} outputs but {len(job.labels)} labels were given")
     if int(model.input_shape[1]) != job.image_size:
         raise ValueError(f"{job.model_path} takes {model.input_shape[1]} px images, the config says {job.image_size}")
-    job.out_dir.mkdir(parents=True, exist_ok=True)
+    final = job.out_dir
+    _check_out_dir(final)
+    # Everything is written into a staging folder that replaces the old exports whole at the end: a
+    # kill leaves the old folder as it was, and no file of an earlier export outlives its manifest.
+    staging = final.parent / f".{final.name}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    job.out_dir = staging
+    try:
+        manifest = _export_all(job, model)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        job.out_dir = final
+        raise
+    _swap_in(staging, final)
+    job.out_dir = final
+    return manifest
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; give --out a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").exists():
+        raise ValueError(f"{out} is not empty and holds no mstl manifest.json: mstl replaces its exports folder whole "
+                         "and will not replace this one; give --out a new or empty folder")
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_all(job: ExportJob, model) -> dict[str, Any]:
     calibration, pick = None, np.zeros(0, int)
     if any("calibration" in f.options for f in job.formats):
         n = min(job.calibration_n, len(job.calibration_sources))
@@ -235,9 +271,6 @@ def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJo
     path = job.out_dir / name
     _atomic_write(path, data)
     _atomic_write(path.with_name(name + ".json"), json.dumps(card, indent=2).encode())
-    if check["status"] != "ok":
-        for stale in (job.out_dir / fmt.filename(job.stem), job.out_dir / (fmt.filename(job.stem) + ".json")):
-            stale.unlink(missing_ok=True)  # an earlier export's file must not pass for this one's
     row.update({"size_bytes": len(data), "status": check["status"], "agreement": check["agreement"],
                 "agreement_ci95": check["agreement_ci95"], "flips": check["flips"],
                 "max_abs_diff": check["max_abs_diff"], "n_compared": check["n_compared"],
