@@ -14,18 +14,36 @@ from .images import load_image, resize_array
 from .sources import DatasetIndex, index_dataset
 
 
+_ESCAPES = (("%", "%25"), ("\t", "%09"), ("\n", "%0A"), ("\r", "%0D"))
+
+
+def _escape(source: str) -> str:
+    """A file name may hold tabs and newlines: escaped, so that one line stays one image."""
+    for raw, esc in _ESCAPES:
+        source = source.replace(raw, esc)
+    return source
+
+
+def _unescape(text: str) -> str:
+    for raw, esc in reversed(_ESCAPES):
+        text = text.replace(esc, raw)
+    return text
+
+
 def write_list(path: Path, sources: list[str], labels) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(f"{s}\t{int(y)}\n" for s, y in zip(sources, labels)))
+    # surrogateescape: names that are not UTF-8 keep their exact bytes
+    tmp.write_text("".join(f"{_escape(s)}\t{int(y)}\n" for s, y in zip(sources, labels)),
+                   encoding="utf-8", errors="surrogateescape")
     os.replace(tmp, path)
 
 
 def read_list(path: Path) -> tuple[list[str], np.ndarray]:
     sources, labels = [], []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(encoding="utf-8", errors="surrogateescape").split("\n"):
         if line.strip():
             s, y = line.rsplit("\t", 1)
-            sources.append(s)
+            sources.append(_unescape(s))
             labels.append(int(y))
     return sources, np.asarray(labels, dtype=np.int64)
 

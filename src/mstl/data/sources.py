@@ -85,7 +85,9 @@ class DatasetIndex:
                 size = os.path.getsize(p) if not p.startswith("npz:") else 0
             except OSError:
                 size = -1
-            h.update(f"{rel}\t{int(y)}\t{size}\n".encode())
+            # surrogateescape: a file name that is not UTF-8 still has its exact bytes, and a name
+            # is hashed, never printed, here
+            h.update(f"{rel}\t{int(y)}\t{size}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()[:16]
 
     def subset(self, keep: np.ndarray) -> "DatasetIndex":
@@ -222,6 +224,11 @@ def _index_npz(path: Path) -> DatasetIndex:
         raise DataError(f"{path}: cannot read as .npz ({e})") from None
     if not label_arrays:
         raise DataError(f"{path}: no MedMNIST keys (expected train_images/train_labels, val_..., test_...); found {sorted(keys)}")
+    for s, lab in label_arrays.items():
+        if lab.size and (not np.issubdtype(lab.dtype, np.integer) or lab.min() < 0):
+            bad = lab[lab < 0][:1] if np.issubdtype(lab.dtype, np.number) else lab[:1]
+            raise DataError(f"{path}: {s}_labels must be class numbers 0, 1, 2, ... (found {bad.tolist()} of dtype "
+                            f"{lab.dtype}); fix the file's labels")
     n_classes = int(max(int(a.max(initial=0)) for a in label_arrays.values())) + 1
     stem = path.stem.split("_")[0].lower()
     classes = MEDMNIST_CLASSES.get(stem, [f"class_{i}" for i in range(n_classes)])
