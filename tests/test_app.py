@@ -202,3 +202,19 @@ def test_model_card_shows_no_server_paths(client):
     card = client.get("/model").json()
     text = json.dumps(card)
     assert card["file"] == "classifier-int8.tflite" and "/tmp" not in text and os.path.expanduser("~") + "/" not in text
+
+
+def test_huge_pictures_in_parallel_keep_memory_bounded(smoke_exports):
+    """Concurrent uploads of a small PNG with 16 megapixels: decodes are bounded by the interpreter
+    pool, pictures shrink before colour conversion, and freed memory goes back (benchmarks/app_memory.py)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "app_memory.py"
+    res = subprocess.run([sys.executable, str(script), "--model", str(smoke_exports / "classifier-int8.tflite"),
+                          "--uploads", "12", "--side", "4000"], capture_output=True, text=True, timeout=600)
+    figures = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert figures["statuses"] == "{200: 12}"
+    assert float(figures["server_peak_rss_mb"]) < 400, figures
+    assert float(figures["server_rss_after_mb"]) < float(figures["server_rss_idle_mb"]) + 100, figures

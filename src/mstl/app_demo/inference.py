@@ -39,6 +39,27 @@ def check_artifact(path: Path, card: dict | None) -> str | None:
     return None
 
 
+def _large(data: bytes, pixels: int = 4_000_000) -> bool:
+    """Whether an upload decodes to a large picture (header only, no decode)."""
+    import io
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size[0] * img.size[1] >= pixels
+    except Exception:
+        return False
+
+
+def _give_back_memory() -> None:
+    """Return freed heap to the system after a large decode: glibc keeps it in its arenas otherwise,
+    and a server that decoded one 40-megapixel picture per thread would hold gigabytes idle."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc (macOS, musl): nothing to do
+
+
 class Classifier:
     def __init__(self, model_path: str | os.PathLike, workers: int | None = None, threads_per_worker: int = 1,
                  max_pixels: int = 40_000_000, allow_unverified: bool = False):
@@ -51,6 +72,7 @@ class Classifier:
             raise UnverifiedModel(f"{self.problem}; the app serves verified artifacts only (--allow-unverified "
                                   "to serve it anyway, with a warning on the page)")
         workers = workers or max(1, os.cpu_count() or 1)
+        self.workers = workers
         self._pool: queue.Queue = queue.Queue()
         for _ in range(workers):
             self._pool.put(load_runtime(self.path, threads=threads_per_worker))
@@ -90,7 +112,11 @@ class Classifier:
 
     def classify(self, data: bytes, name: str = "<upload>") -> dict[str, Any]:
         t0 = time.perf_counter()
-        pixels = self.preprocess.load(data, name=name, max_pixels=self.max_pixels)
+        try:
+            pixels = self.preprocess.load(data, name=name, max_pixels=self.max_pixels)
+        finally:
+            if len(data) and _large(data):
+                _give_back_memory()
         t1 = time.perf_counter()
         with self._runtime() as rt:
             probs = rt.output_probs(rt.run(rt.prepare(pixels)))[0]

@@ -111,6 +111,7 @@ def load_image(source: Source, size: int, method: str = "bilinear", name: str | 
             # still at least 2x the target size, so the final resize does the real filtering.
             img.draft("RGB", (2 * size, 2 * size))
         img.load()
+        img = _shrink(img, size)
         img = ImageOps.exif_transpose(img)
         img = to_rgb(img)
         if img.size != (size, size):
@@ -121,6 +122,26 @@ def load_image(source: Source, size: int, method: str = "bilinear", name: str | 
     if arr.shape != (size, size, 3):
         raise ImageError(label, f"decoded to unexpected shape {arr.shape}")
     return arr
+
+
+def _shrink(img: "Image.Image", size: int) -> "Image.Image":
+    """A picture many times the target size is first reduced by an integer factor (box filter) in its
+    own mode, as JPEG draft decoding does in the DCT domain: colour conversion and the final resize
+    then work on a small image, and a 40-megapixel PNG costs its decode, not five full-size copies."""
+    factor = min(img.size) // (2 * size)
+    if factor < 2:
+        return img
+    try:
+        small = img.reduce(factor)
+    except (ValueError, NotImplementedError):  # modes reduce() does not take (e.g. palette): keep it whole
+        return img
+    small.info = img.info  # keeps the EXIF orientation for exif_transpose
+    if hasattr(img, "getexif"):
+        try:
+            small.getexif().update(img.getexif())
+        except Exception:
+            pass
+    return small
 
 
 def verify_image(path: str) -> str | None:

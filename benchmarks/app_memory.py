@@ -1,0 +1,115 @@
+"""Memory and responsiveness of the app under hostile uploads: C concurrent uploads of a small PNG with
+a huge pixel count (default 6300 x 6300, ~40 megapixels, under the app's cap), while /health is polled.
+The server runs in its own process, so its memory is its own. Prints name=value lines:
+server_peak_rss_mb, server_rss_after_mb, server_rss_idle_mb, health_max_ms, health_p50_ms, statuses, seconds.
+
+    .venv/bin/python benchmarks/app_memory.py [--model runs/demo/exports/classifier-int8.tflite]
+                                              [--uploads 60] [--side 6300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+
+def bomb_png(side: int) -> bytes:
+    from PIL import Image, ImageDraw
+    img = Image.new("L", (side, side), 40)
+    draw = ImageDraw.Draw(img)
+    for k in range(0, side, side // 12):
+        draw.line([(k, 0), (side - k, side)], fill=200, width=9)
+    buf = io.BytesIO()
+    img.save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def rss_mb(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="runs/demo/exports/classifier-int8.tflite")
+    ap.add_argument("--uploads", type=int, default=60)
+    ap.add_argument("--side", type=int, default=6300)
+    ap.add_argument("--port", type=int, default=0, help="0: a free port")
+    a = ap.parse_args()
+    import httpx
+    data = bomb_png(a.side)
+    if not a.port:
+        import socket
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            a.port = sock.getsockname()[1]
+    exe = Path(sys.executable).with_name("mstl-app")
+    server = subprocess.Popen([str(exe), "--model", a.model, "--port", str(a.port), "--max-upload-mb", "10"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{a.port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                sys.exit("server did not start: " + (server.stderr.read() if server.poll() is not None else ""))
+            time.sleep(0.2)
+        idle = rss_mb(server.pid, "VmRSS")
+        health, stop = [], threading.Event()
+
+        def poll():
+            with httpx.Client(timeout=30) as c:
+                while not stop.is_set():
+                    t = time.perf_counter()
+                    c.get(base + "/health")
+                    health.append((time.perf_counter() - t) * 1000)
+                    time.sleep(0.1)
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+
+        def upload(_):
+            try:
+                with httpx.Client(timeout=300) as c:
+                    return c.post(base + "/predict", files={"file": ("bomb.png", data, "image/png")}).status_code
+            except httpx.HTTPError as e:
+                return type(e).__name__
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(a.uploads) as pool:
+            statuses = Counter(pool.map(upload, range(a.uploads)))
+        seconds = time.perf_counter() - t0
+        time.sleep(1.0)
+        stop.set()
+        poller.join(timeout=30)
+        print(f"upload_bytes={len(data)}")
+        print(f"pixels={a.side * a.side}")
+        print(f"uploads={a.uploads}")
+        print(f"statuses={dict(statuses)}")
+        print(f"seconds={seconds:.1f}")
+        print(f"server_rss_idle_mb={idle:.0f}")
+        print(f"server_peak_rss_mb={rss_mb(server.pid, 'VmHWM'):.0f}")
+        print(f"server_rss_after_mb={rss_mb(server.pid, 'VmRSS'):.0f}")
+        print(f"health_p50_ms={np.percentile(health, 50):.1f}")
+        print(f"health_max_ms={max(health):.1f}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
