@@ -218,3 +218,18 @@ def test_huge_pictures_in_parallel_keep_memory_bounded(smoke_exports):
     assert figures["statuses"] == "{200: 12}"
     assert float(figures["server_peak_rss_mb"]) < 400, figures
     assert float(figures["server_rss_after_mb"]) < float(figures["server_rss_idle_mb"]) + 100, figures
+
+
+def test_app_cli_missing_or_corrupt_model_gets_one_line(tmp_path):
+    import hashlib
+    from typer.testing import CliRunner
+    from mstl.cli.app import app as app_cli
+    runner = CliRunner()
+    res = runner.invoke(app_cli, ["--model", str(tmp_path / "nope.tflite")])
+    assert res.exit_code == 2 and "no such model file" in res.output and "Traceback" not in res.output
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer at all")
+    card = {"verification": {"status": "ok"}, "sha256": hashlib.sha256(bad.read_bytes()).hexdigest()}
+    (tmp_path / "bad.tflite.json").write_text(json.dumps(card))
+    res = runner.invoke(app_cli, ["--model", str(bad)])
+    assert res.exit_code == 2 and "LiteRT cannot load it" in res.output and "Traceback" not in res.output
