@@ -67,14 +67,15 @@ def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[in
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=150)
     pts = [(size, f) for d in draws for (size, _), f in d["optimal"].items()]
     if len(pts) > len(sizes):
-        jitter = np.random.default_rng(0).uniform(-0.015, 0.015, len(pts)) * (max(sizes) - min(sizes) or 1)
-        ax.scatter([p[0] for p in pts] + jitter, [p[1] for p in pts], s=12, alpha=0.5, color="tab:blue",
+        jitter = np.exp(np.random.default_rng(0).uniform(-0.04, 0.04, len(pts)))  # multiplicative: log axis
+        ax.scatter(np.array([p[0] for p in pts]) * jitter, [p[1] for p in pts], s=12, alpha=0.5, color="tab:blue",
                    label=f"each draw x seed ({len(pts)})")
     mean_depth = [np.mean([f for s2_, f in pts if s2_ == s]) for s in sizes]
     ax.plot(sizes, mean_depth, "o-", color="tab:blue", label="this run (mean)")
     paper = sorted(PAPER_FROZEN.items())
     ax.plot(*zip(*paper), "s--", color="tab:gray", mfc="none", lw=0.8, label="paper (stated or implied)")
-    ax.set_xlabel("bridge dataset size (images)")
+    ax.set_xscale("log")  # this run's sizes and the paper's 10k..80k on one axis
+    ax.set_xlabel("bridge dataset size (images, log scale)")
     ax.set_ylabel("optimal number of frozen layers")
     ax.set_title("Fig. 2a - stage 1" + note, fontsize=10)
     ax.grid(alpha=0.3)
@@ -104,14 +105,15 @@ def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[in
     if PAPER_ACCURACY:
         ax.plot(*zip(*[(k, 100 * v) for k, v in sorted(PAPER_ACCURACY.items())]), "s", color="tab:gray", mfc="none",
                 label="paper (40k best, 60k lowest)")
-    control = [r for r in s2 if r["size"] == 0]
+    control = _unit_accuracy(draws, 0)
     if control:
-        c = np.mean([r["accuracy"] for r in control]) * 100
+        c = np.mean(control) * 100
         ax.axhline(c, color="tab:red", ls="--", lw=1, label=f"control, no bridge ({c:.1f}%)")
-    majority = [r["majority_baseline"] for r in s2 if r.get("majority_baseline") is not None]
+    majority = [r["majority_baseline"] for d in draws for r in d["stage2"] if r.get("majority_baseline") is not None]
     if majority:
         ax.axhline(100 * np.mean(majority), color="black", ls=":", lw=1, label=f"majority class ({100 * np.mean(majority):.1f}%)")
-    ax.set_xlabel("bridge dataset size (images)")
+    ax.set_xscale("log")
+    ax.set_xlabel("bridge dataset size (images, log scale)")
     ax.set_ylabel("target test accuracy (%)")
     ax.set_title("Fig. 2b - stage 2" + note, fontsize=10)
     ax.grid(alpha=0.3)
