@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 WEIGHTS ?= $(wildcard ../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5)
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,17 @@ demo: $(STAMP)
 	$(BIN)/mstl-bench $(RUN_DIR)/exports --json $(RUN_DIR)/bench.json --markdown $(RUN_DIR)/bench.md --save-dir $(RUN_DIR)/bench
 	@echo "report: $(RUN_DIR)/report.md   exports: $(RUN_DIR)/exports   bench: $(RUN_DIR)/bench.md"
 
-test: $(STAMP)
+# The browser tests drive Debian's chromium; it is installed here, once, never by a test.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      echo "installing Debian's chromium for the browser tests (once)"; \
+	      DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null || \
+	      echo "chromium could not be installed: the browser tests will be skipped"; \
+	    else echo "no chromium and no root apt-get: the browser tests will be skipped"; fi; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -ra
 
 clean:
