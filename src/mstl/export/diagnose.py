@@ -86,30 +86,35 @@ def litert_layers(fp32: Path, quant: Path, pixels: np.ndarray) -> list[dict[str,
     return out
 
 
-def onnx_layers(fp32: Path, quant: Path, pixels: np.ndarray) -> list[dict[str, Any]]:
-    import onnx
+def array_reader(input_name: str, images: np.ndarray):
+    """An ONNX Runtime CalibrationDataReader over an array of images, one at a time (batch 1)."""
     from onnxruntime.quantization import CalibrationDataReader
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, create_activation_matching,
-                                                         modify_model_output_intermediate_tensors)
-
-    name = onnx.load(str(fp32)).graph.input[0].name
 
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.i = 0
 
         def get_next(self):
-            if self.i >= len(pixels):
+            if self.i >= len(images):
                 return None
             self.i += 1
-            return {name: pixels[self.i - 1:self.i].astype(np.float32)}
+            return {input_name: np.asarray(images[self.i - 1:self.i], dtype=np.float32)}
+    return Reader()
+
+
+def onnx_layers(fp32: Path, quant: Path, pixels: np.ndarray) -> list[dict[str, Any]]:
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+
+    name = onnx.load(str(fp32)).graph.input[0].name
 
     with tempfile.TemporaryDirectory(prefix="mstl-explain-") as tmp:
         f_aug, q_aug = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
         modify_model_output_intermediate_tensors(str(fp32), str(f_aug))
         modify_model_output_intermediate_tensors(str(quant), str(q_aug))
-        f_act = collect_activations(str(f_aug), Reader())
-        q_act = collect_activations(str(q_aug), Reader())
+        f_act = collect_activations(str(f_aug), array_reader(name, pixels))
+        q_act = collect_activations(str(q_aug), array_reader(name, pixels))
     nodes = onnx.load(str(fp32)).graph.node
     order = [n.output[0] for n in nodes]
     inputs = {n.output[0]: list(n.input) for n in nodes}

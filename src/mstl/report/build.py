@@ -50,6 +50,21 @@ def _unit_accuracy(draws: list[dict], size: int) -> list[float]:
     return [r["accuracy"] for d in draws for r in d["stage2"] if r["size"] == size]
 
 
+def _save_size_figure(plt, fig, ax, ylabel: str, title: str, figdir: Path, name: str) -> str:
+    """Axes, legend and file of a figure over bridge size: a log axis puts a run's sizes and the
+    paper's 10k..80k on one plot."""
+    ax.set_xscale("log")
+    ax.set_xlabel("bridge dataset size (images, log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(figdir / name)
+    plt.close(fig)
+    return f"figures/{name}"
+
+
 def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[int, int], random_weights: bool,
              draws: list[dict]) -> list[str]:
     import matplotlib
@@ -74,16 +89,8 @@ def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[in
     ax.plot(sizes, mean_depth, "o-", color="tab:blue", label="this run (mean)")
     paper = sorted(PAPER_FROZEN.items())
     ax.plot(*zip(*paper), "s--", color="tab:gray", mfc="none", lw=0.8, label="paper (stated or implied)")
-    ax.set_xscale("log")  # this run's sizes and the paper's 10k..80k on one axis
-    ax.set_xlabel("bridge dataset size (images, log scale)")
-    ax.set_ylabel("optimal number of frozen layers")
-    ax.set_title("Fig. 2a - stage 1" + note, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(figdir / "fig2a_frozen_vs_size.png")
-    plt.close(fig)
-    made.append("figures/fig2a_frozen_vs_size.png")
+    made.append(_save_size_figure(plt, fig, ax, "optimal number of frozen layers", "Fig. 2a - stage 1" + note,
+                                  figdir, "fig2a_frozen_vs_size.png"))
 
     # Fig. 2b: bridge size -> stage-2 accuracy: every unit, the mean with a t-interval over units
     # (Wilson for a single unit), the control, the majority baseline and the paper's band
@@ -112,16 +119,8 @@ def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[in
     majority = [r["majority_baseline"] for d in draws for r in d["stage2"] if r.get("majority_baseline") is not None]
     if majority:
         ax.axhline(100 * np.mean(majority), color="black", ls=":", lw=1, label=f"majority class ({100 * np.mean(majority):.1f}%)")
-    ax.set_xscale("log")
-    ax.set_xlabel("bridge dataset size (images, log scale)")
-    ax.set_ylabel("target test accuracy (%)")
-    ax.set_title("Fig. 2b - stage 2" + note, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(figdir / "fig2b_accuracy_vs_size.png")
-    plt.close(fig)
-    made.append("figures/fig2b_accuracy_vs_size.png")
+    made.append(_save_size_figure(plt, fig, ax, "target test accuracy (%)", "Fig. 2b - stage 2" + note,
+                                  figdir, "fig2b_accuracy_vs_size.png"))
 
     # Fig. 3: heatmap size x optimal frozen -> stage-2 accuracy
     depths = sorted({optimal[s] for s in s_sizes if s in optimal})
