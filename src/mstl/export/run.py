@@ -23,7 +23,7 @@ from ..preprocess import Preprocess
 from ..runtimes import load_runtime
 from .verify import verify
 
-CORRECTION_IMAGES = 128  # calibration images the bias correction measures channel means on
+CORRECTION_IMAGES = 200  # calibration images the bias correction measures channel means on
 EXPLAIN_IMAGES = 16
 
 INTENDED_USE = ("Research prototype for evaluating on-device inference of a small medical-image classifier. "
