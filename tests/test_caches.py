@@ -105,3 +105,24 @@ def test_activation_cache_made_under_another_identity_is_rebuilt(smoke_data, tmp
         built.append(np.array(store.get(model, cut, "pretrained", images).array))
     np.testing.assert_array_equal(built[0], built[1])  # same identity: reused
     assert not np.allclose(built[0], built[2])  # other weights under another identity: rebuilt, not reused
+
+
+def test_litert_feature_pass_equals_keras(smoke_data, monkeypatch):
+    """Above its size threshold the stage-2 feature pass runs in LiteRT: the same features to float rounding."""
+    from mstl.model import build_classifier
+    from mstl.train import frozen_pass
+    from mstl.train.stage2 import _features
+    cfg = smoke_data.cfg
+    t = smoke_data.target_splits
+    rows = np.concatenate([t.train, t.test])
+    model = build_classifier(cfg.model, cfg.data.image_size, 2, cfg.data.scaling,
+                             calibration_images=np.asarray(smoke_data.target.images[t.train[:32]], np.float32))
+    monkeypatch.setattr(frozen_pass, "MIN_IMAGES", 10 ** 9)
+    by_keras = _features(model, smoke_data.target.images, rows)
+    used = []
+    real = frozen_pass._litert
+    monkeypatch.setattr(frozen_pass, "MIN_IMAGES", 1)
+    monkeypatch.setattr(frozen_pass, "_litert", lambda *a: used.append(1) or real(*a))
+    by_litert = _features(model, smoke_data.target.images, rows)
+    assert used and by_litert.shape == by_keras.shape
+    np.testing.assert_allclose(by_litert, by_keras, rtol=1e-4, atol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,6 +74,10 @@ class Classifier:
                                   "to serve it anyway, with a warning on the page)")
         workers = workers or max(1, os.cpu_count() or 1)
         self.workers = workers
+        # Decodes in flight = interpreters in the pool: more would only wait for an interpreter while
+        # each held a decoded picture. A thread semaphore, not an asyncio one: it must hold across
+        # whatever event loops the server runs (a test client starts one per request).
+        self._slots = threading.BoundedSemaphore(workers)
         self._pool: queue.Queue = queue.Queue()
         for _ in range(workers):
             self._pool.put(load_runtime(self.path, threads=threads_per_worker))
@@ -111,6 +116,10 @@ class Classifier:
         return card
 
     def classify(self, data: bytes, name: str = "<upload>") -> dict[str, Any]:
+        with self._slots:
+            return self._classify(data, name)
+
+    def _classify(self, data: bytes, name: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             pixels = self.preprocess.load(data, name=name, max_pixels=self.max_pixels)

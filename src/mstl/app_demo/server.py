@@ -72,10 +72,6 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = FastAPI(title="mstl app demo", description="Research prototype - not a diagnostic device.")
-    import asyncio
-    # Decodes in flight = interpreters in the pool: more would only wait for an interpreter while
-    # holding a decoded picture each. Waiting requests hold just their compressed upload.
-    decode_slots = asyncio.Semaphore(classifier.workers)
     page = resources.files("mstl.app_demo").joinpath("static/index.html").read_text()
 
     @app.exception_handler(RequestValidationError)
@@ -117,8 +113,7 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES):
         if not data:
             return JSONResponse({"error": "empty upload: the file has no bytes"}, status_code=400)
         try:
-            async with decode_slots:
-                return await run_in_threadpool(classifier.classify, data, name)
+            return await run_in_threadpool(classifier.classify, data, name)
         except ImageError as e:
             status = 413 if "too many pixels" in e.reason or "decompression bomb" in e.reason else 400
             return JSONResponse({"error": f"{name}: {e.reason}"}, status_code=status)

@@ -17,6 +17,7 @@ from ..data.pipeline import gather_array, make_dataset
 from ..metrics import classification_report
 from ..model import POOL_NAME, build_classifier, compile_for_training, load_classifier, with_new_head
 from ..tf_env import keras, tf
+from . import frozen_pass
 from .prepare import TargetSplits
 
 
@@ -35,13 +36,17 @@ class StopAtTrainAccuracy(keras.callbacks.Callback):
 
 
 def _features(model, images: np.ndarray, rows: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Pooled features of the given image rows: one inference pass through the frozen network, as a
-    compiled call traced once for any batch size (a retrace for the last, smaller batch cost ~0.5 s)."""
+    """Pooled features of the given image rows: one inference pass through the frozen network - in
+    LiteRT for large sets (frozen_pass.py), else as a compiled Keras call traced once for any batch
+    size (a retrace for the last, smaller batch cost ~0.5 s)."""
     extractor = keras.Model(model.inputs, model.get_layer(POOL_NAME).output)
-    spec = tf.TensorSpec((None,) + tuple(images.shape[1:]), tf.float32)
-    run = tf.function(lambda x: extractor(x, training=False), input_signature=[spec])
-    out = [run(gather_array(images, rows[s:s + batch])).numpy() for s in range(0, len(rows), batch)]
-    return np.concatenate(out) if out else np.zeros((0, extractor.output.shape[-1]), np.float32)
+
+    def keras_pass(net, rows):
+        spec = tf.TensorSpec((None,) + tuple(images.shape[1:]), tf.float32)
+        call = tf.function(lambda x: net(x, training=False), input_signature=[spec])
+        out = [call(gather_array(images, rows[s:s + batch])).numpy() for s in range(0, len(rows), batch)]
+        return np.concatenate(out) if out else np.zeros((0, net.output.shape[-1]), np.float32)
+    return frozen_pass.run(extractor, images, np.asarray(rows), keras_pass)
 
 
 def _head_model(model, dim: int):
