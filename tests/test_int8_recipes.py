@@ -45,11 +45,11 @@ def test_failed_recipe_is_skipped_and_recorded(smoke_run, tmp_path, monkeypatch)
     res = runner.invoke(app, [str(smoke_run), "--format", "tflite", "--int8", "--out", str(out)])
     assert res.exit_code == 0, res.output
     row = {a["key"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}["tflite-int8"]
-    assert row["status"] == "ok" and row["recipe"] == "bias-corrected"
+    assert row["status"] == "ok" and row["recipe"] == "bias-corrected-activations"
     first = row["recipes_tried"][0]
     assert first["recipe"] == "minmax" and first["status"] == "failed" and first["agreement"] < 0.5
     card = json.loads((out / "classifier-int8.tflite.json").read_text())
-    assert card["recipe"] == "bias-corrected" and card["recipes_tried"][0]["status"] == "failed"
+    assert card["recipe"] == "bias-corrected-activations" and card["recipes_tried"][0]["status"] == "failed"
     assert card["int8_ready"]["layers"] > 0 and card["calibration"]["images"] > 0
 
 
@@ -171,3 +171,35 @@ def test_precision_from_file_names():
     assert precision_of("runs/x/classifier-int8.tflite") == "int8"
     assert precision_of("classifier-int8-rejected.onnx") == "int8"
     assert precision_of("model.tflite") == "unknown" and precision_of("a-fp16.tflite") == "fp16"
+
+
+@pytest.mark.slow
+def test_activation_refined_recipe_builds_and_leaves_the_shared_model_as_it_was(smoke_run, tmp_path):
+    import dataclasses
+    from pathlib import Path
+    from mstl.export import run as export_run
+    from mstl.export.bias_correction import _container, linear_streams
+    f = by_key("tflite-int8")
+    refine = next(r for r in f.ladder if r.refine)
+    only = dataclasses.replace(f, recipes=(refine,))
+    job = export_run.job_from_run(smoke_run, [by_key("tflite-fp32"), only], tmp_path / "ex", None, 200, "uint8",
+                                  {"int8": 0.0, "fp32": 0.999})
+    seen = {}
+    real = export_run._Int8Ready.refined_build
+
+    def spy(self, builder, work, opts):
+        net, _ = _container(self.get())
+        before = {bn.name: bn.beta.numpy().copy() for s in linear_streams(net) for bn in s["norms"]}
+        out = real(self, builder, work, opts)
+        seen["restored"] = all(np.array_equal(before[n], l.beta.numpy()) for n in before for l in net.layers if l.name == n)
+        seen["layers"] = len(before)
+        return out
+    export_run._Int8Ready.refined_build = spy
+    try:
+        manifest = export_run.run_export(job)
+    finally:
+        export_run._Int8Ready.refined_build = real
+    row = {a["key"]: a for a in manifest["artifacts"]}["tflite-int8"]
+    assert row["recipe"] == "bias-corrected-activations" and row["agreement"] is not None
+    assert seen["restored"] and seen["layers"] > 0
+    assert (Path(tmp_path / "ex") / "classifier-int8.tflite").is_file()

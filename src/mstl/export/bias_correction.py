@@ -95,7 +95,8 @@ def _channel_means(net, bns, x: np.ndarray, batch: int = 32) -> list[np.ndarray]
     return [s / len(x) for s in sums]
 
 
-def int8_ready(model: "keras.Model", pixels: np.ndarray, equalize: bool = True) -> dict:
+def int8_ready(model: "keras.Model", pixels: np.ndarray, equalize: bool = True,
+               targets: dict | None = None) -> dict:
     """Turn ``model`` into its int8-ready form, in place.
 
     ``pixels``: calibration images, raw 0..255. Layer by layer in graph order, the copy's kernel is
@@ -111,6 +112,8 @@ def int8_ready(model: "keras.Model", pixels: np.ndarray, equalize: bool = True) 
     equalized = equalize_streams(net, x) if equalize else {"streams": 0}
     # Targets from the copy before any rounding: equal to the reference's, channel scaling aside.
     target = _channel_means(net, [b for _, b in pairs], x)
+    if targets is not None:
+        targets.update({bn.name: want for (_, bn), want in zip(pairs, target)})
     changes, shifts = [], []
     for (conv, bn), want in zip(pairs, target):
         changes.append(round_kernel(conv, bn))
@@ -223,3 +226,57 @@ def equalize_streams(net, x: np.ndarray, strength: float = 0.5, limit: float = 1
             conv.kernel.assign(conv.kernel.numpy() / t.reshape(1, 1, -1, 1))
     return {"streams": len(streams), "median_range_spread": round(float(np.median(spread)), 2),
             "strength": strength, "limit": limit}
+
+
+def activation_correct(model: "keras.Model", litert_bytes: bytes, pixels: np.ndarray, targets: dict) -> dict:
+    """A second correction, for LiteRT: measure each linear BatchNorm output's per-channel mean in the
+    int8 model itself - activation rounding included, which the first pass cannot see - and move the
+    offsets by what remains. ``targets``: the float channel means from ``int8_ready``. Changes
+    ``model`` in place; returns the betas it replaced (to restore) and what it did."""
+    from ai_edge_litert.interpreter import Interpreter
+    net, _ = _container(model)
+    linear = [bn for s in linear_streams(net) for bn in s["norms"] if bn.name in targets]
+    it = Interpreter(model_content=litert_bytes, experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
+    details = it.get_tensor_details()
+    found = {}
+    for bn in linear:
+        for d in details:
+            first = d["name"].split(";")[0]
+            if len(d["shape"]) == 4 and (first.endswith(f"/{bn.name}_1/batchnorm/add_1") or first.endswith(f"/{bn.name}/batchnorm/add_1")):
+                found[bn.name] = d
+                break
+    inp = it.get_input_details()[0]
+    sums = {k: 0.0 for k in found}
+    for img in np.asarray(pixels):
+        x = img[None]
+        scale, zp = inp["quantization"]
+        if np.issubdtype(inp["dtype"], np.integer) and scale and (scale != 1.0 or zp != 0):
+            x = np.rint(x / scale + zp)
+        it.set_tensor(inp["index"], np.clip(x, *(_limits(inp["dtype"]))).astype(inp["dtype"]))
+        it.invoke()
+        for name, d in found.items():
+            s, z = d["quantization"]
+            t = it.get_tensor(d["index"]).astype(np.float32)
+            sums[name] = sums[name] + ((t - z) * s if s else t).mean(axis=(0, 1, 2))
+    saved = {}
+    for bn in linear:
+        if bn.name in found:
+            saved[bn.name] = bn.beta.numpy().copy()
+            shift = sums[bn.name] / len(pixels) - targets[bn.name]
+            bn.beta.assign((bn.beta.numpy() - shift).astype(np.float32))
+    return {"saved": saved, "layers": len(saved)}
+
+
+def _limits(dtype):
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return info.min, info.max
+    return -np.inf, np.inf
+
+
+def restore_betas(model: "keras.Model", saved: dict) -> None:
+    net, _ = _container(model)
+    for layer in net.layers:
+        if layer.name in saved:
+            layer.beta.assign(saved[layer.name])

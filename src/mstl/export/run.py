@@ -105,6 +105,7 @@ class _Int8Ready:
 
     def __init__(self, model_path: Path, calibration: np.ndarray | None):
         self.model_path, self.calibration, self.model, self.info = model_path, calibration, None, None
+        self.targets: dict = {}
 
     def get(self):
         if self.model is None:
@@ -112,8 +113,22 @@ class _Int8Ready:
             from .bias_correction import int8_ready
             self.model = load_classifier(self.model_path)
             say("  preparing the int8-ready model (kernels rounded to the int8 grid, biases corrected)")
-            self.info = int8_ready(self.model, self.calibration[:CORRECTION_IMAGES])
+            self.info = int8_ready(self.model, self.calibration[:CORRECTION_IMAGES], targets=self.targets)
         return self.model
+
+    def refined_build(self, builder, work: Path, opts) -> bytes:
+        """Build, correct the linear offsets for what the built int8 model's own activations do, build
+        again; the shared int8-ready model is left as it was (other formats use it)."""
+        from .bias_correction import activation_correct, restore_betas
+        model = self.get()
+        for sub in ("refine-1", "refine-2"):  # fresh folders: the SavedModel cache is per folder and model
+            (work / sub).mkdir(parents=True, exist_ok=True)
+        first = builder(model, work / "refine-1", opts)
+        done = activation_correct(model, first, self.calibration[:CORRECTION_IMAGES], self.targets)
+        try:
+            return builder(model, work / "refine-2", opts)
+        finally:
+            restore_betas(model, done["saved"])
 
 
 def run_export(job: ExportJob) -> dict[str, Any]:
@@ -226,8 +241,11 @@ def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJo
     best = None
     for recipe in fmt.ladder:
         try:
-            source = ready.get() if recipe.prepared else model
-            data = fmt.load_builder()(source, work, BuildOptions(calibration, job.io).with_recipe(recipe))
+            opts = BuildOptions(calibration, job.io).with_recipe(recipe)
+            if recipe.refine:
+                data = ready.refined_build(fmt.load_builder(), work, opts)
+            else:
+                data = fmt.load_builder()(ready.get() if recipe.prepared else model, work, opts)
             staged = work / name
             staged.write_bytes(data)
             rt = load_runtime(staged, threads=2)
