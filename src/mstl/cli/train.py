@@ -221,7 +221,7 @@ def _open(cfg: RunConfig, run_dir: Optional[Path], restart: bool, link: bool = T
 
     cfg.validate()
     if run_dir is not None:  # before any data is read: a wrong folder fails in a second, not after decoding
-        RunStore(run_dir)._check_target()
+        RunStore(run_dir).check_target()
     if cfg.model.weights == "none":
         from ..train.run import RANDOM_WEIGHTS_NOTICE
         warn(RANDOM_WEIGHTS_NOTICE)

@@ -153,7 +153,7 @@ class RunStore:
 
         A folder that is not an mstl run dir is refused unless empty: mstl neither writes into nor
         deletes from a folder it did not make. ``restart`` removes only what mstl writes."""
-        self._check_target()
+        self.check_target()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -182,7 +182,7 @@ class RunStore:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": cfg.to_dict(), "identity": cfg.identity(),
         }, indent=2))
 
-    def _check_target(self) -> None:
+    def check_target(self) -> None:
         if self.dir.exists() and not self.dir.is_dir():
             raise RunDirError(f"{self.dir} is a file, not a folder; give --run-dir a new folder or an mstl run dir")
         if self.dir.is_dir() and not is_run_dir(self.dir) and any(self.dir.iterdir()):
