@@ -7,10 +7,7 @@ also verified, benchmarked and served with one. No TensorFlow here.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,12 +35,6 @@ class Preprocess:
             raise ValueError("no input size: the card has no input shape and none was given")
         return cls(int(chosen), resize)
 
-    @classmethod
-    def for_artifact(cls, path: str | os.PathLike, size: int | None = None) -> "Preprocess":
-        """From the card beside the artifact (``<file>.json``); without one, bilinear at ``size``."""
-        card = card_of(path)
-        return cls.from_card(card, size)
-
     def to_card(self) -> dict[str, Any]:
         return {
             "shape": [1, self.size, self.size, 3], "layout": "NHWC, RGB",
@@ -59,8 +50,3 @@ class Preprocess:
 
     def load_many(self, sources: list[str]) -> np.ndarray:
         return load_sources(sources, self.size, self.resize)
-
-
-def card_of(path: str | os.PathLike) -> dict | None:
-    card = Path(str(path) + ".json")
-    return json.loads(card.read_text()) if card.is_file() else None

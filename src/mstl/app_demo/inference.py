@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import threading
@@ -13,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..preprocess import Preprocess, card_of
+from ..cards import card_of, file_mismatch
+from ..preprocess import Preprocess
 from ..runtimes import load_runtime
 
 
@@ -29,15 +29,7 @@ def check_artifact(path: Path, card: dict | None) -> str | None:
     if status != "ok":
         reason = (card.get("verification") or {}).get("reason", "no verification recorded")
         return f"{path.name} failed its export verification ({reason})"
-    want = card.get("sha256")
-    if want:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        if h.hexdigest() != want:
-            return f"{path.name} is not the file its card describes (sha256 differs): re-export, or it was replaced"
-    return None
+    return file_mismatch(path, card)
 
 
 def _large(data: bytes, pixels: int = 4_000_000) -> bool:

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..data.filelist import labelled_folder, load_sources, read_list
 from ..formats import for_file, precision_of
-from ..preprocess import Preprocess, card_of
+from ..cards import card_of, file_mismatch
+from ..preprocess import Preprocess
 from ..progress import say
 from ..machine import machine_info
 from .measure import measure_isolated
@@ -31,10 +32,6 @@ class Artifact:
     run_dir: Path | None
 
 
-def _card(path: Path) -> dict | None:
-    return card_of(path)
-
-
 def collect(paths: list[Path]) -> list[Artifact]:
     out = []
     for p in paths:
@@ -48,7 +45,7 @@ def collect(paths: list[Path]) -> list[Artifact]:
                 out.append(Artifact(p / a["path"], a["format"], a["precision"], m.get("labels"), run_dir))
         elif p.exists() or p.suffix in (".tflite", ".onnx", ".keras"):
             fam = for_file(str(p))
-            card = _card(p)
+            card = card_of(p)
             precision = (card or {}).get("precision") or ("fp32" if fam == "keras" else precision_of(str(p)))
             run_dir = Path(card["source"]["run_dir"]) if card and card.get("source", {}).get("run_dir") else None
             out.append(Artifact(p, fam, precision, (card or {}).get("labels"), run_dir))
@@ -92,13 +89,14 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         say(f"[{i + 1}/{len(artifacts)}] {a.path.name}: measuring at {threads} thread(s)")
         pixels = y = None
         e2e = []
-        problem = _file_problem(a)
+        card = card_of(a.path) if a.format != "keras" else None  # read once: sha256, preprocessing, gate
+        problem = file_mismatch(a.path, card) if card and a.path.is_file() else None
         if problem:
             say(f"  refused: {problem}")
             results.append({"artifact": a.path.name, "path": str(a.path), "format": a.format, "precision": a.precision,
                             "status": "failed", "error": problem})
             continue
-        prep = _preprocess(a.path)
+        prep = _preprocess(a.path, card)
         if labelled and prep is not None:
             sources, y_all, _ = labelled
             if prep not in decoded:
@@ -116,7 +114,6 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         else:
             r = measure_isolated(str(a.path), threads, runs, warmup, pixels, y, names, e2e, prep=prep)
         r.update({"format": a.format, "precision": a.precision, "artifact": a.path.name, "path": str(a.path)})
-        card = _card(a.path) if a.format != "keras" else None
         if card is not None:
             status = (card.get("verification") or {}).get("status")
             r["verified"] = status == "ok"
@@ -137,18 +134,6 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
             "results": results}
 
 
-def _file_problem(a: Artifact) -> str | None:
-    """Why this artifact must not be measured: a file that is not the one its card describes."""
-    card = _card(a.path) if a.format != "keras" else None
-    if not card or not card.get("sha256") or not a.path.is_file():
-        return None
-    import hashlib
-    h = hashlib.sha256(a.path.read_bytes()).hexdigest()
-    if h != card["sha256"]:
-        return f"{a.path}: the file is not the one its card describes (sha256 differs); re-export it"
-    return None
-
-
 def _merge_threads(parts: list[dict]) -> dict:
     out = dict(parts[0])
     out["latency"], out["latency_ms"] = {}, {}
@@ -161,9 +146,8 @@ def _merge_threads(parts: list[dict]) -> dict:
     return out
 
 
-def _preprocess(path: Path) -> Preprocess | None:
+def _preprocess(path: Path, card: dict | None) -> Preprocess | None:
     """The artifact's preprocessing from its card; without a card, a bilinear resize to its input."""
-    card = _card(path)
     if card:
         return Preprocess.from_card(card)
     try:
