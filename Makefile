@@ -14,7 +14,7 @@ RUN_DIR ?= runs/demo
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[train,app,test]"
+	$(BIN)/python -m pip install -q -e ".[train,app,ray,test]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

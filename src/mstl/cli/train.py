@@ -111,6 +111,18 @@ def _pick_run_dir(cfg: RunConfig, data, run_dir: Optional[Path]) -> Path:
     return RUNS_ROOT / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+ENGINE_HELP = "serial (this process) | ray (trials as Ray tasks: pip install 'mstl[ray]')"
+ADDRESS_HELP = "Ray cluster to join (auto | HOST:PORT); default: a local Ray instance sized to this machine"
+
+
+def _engine(engine: str, ray_address: Optional[str], trial_cpus: float, trial_gpus: float, lookahead: int):
+    from ..train.ray_engine import EngineOptions
+    opts = EngineOptions(engine, ray_address, trial_cpus, trial_gpus, lookahead).validate()
+    if opts.name == "serial" and (ray_address or trial_gpus):
+        warn("--ray-address and --trial-gpus apply with --engine ray only: ignored")
+    return opts
+
+
 @app.command()
 @friendly
 def full(
@@ -152,21 +164,27 @@ def full(
     set_: List[str] = typer.Option([], "--set", help="any configuration value by its dotted name, e.g. "
                                    "--set stage2.learning_rate=0.01 --set model.dropout=0 (repeatable; "
                                    "`mstl-train config --json` lists them)"),
+    engine: str = typer.Option("serial", help=ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    trial_cpus: float = typer.Option(1.0, help="CPUs per Ray trial (TensorFlow's thread count in the task)"),
+    trial_gpus: float = typer.Option(0.0, help="GPUs per Ray trial (0.5: two trials share a card)"),
+    lookahead: int = typer.Option(2, help="Ray: depths a size's sweep may run ahead of its stop rule (restart mode)"),
 ):
     """Stage-1 sweep, stage 2 and report, end to end (resumable: rerun to continue)."""
     o = dict(locals())
     o["preset"] = preset_name
     t0 = time.monotonic()
     cfg = _config_from_options(o)
+    eng = _engine(engine, ray_address, trial_cpus, trial_gpus, lookahead)
     store, data = _open(cfg, run_dir, restart)
     from ..train.run import run_stage1, run_stage2
-    run_stage1(store, data)
-    run_stage2(store, data)
-    _run_draws(cfg, store, restart)
+    run_stage1(store, data, eng)
+    run_stage2(store, data, eng)
+    _run_draws(cfg, store, restart, eng)
     _finish(store, t0)
 
 
-def _run_draws(cfg: RunConfig, store, restart: bool) -> None:
+def _run_draws(cfg: RunConfig, store, restart: bool, eng=None) -> None:
     """The further data draws, each a complete run dir under draws/ (resumable like any other)."""
     from dataclasses import replace
     for k in cfg.data_seeds[1:]:
@@ -174,14 +192,14 @@ def _run_draws(cfg: RunConfig, store, restart: bool) -> None:
         sub_store, sub = _open(replace(cfg, data_seed=k, data_seeds=()), store.dir / "draws" / f"data-seed-{k}",
                                restart, link=False)
         from ..train.run import run_stage1, run_stage2
-        run_stage1(sub_store, sub)
-        run_stage2(sub_store, sub)
+        run_stage1(sub_store, sub, eng)
+        run_stage2(sub_store, sub, eng)
 
 
 def _config(**options):
     """Print the fully resolved configuration without running anything (the same flags as `full`)."""
     as_json = options.pop("as_json")
-    for unused in ("run_dir", "restart"):
+    for unused in ("run_dir", "restart", "engine", "ray_address", "trial_cpus", "trial_gpus", "lookahead"):
         options.pop(unused, None)
     options["preset"] = options.pop("preset_name")
     cfg = _config_from_options(options).validate()
@@ -270,20 +288,31 @@ def _finish(store, t0: float) -> None:
 
 @app.command()
 @friendly
-def stage1(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing run dir")):
+def stage1(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing run dir"),
+           engine: str = typer.Option("serial", help=ENGINE_HELP),
+           ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+           trial_cpus: float = typer.Option(1.0, help="CPUs per Ray trial"),
+           trial_gpus: float = typer.Option(0.0, help="GPUs per Ray trial"),
+           lookahead: int = typer.Option(2, help="Ray: depths a size's sweep may run ahead of its stop rule")):
     """Run (or resume) the stage-1 sweep of an existing run dir."""
+    eng = _engine(engine, ray_address, trial_cpus, trial_gpus, lookahead)
     store, data = _reopen(run_dir)
     from ..train.run import run_stage1
-    run_stage1(store, data)
+    run_stage1(store, data, eng)
 
 
 @app.command()
 @friendly
-def stage2(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing run dir")):
+def stage2(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing run dir"),
+           engine: str = typer.Option("serial", help=ENGINE_HELP),
+           ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+           trial_cpus: float = typer.Option(1.0, help="CPUs per Ray trial"),
+           trial_gpus: float = typer.Option(0.0, help="GPUs per Ray trial")):
     """Run (or resume) stage 2 of an existing run dir, on its stage-1 models."""
+    eng = _engine(engine, ray_address, trial_cpus, trial_gpus, 0)
     store, data = _reopen(run_dir)
     from ..train.run import run_stage2
-    run_stage2(store, data)
+    run_stage2(store, data, eng)
 
 
 @app.command()

@@ -9,6 +9,7 @@ only the part above the cut on it - the same computation as the plain path, with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -80,6 +81,21 @@ def prefix_model(model, cut: int) -> "keras.Model":
     return keras.Model(model.input, sub(x))
 
 
+@contextlib.contextmanager
+def _lock(path: Path, enabled: bool):
+    """An exclusive lock on ``path`` (released by the kernel if its holder dies), or nothing."""
+    if not enabled:
+        yield
+        return
+    import fcntl
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @dataclass
 class ActivationCache:
     cut: int
@@ -102,8 +118,12 @@ class PrefixCacheStore:
     """Activation caches of one run, one cut at a time: a deeper cut is made on demand and the one above
     it is dropped (the sweep only descends)."""
 
-    def __init__(self, folder: Path, rows: np.ndarray, dtype: str, budget_bytes: float, identity: str = ""):
+    def __init__(self, folder: Path, rows: np.ndarray, dtype: str, budget_bytes: float, identity: str = "",
+                 shared: bool = False):
+        """``shared``: several processes (Ray tasks) use the folder at once, at different depths - a cut is
+        built by one of them under a file lock, and no cut is dropped until the driver clears the folder."""
         self.folder = folder
+        self.shared = shared
         self.rows = np.unique(rows)
         # What the cached activations depend on: the run's configuration and data (its config hash) and
         # the exact image rows. A cache file made under another identity is rebuilt, never reused by name.
@@ -130,10 +150,12 @@ class PrefixCacheStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{key}-cut{cut}-{self.dtype.name}.npy"
         meta = path.with_suffix(".json")
-        if not meta.exists() or not path.exists() or json.loads(meta.read_text()).get("identity") != self.identity:
-            self._build(model, cut, images, path, meta)
+        with _lock(self.folder / f".{path.stem}.lock", self.shared):
+            if not meta.exists() or not path.exists() or json.loads(meta.read_text()).get("identity") != self.identity:
+                self._build(model, cut, images, path, meta)
         array = np.load(path, mmap_mode="r")
-        self._drop_others(path)
+        if not self.shared:
+            self._drop_others(path)
         self.current = ActivationCache(cut, array, self.rows, path)
         return self.current
 

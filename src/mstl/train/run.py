@@ -73,7 +73,11 @@ def bn_calibration(data: RunData) -> np.ndarray | None:
     return gather_array(data.bridge.images, data.bridge.rows[np.sort(pick)])
 
 
-def run_stage1(store: RunStore, data: RunData) -> dict[tuple[int, int], dict]:
+def run_stage1(store: RunStore, data: RunData, engine=None) -> dict[tuple[int, int], dict]:
+    """The sweep of every size; ``engine`` (ray_engine.EngineOptions) spreads its trials over Ray."""
+    if engine is not None and engine.name == "ray":
+        from . import ray_engine
+        return ray_engine.run_stage1(store, data, engine)
     cfg = data.cfg
     n_classes = len(data.bridge.classes)
     calibration = bn_calibration(data)
@@ -96,23 +100,33 @@ def run_stage1(store: RunStore, data: RunData) -> dict[tuple[int, int], dict]:
     return best
 
 
-def run_stage2(store: RunStore, data: RunData) -> dict:
+def run_stage2(store: RunStore, data: RunData, engine=None) -> dict:
+    """Stage 2 per (size, seed) and the control, then the deployable model's selection; ``engine``
+    (ray_engine.EngineOptions) runs the trials in parallel on Ray."""
     cfg = data.cfg
     n_classes = len(data.bridge.classes)
     s1_seeds = stage1_seeds(cfg)
     done = {(r["size"], r["seed"]) for r in store.stage2_records()}
     jobs = [(0, s) for s in cfg.seeds if cfg.stage2.control] + [(size, s) for size in sorted(data.splits) for s in cfg.seeds]
-    features: dict = {}  # pooled features per frozen network, shared by its seeds
-    for i, (size, seed) in enumerate(jobs):
+    todo = []
+    for size, seed in jobs:
         if (size, seed) in done:
             continue
         src_seed = seed if seed in s1_seeds else s1_seeds[0]
         path = frozen = None
         if size:
             path, frozen = ensure_best_model(cfg, store, data.bridge.images, data.splits[size], size, n_classes, src_seed,
-                                     bn_calibration(data))
+                                             bn_calibration(data))
+        todo.append((size, seed, path, frozen, src_seed))
+    if engine is not None and engine.name == "ray":
+        from . import ray_engine
+        if todo:
+            ray_engine.run_stage2(store, data, engine, todo)
+        return _select(store)
+    features: dict = {}  # pooled features per frozen network, shared by its seeds
+    for i, (size, seed, path, frozen, src_seed) in enumerate(todo):
         what = f"size {size}" if size else f"control (base weights {cfg.model.weights}, no bridge)"
-        say(f"stage 2: {what}, seed {seed} ({i + 1} of {len(jobs)})")
+        say(f"stage 2: {what}, seed {seed} ({i + 1} of {len(todo)} to run, {len(jobs)} in all)")
         model, rec = train_stage2(cfg, data.target.images, data.target_splits, seed, path, cache=cfg.cache,
                                   feature_memo=features)
         out = store.stage2_model(size, seed)
@@ -126,6 +140,10 @@ def run_stage2(store: RunStore, data: RunData) -> dict:
         say(f"  -> test accuracy {rec['accuracy']:.3f} [{rec['ci_low']:.3f}, {rec['ci_high']:.3f}], "
             f"{val}, {rec['epochs']} epoch(s), {rec['seconds']:.1f}s")
         keras.backend.clear_session()
+    return _select(store)
+
+
+def _select(store: RunStore) -> dict:
     selection = choose_deployable(store.stage2_records())
     store.write_json("selection.json", selection)
     say(f"deployable model: size {selection['size']} seed {selection['seed']} - {selection['why']}")

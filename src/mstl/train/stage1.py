@@ -7,6 +7,7 @@ trials spread over machines - without any other state.
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any, Callable
 
@@ -22,6 +23,8 @@ from .prepare import SplitRows
 from .prefix_cache import PrefixCacheStore, cut_for, cut_points, upper_model
 from ..bases import get_base
 from .store import RunStore, best_record, save_model_atomic
+from . import schedule
+from .schedule import next_depth
 
 
 STEPS_PER_EXECUTION = 8  # both paths, cached or not: results are the same, per-batch overhead is not
@@ -30,29 +33,7 @@ STEPS_PER_EXECUTION = 8  # both paths, cached or not: results are the same, per-
 def depth_grid(cfg: RunConfig, n_layers: int) -> list[int]:
     """Frozen depths in sweep order: start, start - step, ... down to the floor."""
     s1 = cfg.stage1
-    start = min(s1.start_frozen, n_layers)
-    grid = list(range(start, s1.min_frozen - 1, -s1.unfreeze_step))
-    if s1.include_head_only and n_layers not in grid:
-        grid.insert(0, n_layers)
-    return grid
-
-
-def next_depth(grid: list[int], done: dict[int, dict], patience: int) -> int | None:
-    """The next depth to train, or None once the peak is found (``patience`` depths without a better
-    validation accuracy) or the floor is reached. Depends on the records only."""
-    best, since = -np.inf, 0
-    for d in grid:
-        if d not in done:
-            return d
-        acc = done[d]["val_accuracy"]
-        if acc > best:
-            best, since = acc, 0
-        else:
-            since += 1
-            if since >= patience:
-                return None
-    return None
-
+    return schedule.depth_grid(s1.start_frozen, s1.min_frozen, s1.unfreeze_step, n_layers, s1.include_head_only)
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -145,13 +126,8 @@ def run_trial(cfg: RunConfig, images: np.ndarray, split: SplitRows, n_classes: i
     return model, record
 
 
-def sweep(cfg: RunConfig, store: RunStore, images: np.ndarray, splits: dict[int, SplitRows], n_classes: int,
-          seed: int, calibration: np.ndarray | None = None, prefix_store: PrefixCacheStore | None = None) -> dict[int, dict]:
-    """Run (or resume) the unfreezing sweep of every size, depth by depth: each depth's frozen-prefix
-    cache then serves all sizes before the sweep moves down. Each size stops at its own peak.
-    Returns the best record per size."""
-    grid = depth_grid(cfg, _n_base_layers(cfg))
-    sizes = sorted(splits)
+def prefix_getter(cfg: RunConfig, prefix_store: PrefixCacheStore | None, images: np.ndarray, seed: int) -> Callable:
+    """``prefix(model, frozen)`` for ``run_trial``: the activation cache of the deepest cut below ``frozen``."""
     cuts: list[int] | None = None
 
     def prefix(model, frozen):
@@ -163,7 +139,17 @@ def sweep(cfg: RunConfig, store: RunStore, images: np.ndarray, splits: dict[int,
         cut = cut_for(frozen, cuts)
         key = "pretrained" if cfg.model.weights != "none" else f"seed{seed}"
         return prefix_store.get(model, cut, key, images) if cut is not None else None
+    return prefix
 
+
+def sweep(cfg: RunConfig, store: RunStore, images: np.ndarray, splits: dict[int, SplitRows], n_classes: int,
+          seed: int, calibration: np.ndarray | None = None, prefix_store: PrefixCacheStore | None = None) -> dict[int, dict]:
+    """Run (or resume) the unfreezing sweep of every size, depth by depth: each depth's frozen-prefix
+    cache then serves all sizes before the sweep moves down. Each size stops at its own peak.
+    Returns the best record per size."""
+    grid = depth_grid(cfg, _n_base_layers(cfg))
+    sizes = sorted(splits)
+    prefix = prefix_getter(cfg, prefix_store, images, seed)
     n_trials = 0
     t0 = time.monotonic()
     share = cfg.stage1.mode == "restart" and prefix_store is not None
@@ -197,21 +183,34 @@ def sweep(cfg: RunConfig, store: RunStore, images: np.ndarray, splits: dict[int,
     return best
 
 
-def _record(cfg, store: RunStore, model, rec: dict, done: dict, size: int, depth: int, seed: int) -> None:
+def _record(cfg, store: RunStore, model, rec: dict, done: dict, size: int, depth: int, seed: int,
+            label: str = "") -> None:
     """Model files first, then the record: a kill in between leaves a stray file, never a record
-    without its model."""
+    without its model. ``model``: the trained model, or the file a worker saved it to."""
     prev_best = best_record(list(done.values())) if done else None
     is_best = prev_best is None or best_record([prev_best, rec]) is rec
     if cfg.stage1.mode == "continue":
-        save_model_atomic(model, _state_path(store, size, depth, seed))
+        _place(model, _state_path(store, size, depth, seed))
     if is_best:
-        save_model_atomic(model, store.stage1_model(size, depth, seed))
+        _place(model, store.stage1_model(size, depth, seed))
     store.add_trial(rec)
     _cleanup(store, size, seed, keep_best=best_record(list(done.values()) + [rec])["frozen"],
              keep_state=depth if cfg.stage1.mode == "continue" else None)
-    say(f"  -> val_acc {rec['val_accuracy']:.3f} val_loss {rec['val_loss']:.3f} in {rec['seconds']:.0f}s"
+    say(f"  {label}-> val_acc {rec['val_accuracy']:.3f} val_loss {rec['val_loss']:.3f} in {rec['seconds']:.0f}s"
         + (f" (cached prefix to layer {rec['cache_cut']})" if rec.get("cache_cut") is not None else "")
         + ("  (best so far)" if is_best else ""))
+
+
+def _place(model, path) -> None:
+    import os
+    from pathlib import Path
+    if not isinstance(model, (str, Path)):
+        save_model_atomic(model, path)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
+    shutil.copyfile(model, tmp)
+    os.replace(tmp, path)
 
 
 def ensure_best_model(cfg: RunConfig, store: RunStore, images, split: SplitRows, size: int, n_classes: int,

@@ -69,7 +69,7 @@ _LOCKS: dict[str, int] = {}  # run dirs this process holds, with their lock file
 # What mstl writes in a run dir (relative glob patterns): all that --restart may remove.
 OUTPUTS = ("results.jsonl", "stage2.jsonl", "selection.json", "claims.json", "report.md", "trials.csv", "labels.txt",
            "target_*.tsv", "stage1/size-*-seed-*/*.keras", "stage2/classifier-size-*-seed-*.keras", "figures/*.png",
-           "cache/*.npy", "cache/*.json", "exports/*", "bench/*", "bench.json", "bench.md", ".*.tmp*", ".*.partial*")
+           "cache/*.npy", "cache/*.json", "cache/.*.lock", "stage1/pending/*.keras", "ray_stage1.json", "exports/*", "bench/*", "bench.json", "bench.md", ".*.tmp*", ".*.partial*")
 
 
 TRIAL_KEYS = ("size", "frozen", "seed", "val_accuracy", "val_loss")

@@ -1,0 +1,305 @@
+"""Stage-1 sweep and stage 2 as Ray tasks (``--engine ray``).
+
+Why Ray core tasks and not Ray Tune: the sweep's only decision - where each size's chain stops - is
+the project's own stop rule over its own records (``schedule.Scheduler``), and the run store must
+record exactly the trials a serial run records, resumable by the same code. Tune would bring its own
+trial bookkeeping, checkpoints and stoppers to keep in step with ours; core tasks are one trial each,
+and the driver stays the only writer of ``results.jsonl`` / ``stage2.jsonl``.
+
+What a task gets: the config, the *path* of the decoded-image cache (a memory-mapped .npy: on one
+node every task shares its pages; across nodes it must sit on the shared filesystem that holds the run
+dir - set MSTL_CACHE_DIR there), its rows, and a pending-model path in the run dir. Activation caches
+are built once per cut, under a file lock, in the run dir's cache folder, and read by every task that
+needs that cut. A task pins TensorFlow to the CPUs Ray gave it; with GPUs it runs in a fresh process
+(``max_calls=1``), so its GPU memory is returned when it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..progress import say
+from .schedule import Scheduler
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How trials are executed; not part of the run's configuration (a run may resume on another engine)."""
+
+    name: str = "serial"  # serial | ray
+    address: str | None = None  # None: a local Ray instance sized to this machine; "auto" or HOST:PORT: join
+    trial_cpus: float = 1.0
+    trial_gpus: float = 0.0
+    lookahead: int = 2  # depths a restart-mode chain may run past the one its stop rule asks for
+
+    def validate(self) -> "EngineOptions":
+        if self.name not in ("serial", "ray"):
+            raise ValueError(f"--engine {self.name!r}: use serial or ray")
+        if self.trial_cpus <= 0 or self.trial_gpus < 0:
+            raise ValueError("--trial-cpus must be > 0 and --trial-gpus >= 0")
+        if self.lookahead < 0:
+            raise ValueError("--lookahead must be >= 0")
+        return self
+
+
+def start(opts: EngineOptions):
+    """Ray, initialised: a local instance sized to the machine, or the cluster at ``opts.address``."""
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--engine ray needs Ray: pip install 'mstl[ray]'") from None
+    if ray.is_initialized():
+        return ray
+    env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+                        "MSTL_CACHE_DIR": str(_cache_root())}}
+    try:
+        if opts.address:
+            ray.init(address=opts.address, runtime_env=env, log_to_driver=True, configure_logging=False)
+        else:
+            ray.init(include_dashboard=False, runtime_env=env, log_to_driver=True, configure_logging=False)
+    except ConnectionError as e:
+        raise RuntimeError(f"--ray-address {opts.address}: no Ray cluster answers there ({e}); start one with "
+                           "`ray start --head` on the head machine, or leave --ray-address out for a local one") from None
+    res = ray.cluster_resources()
+    say(f"ray: {ray.__version__}, {len(ray.nodes())} node(s), {res.get('CPU', 0):.0f} CPU(s), {res.get('GPU', 0):.0f} GPU(s); "
+        f"{slots(ray, opts)} trial(s) at a time ({opts.trial_cpus:g} CPU, {opts.trial_gpus:g} GPU each)")
+    return ray
+
+
+def _cache_root() -> Path:
+    from ..data.cache import default_cache_root
+    return default_cache_root().resolve()
+
+
+def slots(ray, opts: EngineOptions) -> int:
+    res = ray.cluster_resources()
+    n = int(res.get("CPU", 1) // opts.trial_cpus)
+    if opts.trial_gpus:
+        n = min(n, int(res.get("GPU", 0) // opts.trial_gpus))
+        if n == 0:
+            raise RuntimeError(f"--trial-gpus {opts.trial_gpus:g}: the Ray cluster has {res.get('GPU', 0):.0f} GPU(s)")
+    return max(1, n)
+
+
+def _array_handle(ray, arr: np.ndarray):
+    """A memory-mapped cache travels as its path (tasks map the same pages); anything else via the object store."""
+    name = getattr(arr, "filename", None)
+    if isinstance(arr, np.memmap) and name and os.path.exists(name) and np.load(name, mmap_mode="r").shape == arr.shape:
+        return ("path", str(name))
+    return ("ref", ray.put(np.asarray(arr)))
+
+
+def _open_array(handle):
+    kind, value = handle
+    if kind == "path":
+        return np.load(value, mmap_mode="r")
+    import ray
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
+# --- inside the workers ------------------------------------------------------------------------------
+
+_STORES: dict = {}  # activation-cache stores of this worker process, reused by its later tasks
+_FEATURES: dict = {}  # stage-2 pooled features of this worker process, by frozen network
+
+
+def _pin_threads(cpus: float) -> int:
+    from ..tf_env import tf
+    n = max(1, int(cpus))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(min(n, 2))
+    except RuntimeError:
+        pass  # this worker ran a task before: TensorFlow keeps the count it started with (same task shape)
+    for g in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(g, True)  # fractional --trial-gpus share a card
+        except RuntimeError:
+            pass
+    return tf.config.threading.get_intra_op_parallelism_threads()
+
+
+def _stage1_task(cfg, images, split, n_classes: int, frozen: int, seed: int, calibration, init_path,
+                 prefix_spec, pending: str, cpus: float) -> dict:
+    from ..model import load_classifier
+    from ..tf_env import keras
+    from .prefix_cache import PrefixCacheStore
+    from .stage1 import prefix_getter, run_trial
+    from .store import save_model_atomic
+    threads = _pin_threads(cpus)
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    arr = _open_array(images)
+    prefix = None
+    if prefix_spec is not None:
+        key = tuple(prefix_spec[k] for k in ("folder", "dtype", "identity"))
+        if key not in _STORES:
+            _STORES[key] = PrefixCacheStore(Path(prefix_spec["folder"]), prefix_spec["rows"], prefix_spec["dtype"],
+                                            prefix_spec["budget"], identity=prefix_spec["identity"], shared=True)
+        prefix = prefix_getter(cfg, _STORES[key], arr, seed)
+    init = load_classifier(init_path) if init_path else None
+    model, rec = run_trial(cfg, arr, split, n_classes, frozen, seed, init, verbose=False,
+                           calibration=calibration, prefix=prefix)
+    save_model_atomic(model, Path(pending))
+    keras.backend.clear_session()
+    rec.update({"engine": "ray", "node": socket.gethostname(), "threads": threads})
+    return rec
+
+
+def _stage2_task(cfg, images, splits, seed: int, stage1_path, out: str, cpus: float) -> dict:
+    from ..tf_env import keras
+    from .stage2 import train_stage2
+    from .store import save_model_atomic
+    threads = _pin_threads(cpus)
+    while len(_FEATURES) > 2:  # a worker serves many sizes over a run: keep the latest few networks' features
+        _FEATURES.pop(next(iter(_FEATURES)))
+    model, rec = train_stage2(cfg, _open_array(images), splits, seed, stage1_path, cache=cfg.cache,
+                              feature_memo=_FEATURES)
+    save_model_atomic(model, Path(out))
+    keras.backend.clear_session()
+    rec.update({"engine": "ray", "node": socket.gethostname(), "threads": threads})
+    return rec
+
+
+# --- the driver --------------------------------------------------------------------------------------
+
+def _remote(ray, fn, opts: EngineOptions):
+    # GPU tasks get a fresh process each: TensorFlow returns GPU memory only when its process ends.
+    return ray.remote(num_cpus=opts.trial_cpus, num_gpus=opts.trial_gpus, max_calls=1 if opts.trial_gpus else 0,
+                      max_retries=0)(fn)
+
+
+def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
+    """The sweep of every (seed, size) chain as Ray tasks; records committed by this driver only, in the
+    order a serial sweep commits them. Returns the best record per (size, seed)."""
+    from .prefix_cache import PrefixCacheStore
+    from .run import bn_calibration, stage1_seeds
+    from .stage1 import _n_base_layers, _record, _state_path, depth_grid
+    from .store import best_record
+
+    ray = start(opts)
+    cfg = data.cfg
+    sizes, seeds = sorted(data.splits), stage1_seeds(cfg)
+    grid = depth_grid(cfg, _n_base_layers(cfg))
+    keys = [(seed, size) for seed in seeds for size in sizes]
+    committed = {k: {r["frozen"]: r for r in store.trials() if (r["seed"], r["size"]) == k} for k in keys}
+    sched = Scheduler({k: grid for k in keys}, committed, cfg.stage1.patience,
+                      continue_mode=cfg.stage1.mode == "continue", lookahead=opts.lookahead)
+    pending_dir = store.dir / "stage1" / "pending"
+    shutil.rmtree(pending_dir, ignore_errors=True)  # results of a killed run's tasks: never committed
+    pending_dir.mkdir(parents=True)
+    images = _array_handle(ray, data.bridge.images)
+    calibration = bn_calibration(data)
+    prefix_spec = None
+    if cfg.cache:
+        rows = np.concatenate([np.concatenate([s.train, s.val]) for s in data.splits.values()])
+        prefix_spec = {"folder": str(store.dir / "cache"), "rows": rows, "dtype": cfg.prefix_cache,
+                       "budget": cfg.cache_budget_gb * 1e9, "identity": store.config_hash()}
+    task = _remote(ray, _stage1_task, opts)
+    n_slots = slots(ray, opts)
+    running: dict = {}  # ObjectRef -> (key, depth, pending file)
+    files: dict = {}  # (key, depth) -> pending file of a finished, not yet committed trial
+    t0, n_done = time.monotonic(), 0
+    say(f"stage 1 on Ray: {len(keys)} chain(s) (sizes {sizes}, seed(s) {seeds}), depths {grid[0]}..{grid[-1]}, "
+        f"look-ahead {sched.lookahead}")
+    try:
+        while not sched.finished:
+            for key, depth in sched.launches(n_slots - len(running)):
+                seed, size = key
+                init = None
+                if cfg.stage1.mode == "continue" and sched.chains[key].committed:
+                    init = str(_state_path(store, size, min(sched.chains[key].committed), seed))
+                pending = pending_dir / f"size-{size}-seed-{seed}-frozen-{depth}.keras"
+                ref = task.remote(cfg, images, data.splits[size], len(data.bridge.classes), depth, seed, calibration,
+                                  init, prefix_spec, str(pending), opts.trial_cpus)
+                running[ref] = (key, depth, pending)
+                say(f"trial: size {size} frozen {depth} (seed {seed}) started; {len(running)} running")
+            if not running:
+                raise RuntimeError("stage 1 on Ray: no trial to run although the sweep is not finished")
+            ready, _ = ray.wait(list(running), num_returns=1)
+            ref = ready[0]
+            key, depth, pending = running.pop(ref)
+            try:
+                rec = ray.get(ref)
+            except ray.exceptions.TaskCancelledError:
+                continue
+            except ray.exceptions.RayTaskError as e:
+                raise RuntimeError(f"stage-1 trial size {key[1]} frozen {depth} seed {key[0]} failed on Ray: "
+                                   f"{e.cause if getattr(e, 'cause', None) else e}") from None
+            rec["size"] = int(key[1])
+            n_done += 1
+            files[(key, depth)] = pending
+            sched.done(key, depth, rec)
+            for k, d, r in sched.commits():
+                seed, size = k
+                done = {f: x for f, x in sched.chains[k].committed.items() if f != d}
+                _record(cfg, store, files.pop((k, d)), r, done, size, d, seed,
+                        label=f"size {size} frozen {d} (seed {seed}) ")
+            for k, d in sched.cancels():
+                for ref2, (k2, d2, _) in list(running.items()):
+                    if (k2, d2) == (k, d):
+                        ray.cancel(ref2, force=True)
+                        running.pop(ref2)
+                say(f"  look-ahead trial size {k[1]} frozen {d} cancelled: size {k[1]} stopped above it")
+    finally:
+        for ref in running:
+            ray.cancel(ref, force=True)
+        shutil.rmtree(pending_dir, ignore_errors=True)
+    wall = time.monotonic() - t0
+    say(f"stage 1 on Ray done in {wall:.0f}s: {n_done} trial(s) run, {sched.launched} launched, "
+        f"{sched.wasted} look-ahead trial(s) beyond a stopping point")
+    if prefix_spec is not None:
+        shutil.rmtree(store.dir / "cache", ignore_errors=True)
+    store.write_json("ray_stage1.json", {"wall_s": round(wall, 2), "launched": sched.launched, "ran": n_done,
+                                         "wasted": sched.wasted, "slots": n_slots, "lookahead": sched.lookahead,
+                                         "trial_cpus": opts.trial_cpus, "trial_gpus": opts.trial_gpus})
+    best = {}
+    for seed, size in keys:
+        best[(size, seed)] = best_record([r for r in store.trials() if (r["seed"], r["size"]) == (seed, size)])
+        say(f"stage 1: size {size}: optimal frozen depth {best[(size, seed)]['frozen']}")
+    return best
+
+
+def run_stage2(store, data, opts: EngineOptions, jobs: list[tuple[int, int, str | None, int | None, int | None]]) -> None:
+    """Stage-2 trials (size x seed, and the control) as parallel Ray tasks; records written here only.
+    ``jobs``: (size, seed, stage-1 model path or None, its frozen depth, its stage-1 seed)."""
+    ray = start(opts)
+    cfg = data.cfg
+    task = _remote(ray, _stage2_task, opts)
+    images = _array_handle(ray, data.target.images)
+    n_slots = slots(ray, opts)
+    queue = list(jobs)
+    running: dict = {}
+    t0 = time.monotonic()
+    while queue or running:
+        while queue and len(running) < n_slots:
+            size, seed, path, frozen, src_seed = queue.pop(0)
+            out = store.stage2_model(size, seed)
+            ref = task.remote(cfg, images, data.target_splits, seed, path, str(out), opts.trial_cpus)
+            running[ref] = (size, seed, path, frozen, src_seed, out)
+        ready, _ = ray.wait(list(running), num_returns=1)
+        size, seed, path, frozen, src_seed, out = running.pop(ready[0])
+        try:
+            rec = ray.get(ready[0])
+        except ray.exceptions.RayTaskError as e:
+            for ref in running:
+                ray.cancel(ref, force=True)
+            raise RuntimeError(f"stage-2 trial size {size} seed {seed} failed on Ray: "
+                               f"{e.cause if getattr(e, 'cause', None) else e}") from None
+        rec.update({"size": int(size), "stage1_model": path, "stage1_seed": src_seed if size else None,
+                    "model": str(out.relative_to(store.dir))})
+        if size:
+            rec["stage1_frozen"] = frozen
+        store.add_stage2(rec)
+        what = f"size {size}" if size else "control"
+        say(f"stage 2: {what}, seed {seed}: test accuracy {rec['accuracy']:.3f} in {rec['seconds']:.1f}s "
+            f"({len(running)} running, {len(queue)} queued)")
+    say(f"stage 2 on Ray done in {time.monotonic() - t0:.0f}s")
+
