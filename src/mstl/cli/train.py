@@ -115,11 +115,12 @@ ENGINE_HELP = "serial (this process) | ray (trials as Ray tasks: pip install 'ms
 ADDRESS_HELP = "Ray cluster to join (auto | HOST:PORT); default: a local Ray instance sized to this machine"
 
 
-def _engine(engine: str, ray_address: Optional[str], trial_cpus: float, trial_gpus: float, lookahead: int):
+def _engine(engine: str, ray_address: Optional[str], trial_cpus: float, trial_gpus: float, lookahead: int,
+            ray_cpus: Optional[int] = None):
     from ..train.ray_engine import EngineOptions
-    opts = EngineOptions(engine, ray_address, trial_cpus, trial_gpus, lookahead).validate()
-    if opts.name == "serial" and (ray_address or trial_gpus):
-        warn("--ray-address and --trial-gpus apply with --engine ray only: ignored")
+    opts = EngineOptions(engine, ray_address, trial_cpus, trial_gpus, lookahead, ray_cpus).validate()
+    if opts.name == "serial" and (ray_address or trial_gpus or ray_cpus):
+        warn("--ray-address, --ray-cpus and --trial-gpus apply with --engine ray only: ignored")
     return opts
 
 
@@ -169,13 +170,14 @@ def full(
     trial_cpus: float = typer.Option(1.0, help="CPUs per Ray trial (TensorFlow's thread count in the task)"),
     trial_gpus: float = typer.Option(0.0, help="GPUs per Ray trial (0.5: two trials share a card)"),
     lookahead: int = typer.Option(2, help="Ray: depths a size's sweep may run ahead of its stop rule (restart mode)"),
+    ray_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray instance (default: all of this machine's)"),
 ):
     """Stage-1 sweep, stage 2 and report, end to end (resumable: rerun to continue)."""
     o = dict(locals())
     o["preset"] = preset_name
     t0 = time.monotonic()
     cfg = _config_from_options(o)
-    eng = _engine(engine, ray_address, trial_cpus, trial_gpus, lookahead)
+    eng = _engine(engine, ray_address, trial_cpus, trial_gpus, lookahead, ray_cpus)
     store, data = _open(cfg, run_dir, restart)
     from ..train.run import run_stage1, run_stage2
     run_stage1(store, data, eng)
@@ -199,7 +201,7 @@ def _run_draws(cfg: RunConfig, store, restart: bool, eng=None) -> None:
 def _config(**options):
     """Print the fully resolved configuration without running anything (the same flags as `full`)."""
     as_json = options.pop("as_json")
-    for unused in ("run_dir", "restart", "engine", "ray_address", "trial_cpus", "trial_gpus", "lookahead"):
+    for unused in ("run_dir", "restart", "engine", "ray_address", "trial_cpus", "trial_gpus", "lookahead", "ray_cpus"):
         options.pop(unused, None)
     options["preset"] = options.pop("preset_name")
     cfg = _config_from_options(options).validate()
@@ -215,21 +217,102 @@ def _config(**options):
             say(f"{group} = {values}")
 
 
-def _with_json_flag(fn):
-    """``fn`` with `full`'s signature plus --json, so that `config` takes exactly `full`'s flags."""
+def _with_json_flag(fn, extra: tuple = ()):
+    """``fn`` with `full`'s signature plus --json (and ``extra`` (name, annotation, typer.Option)), so that
+    `config` and `plan` take exactly `full`'s flags."""
     import inspect as _inspect
     import typing
     hints = typing.get_type_hints(full)  # real types, not the strings of `from __future__ import annotations`
     sig = _inspect.signature(full)
     sig = sig.replace(parameters=[p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()])
-    flag = _inspect.Parameter("as_json", _inspect.Parameter.KEYWORD_ONLY,
-                              default=typer.Option(False, "--json", help="print exactly one JSON object on stdout"),
-                              annotation=bool)
-    fn.__signature__ = sig.replace(parameters=[*sig.parameters.values(), flag])
+    flags = [_inspect.Parameter(name, _inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+             for name, annotation, option in (("as_json", bool, typer.Option(False, "--json", help="print exactly one JSON object on stdout")), *extra)]
+    fn.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *flags])
     return fn
 
 
 app.command("config")(friendly(_with_json_flag(_config)))
+
+
+def _plan(**options):
+    """Estimate a sweep before running it: trials, cache sizes and wall time on N workers (a simulation
+    of the Ray engine's schedule with measured trial times: --from-run RUN_DIR, else one calibration trial)."""
+    from ..train.plan import cache_sizes, grid_of, plan
+    as_json, workers, from_run = options.pop("as_json"), options.pop("workers"), options.pop("from_run")
+    lookahead = options["lookahead"]
+    for unused in ("run_dir", "restart", "engine", "ray_address", "trial_cpus", "trial_gpus", "lookahead", "ray_cpus"):
+        options.pop(unused, None)
+    options["preset"] = options.pop("preset_name")
+    cfg = _config_from_options(options).validate()
+    n_workers = parse_ints(workers, "--workers") or [1, 2, 4, 8]
+    bridge_images = None
+    if from_run is not None:
+        from ..train.store import RunStore, is_run_dir
+        if not is_run_dir(from_run):
+            raise ValueError(f"--from-run {from_run}: not an mstl run dir (no config.json written by mstl-train)")
+        store = RunStore(from_run)
+        trials, stage2 = store.trials(), store.stage2_records()
+        if not trials:
+            raise ValueError(f"--from-run {from_run}: no stage-1 trial recorded yet; run some, or leave --from-run out "
+                             "for a calibration trial")
+        source = f"trial times measured in {from_run} ({len(trials)} stage-1, {len(stage2)} stage-2 record(s))"
+    else:
+        trials, stage2, bridge_images, source = _calibrate(cfg)
+    out = plan(cfg, n_workers, lookahead, trials, stage2, source, 1 - cfg.stage1.val_fraction)
+    out["caches"] = cache_sizes(cfg, grid_of(cfg), bridge_images)
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    say(f"plan for preset {cfg.preset}: {out['chains']} chain(s) x depths {out['grid']}")
+    say(f"  trial times: {source}; fitted {out['trial_time_model']['a_s']}s + "
+        f"{out['trial_time_model']['b_s_per_train_image'] * 1000:.3f}s per 1,000 training images")
+    say(f"  {out['stage2']}")
+    c = out["caches"]
+    say(f"  caches: decoded images {c['decoded_image_bytes_each'] / 1e3:.0f} kB each "
+        f"({c['decoded_largest_size_bytes'] / 1e9:.2f} GB for the largest size"
+        + (f", {c['decoded_bridge_bytes'] / 1e9:.2f} GB for the whole bridge" if c["decoded_bridge_bytes"] else "")
+        + f"); largest activation cache {c['largest_activation_cache_bytes'] / 1e9:.2f} GB "
+        f"(budget {c['activation_cache_budget_bytes'] / 1e9:.0f} GB)")
+    for name, rows in out["scenarios"].items():
+        say(f"  scenario '{name}':")
+        say(f"    {'workers':>7} {'trials':>6} {'launched':>8} {'wasted':>6} {'sweep':>9} {'stage 2':>9} {'wall':>9} {'speedup':>7}")
+        for r in rows:
+            say(f"    {r['workers']:>7} {r['trials']:>6} {r['launched']:>8} {r['wasted']:>6} {_hms(r['sweep_s']):>9} "
+                f"{_hms(r['stage2_s']):>9} {_hms(r['wall_s']):>9} {r['speedup']:>6}x")
+    say(f"  ({out['statement']})")
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _calibrate(cfg: RunConfig):
+    """One short stage-1 trial (smallest size, first depth, one epoch) on the configured data, scaled to
+    the configured epochs - an upper bound where early stopping ends trials sooner."""
+    from dataclasses import replace
+    from ..train.run import prepare, setup_runtime
+    from ..train.stage1 import run_trial
+    from .. import bases
+    setup_runtime(cfg)
+    data = prepare(cfg)
+    size = min(data.splits)
+    grid_top = min(cfg.stage1.start_frozen, bases.get_base(cfg.model.base).n_layers)
+    one = replace(cfg, stage1=replace(cfg.stage1, epochs=1))
+    say(f"calibration: one epoch of size {size} at frozen depth {grid_top}")
+    _, rec = run_trial(one, data.bridge.images, data.splits[size], len(data.bridge.classes), grid_top,
+                       cfg.seeds[0], label="calibration")
+    per_epoch = rec["seconds"] - rec["setup_seconds"]
+    rec = {**rec, "seconds": rec["setup_seconds"] + per_epoch * cfg.stage1.epochs, "size": size, "seed": -1}
+    source = (f"one calibration epoch of size {size} ({per_epoch:.1f}s) x {cfg.stage1.epochs} epochs + "
+              f"{rec['setup_seconds']:.1f}s set-up, scaled linearly with training images")
+    return [rec], [], len(data.bridge.images), source
+
+
+app.command("plan")(friendly(_with_json_flag(_plan, (
+    ("workers", Optional[str], typer.Option("1,2,4,8", help="worker counts to simulate, e.g. 1,2,4,8")),
+    ("from_run", Optional[Path], typer.Option(None, "--from-run", help="a run dir whose measured trial times to use")),
+))))
 
 
 def _open(cfg: RunConfig, run_dir: Optional[Path], restart: bool, link: bool = True):
@@ -293,9 +376,10 @@ def stage1(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing
            ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
            trial_cpus: float = typer.Option(1.0, help="CPUs per Ray trial"),
            trial_gpus: float = typer.Option(0.0, help="GPUs per Ray trial"),
-           lookahead: int = typer.Option(2, help="Ray: depths a size's sweep may run ahead of its stop rule")):
+           lookahead: int = typer.Option(2, help="Ray: depths a size's sweep may run ahead of its stop rule"),
+           ray_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray instance")):
     """Run (or resume) the stage-1 sweep of an existing run dir."""
-    eng = _engine(engine, ray_address, trial_cpus, trial_gpus, lookahead)
+    eng = _engine(engine, ray_address, trial_cpus, trial_gpus, lookahead, ray_cpus)
     store, data = _reopen(run_dir)
     from ..train.run import run_stage1
     run_stage1(store, data, eng)
@@ -307,9 +391,10 @@ def stage2(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing
            engine: str = typer.Option("serial", help=ENGINE_HELP),
            ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
            trial_cpus: float = typer.Option(1.0, help="CPUs per Ray trial"),
-           trial_gpus: float = typer.Option(0.0, help="GPUs per Ray trial")):
+           trial_gpus: float = typer.Option(0.0, help="GPUs per Ray trial"),
+           ray_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray instance")):
     """Run (or resume) stage 2 of an existing run dir, on its stage-1 models."""
-    eng = _engine(engine, ray_address, trial_cpus, trial_gpus, 0)
+    eng = _engine(engine, ray_address, trial_cpus, trial_gpus, 0, ray_cpus)
     store, data = _reopen(run_dir)
     from ..train.run import run_stage2
     run_stage2(store, data, eng)

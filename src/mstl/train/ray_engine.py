@@ -38,6 +38,7 @@ class EngineOptions:
     trial_cpus: float = 1.0
     trial_gpus: float = 0.0
     lookahead: int = 2  # depths a restart-mode chain may run past the one its stop rule asks for
+    local_cpus: int | None = None  # CPUs of a local instance (default: all of this machine's)
 
     def validate(self) -> "EngineOptions":
         if self.name not in ("serial", "ray"):
@@ -46,6 +47,8 @@ class EngineOptions:
             raise ValueError("--trial-cpus must be > 0 and --trial-gpus >= 0")
         if self.lookahead < 0:
             raise ValueError("--lookahead must be >= 0")
+        if self.local_cpus is not None and (self.local_cpus < 1 or self.address):
+            raise ValueError("--ray-cpus sizes a local Ray instance: a positive count, without --ray-address")
         return self
 
 
@@ -63,7 +66,8 @@ def start(opts: EngineOptions):
         if opts.address:
             ray.init(address=opts.address, runtime_env=env, log_to_driver=True, configure_logging=False)
         else:
-            ray.init(include_dashboard=False, runtime_env=env, log_to_driver=True, configure_logging=False)
+            ray.init(num_cpus=opts.local_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True,
+                     configure_logging=False)
     except ConnectionError as e:
         raise RuntimeError(f"--ray-address {opts.address}: no Ray cluster answers there ({e}); start one with "
                            "`ray start --head` on the head machine, or leave --ray-address out for a local one") from None
@@ -107,6 +111,7 @@ def _open_array(handle):
 # --- inside the workers ------------------------------------------------------------------------------
 
 _STORES: dict = {}  # activation-cache stores of this worker process, reused by its later tasks
+_SESSIONS: dict = {}  # stage-1 DepthSession of this worker process, by (config, classes, depth, seed)
 _FEATURES: dict = {}  # stage-2 pooled features of this worker process, by frozen network
 
 
@@ -145,10 +150,20 @@ def _stage1_task(cfg, images, split, n_classes: int, frozen: int, seed: int, cal
                                             prefix_spec["budget"], identity=prefix_spec["identity"], shared=True)
         prefix = prefix_getter(cfg, _STORES[key], arr, seed)
     init = load_classifier(init_path) if init_path else None
+    session = None
+    if init is None:  # restart mode: this worker's built model for the depth serves its later sizes too
+        from .stage1 import DepthSession
+        key = (cfg.config_hash(), n_classes, frozen, seed)
+        if key not in _SESSIONS:
+            _SESSIONS.clear()  # one depth's model at a time: the sweep descends, an old depth rarely returns
+            keras.backend.clear_session()
+            _SESSIONS[key] = DepthSession(cfg, n_classes, frozen, seed, calibration, prefix)
+        session = _SESSIONS[key]
     model, rec = run_trial(cfg, arr, split, n_classes, frozen, seed, init, verbose=False,
-                           calibration=calibration, prefix=prefix)
+                           calibration=calibration, prefix=prefix, session=session)
     save_model_atomic(model, Path(pending))
-    keras.backend.clear_session()
+    if session is None:
+        keras.backend.clear_session()
     rec.update({"engine": "ray", "node": socket.gethostname(), "threads": threads})
     return rec
 

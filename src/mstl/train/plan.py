@@ -1,0 +1,108 @@
+"""`mstl-train plan`: what a sweep will cost before it is paid for - trials, cache sizes, and the wall
+time on N workers, from a *simulation* of the schedule the Ray engine runs (schedule.Scheduler), fed
+with measured trial times: a run dir's own records, or one short calibration trial.
+
+Nothing here is a measurement of the parallel run; every figure says what it was derived from.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..bases import get_base
+from ..config import RunConfig
+from .schedule import Key, depth_grid, simulate
+
+
+def grid_of(cfg: RunConfig) -> list[int]:
+    s1 = cfg.stage1
+    return depth_grid(s1.start_frozen, s1.min_frozen, s1.unfreeze_step, get_base(cfg.model.base).n_layers,
+                      s1.include_head_only)
+
+
+def fit_seconds(trials: list[dict]) -> tuple[float, float]:
+    """Least-squares trial time ``a + b * n_train`` over measured trials (b >= 0); one size: proportional."""
+    n = np.array([t["n_train"] for t in trials], float)
+    s = np.array([t["seconds"] for t in trials], float)
+    if len(set(n)) < 2:
+        return 0.0, float(s.mean() / max(n.mean(), 1.0))
+    b, a = np.polyfit(n, s, 1)
+    if b < 0:
+        return float(s.mean()), 0.0
+    return float(max(a, 0.0)), float(b)
+
+
+def plan(cfg: RunConfig, workers: list[int], lookahead: int, trials: list[dict], stage2: list[dict],
+         source: str, train_share: float) -> dict:
+    """The plan for ``cfg`` on each worker count. ``trials`` / ``stage2``: measured records (a run dir's, or
+    a calibration trial's) that give the times; where they also cover a (seed, size, depth) of ``cfg``,
+    their validation accuracies drive the stop rule ("measured" scenario). Chains without records get
+    two bounding scenarios: the stop rule ending as early as it can, and the whole grid."""
+    grid = grid_of(cfg)
+    seeds = list(cfg.seeds[: max(1, cfg.stage1_seeds)])
+    keys: list[Key] = [(seed, size) for seed in seeds for size in cfg.stage1.sizes]
+    a, b = fit_seconds(trials)
+    measured = {(t["seed"], t["size"], t["frozen"]): t for t in trials}
+
+    def seconds(key: Key, depth: int) -> float:
+        t = measured.get((key[0], key[1], depth))
+        return float(t["seconds"]) if t else a + b * key[1] * train_share
+
+    covered = all(any((k[0], k[1], d) in measured for d in grid) for k in keys)
+    patience = cfg.stage1.patience
+    scenarios: dict[str, Callable[[Key, int], float]] = {}
+    if covered:
+        scenarios["measured"] = lambda k, d: measured.get((k[0], k[1], d), {}).get("val_accuracy", 0.0)
+    else:
+        scenarios["earliest stop"] = lambda k, d: 1.0 - grid.index(d) * 0.01  # every depth worse: stops at patience
+        scenarios["whole grid"] = lambda k, d: grid.index(d) * 0.01  # every depth better: never stops
+    s2 = [float(r["seconds"]) for r in stage2]
+    if not s2:
+        s2_note = "stage 2 not included: no stage-2 record to time it by"
+    else:
+        n_jobs = len(cfg.seeds) * (len(cfg.stage1.sizes) + (1 if cfg.stage2.control else 0))
+        s2 = [float(np.mean(s2))] * n_jobs
+        s2_note = f"stage 2: {n_jobs} trial(s) of {np.mean([r['seconds'] for r in stage2]):.1f}s (mean of {len(stage2)} measured)"
+    out = {"grid": grid, "chains": len(keys), "source": source, "trial_time_model":
+           {"a_s": round(a, 3), "b_s_per_train_image": round(b, 6)}, "stage2": s2_note, "lookahead": lookahead,
+           "statement": ("a simulation of the Ray engine's schedule (schedule.Scheduler: chains of the largest "
+                         "sizes first, look-ahead with cancellation beyond each stopping point) on identical "
+                         "workers, with the trial times above; not a measured parallel run"),
+           "scenarios": {}}
+    for name, acc in scenarios.items():
+        records = {k: {d: {"val_accuracy": acc(k, d)} for d in grid} for k in keys}
+        rows = []
+        cont = cfg.stage1.mode == "continue"
+        base = simulate({k: grid for k in keys}, records, seconds, 1, patience, cont, 0, s2)["wall_s"]
+        for n in workers:
+            sim = simulate({k: grid for k in keys}, records, seconds, n, patience, cont, lookahead, s2)
+            sim["speedup"] = round(base / sim["wall_s"], 2) if sim["wall_s"] else None
+            sim["efficiency"] = round(sim["speedup"] / n, 2) if sim["speedup"] else None
+            rows.append({k: (round(v, 1) if isinstance(v, float) else v) for k, v in sim.items()})
+        out["scenarios"][name] = rows
+    return out
+
+
+def cache_sizes(cfg: RunConfig, grid: list[int], bridge_images: int | None) -> dict:
+    """Bytes of the decoded-image cache and of the largest activation cache the sweep will hold."""
+    from ..model import build_base
+    from .prefix_cache import cut_for, cut_points
+    side = cfg.data.image_size
+    per_image = side * side * 3
+    base = build_base(side, cfg.model.alpha, "none", cfg.model.base)
+    cuts = cut_points(base)
+    rows = max(cfg.stage1.sizes)
+    item = 2 if cfg.prefix_cache == "float16" else 4
+    act = {}
+    for d in grid:
+        c = cut_for(d, cuts)
+        if c is not None:
+            act[d] = int(np.prod(base.layers[c].output.shape[1:])) * rows * item
+    return {"decoded_image_bytes_each": per_image,
+            "decoded_bridge_bytes": per_image * bridge_images if bridge_images else None,
+            "decoded_largest_size_bytes": per_image * rows,
+            "largest_activation_cache_bytes": max(act.values()) if act else 0,
+            "activation_cache_bytes_by_depth": act,
+            "activation_cache_budget_bytes": int(cfg.cache_budget_gb * 1e9)}
