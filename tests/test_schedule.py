@@ -54,3 +54,22 @@ def test_simulation_counts_speculative_waste_and_speeds_up_with_workers():
     assert one["trials"] == four["trials"] == 2 * 5  # 150, 140, 130 (peak), 120, 110
     assert one["wasted"] == 0 and one["sweep_s"] == 100.0
     assert four["sweep_s"] < one["sweep_s"] / 2 and four["wasted"] > 0
+
+
+@pytest.mark.slow
+def test_plan_from_a_run_replays_its_trials(smoke_run):
+    """`mstl-train plan --from-run`: on one worker the simulated schedule is the serial run, trial for trial."""
+    import json
+    from typer.testing import CliRunner
+    from mstl.cli.train import app
+    res = CliRunner().invoke(app, ["plan", "--preset", "smoke", "--from-run", str(smoke_run), "--workers", "1,2", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    trials = [json.loads(x) for x in (smoke_run / "results.jsonl").read_text().splitlines() if x.strip()]
+    one, two = out["scenarios"]["measured"]
+    assert one["trials"] == len(trials) and one["sweep_s"] == pytest.approx(sum(t["seconds"] for t in trials), abs=0.2)
+    assert two["trials"] == len(trials) and two["sweep_s"] <= one["sweep_s"]
+    side = json.loads((smoke_run / "config.json").read_text())["config"]["data"]["image_size"]
+    assert out["caches"]["decoded_image_bytes_each"] == side * side * 3
+    bad = CliRunner().invoke(app, ["plan", "--preset", "smoke", "--from-run", str(smoke_run.parent)])
+    assert bad.exit_code != 0 and "not an mstl run dir" in bad.output

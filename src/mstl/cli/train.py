@@ -288,25 +288,42 @@ def _hms(seconds: float) -> str:
 
 
 def _calibrate(cfg: RunConfig):
-    """One short stage-1 trial (smallest size, first depth, one epoch) on the configured data, scaled to
-    the configured epochs - an upper bound where early stopping ends trials sooner."""
+    """A short calibration on the configured data: up to 512 training images of the smallest size at
+    the first depth, one cold epoch (build, tracing), then one and two warm epochs on the same model.
+    Warm epochs give seconds per image-epoch; the cold one, the set-up. Trials are then timed at the
+    configured epoch count - an upper bound where early stopping ends them sooner."""
     from dataclasses import replace
+    from ..train.prepare import SplitRows
     from ..train.run import prepare, setup_runtime
-    from ..train.stage1 import run_trial
+    from ..train.stage1 import DepthSession, run_trial
     from .. import bases
     setup_runtime(cfg)
     data = prepare(cfg)
     size = min(data.splits)
-    grid_top = min(cfg.stage1.start_frozen, bases.get_base(cfg.model.base).n_layers)
-    one = replace(cfg, stage1=replace(cfg.stage1, epochs=1))
-    say(f"calibration: one epoch of size {size} at frozen depth {grid_top}")
-    _, rec = run_trial(one, data.bridge.images, data.splits[size], len(data.bridge.classes), grid_top,
-                       cfg.seeds[0], label="calibration")
-    per_epoch = rec["seconds"] - rec["setup_seconds"]
-    rec = {**rec, "seconds": rec["setup_seconds"] + per_epoch * cfg.stage1.epochs, "size": size, "seed": -1}
-    source = (f"one calibration epoch of size {size} ({per_epoch:.1f}s) x {cfg.stage1.epochs} epochs + "
-              f"{rec['setup_seconds']:.1f}s set-up, scaled linearly with training images")
-    return [rec], [], len(data.bridge.images), source
+    s = data.splits[size]
+    k, kv = min(512, len(s.train)), min(128, len(s.val))
+    sub = SplitRows(s.train[:k], s.val[:kv], s.y_train[:k], s.y_val[:kv])
+    depth = min(cfg.stage1.start_frozen, bases.get_base(cfg.model.base).n_layers)
+    n_classes = len(data.bridge.classes)
+    say(f"calibration: {k} training images of size {size} at frozen depth {depth}: 1 cold, 1 and 2 warm epochs")
+    times = []
+    session = None
+    for epochs in (1, 1, 2):
+        c = replace(cfg, stage1=replace(cfg.stage1, epochs=epochs, early_stopping_patience=99))
+        t0 = time.perf_counter()
+        if session is None:
+            session = DepthSession(c, n_classes, depth, cfg.seeds[0], None, None)
+        run_trial(c, data.bridge.images, sub, n_classes, depth, cfg.seeds[0], verbose=False, session=session)
+        times.append(time.perf_counter() - t0)
+    per_epoch = max(times[2] - times[1], 1e-3)
+    setup = max(times[0] - per_epoch, 0.0)
+    per_image_epoch = per_epoch / k
+    rec = {"seed": -1, "size": size, "frozen": depth, "n_train": k,
+           "seconds": setup + per_image_epoch * k * cfg.stage1.epochs}
+    rec2 = {**rec, "n_train": 2 * k, "seconds": setup + per_image_epoch * 2 * k * cfg.stage1.epochs}
+    source = (f"calibration on {k} images: {per_epoch:.2f}s per warm epoch, {setup:.1f}s set-up; trials timed at "
+              f"{cfg.stage1.epochs} epochs (an upper bound where early stopping ends them sooner)")
+    return [rec, rec2], [], len(data.bridge.images), source
 
 
 app.command("plan")(friendly(_with_json_flag(_plan, (
