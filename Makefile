@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 WEIGHTS ?= $(wildcard ../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5)
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test install clean browser
+.PHONY: demo test install clean browser web
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,9 +18,14 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) web
 
-demo: $(STAMP)
+# The device page's in-browser runtimes (onnxruntime-web, LiteRT.js) from the npm registry, into the
+# package, once: nothing is fetched at run time.
+web:
+	@$(PYTHON) scripts/fetch_web_assets.py || echo "web assets not fetched (npm missing or unreachable): the /device page and its tests are unavailable"
+
+demo: $(STAMP) web
 	$(BIN)/mstl-train full --preset demo --run-dir $(RUN_DIR) $(if $(WEIGHTS),--weights $(WEIGHTS),)
 	$(BIN)/mstl-export $(RUN_DIR) --int8
 	$(BIN)/mstl-bench $(RUN_DIR)/exports --json $(RUN_DIR)/bench.json --markdown $(RUN_DIR)/bench.md --save-dir $(RUN_DIR)/bench
@@ -36,7 +41,7 @@ browser:
 	      echo "chromium could not be installed: the browser tests will be skipped"; \
 	    else echo "no chromium and no root apt-get: the browser tests will be skipped"; fi; }
 
-test: $(STAMP) browser
+test: $(STAMP) web browser
 	$(BIN)/python -m pytest -q -ra
 
 clean:

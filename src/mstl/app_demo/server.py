@@ -1,4 +1,7 @@
-"""FastAPI service: GET / (page), GET /health, GET /model, POST /predict (multipart field `file`)."""
+"""FastAPI service: GET / (page), GET /health, GET /model, POST /predict (multipart field `file`);
+GET /device (the in-browser bench page), GET /device/manifest, /device/models/NAME, /device/samples/I,
+POST /device/results. Every response carries the cross-origin isolation headers that multi-threaded
+WebAssembly needs (SharedArrayBuffer), so the page's runtimes can use all of a phone's cores."""
 
 
 import json
@@ -57,6 +60,30 @@ class UploadLimit:
             await _json(send, 413, {"error": f"upload is over the {self.limit:,}-byte limit"})
 
 
+ISOLATION_HEADERS = [(b"cross-origin-opener-policy", b"same-origin"), (b"cross-origin-embedder-policy", b"require-corp"),
+                     (b"cross-origin-resource-policy", b"same-origin")]
+
+
+class Isolated:
+    """ASGI middleware: COOP/COEP/CORP on every response (a page is cross-origin isolated only when it
+    and everything it loads say so)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                message = {**message, "headers": list(message.get("headers", [])) +
+                           [h for h in ISOLATION_HEADERS if h[0] not in names]}
+            await send(message)
+        await self.app(scope, receive, with_headers)
+
+
 async def _json(send, status: int, body: dict[str, Any]) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
@@ -64,15 +91,22 @@ async def _json(send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES):
+def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, device=None):
+    """``device``: a device.DeviceBench for the /device page (default: one over the served model's folder)."""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from .device import DeviceBench, DeviceError
 
     app = FastAPI(title="mstl app demo", description="Research prototype - not a diagnostic device.")
-    page = resources.files("mstl.app_demo").joinpath("static/index.html").read_text()
+    static = resources.files("mstl.app_demo").joinpath("static")
+    page = static.joinpath("index.html").read_text()
+    device_page = static.joinpath("device.html").read_text()
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    bench = device if device is not None else DeviceBench(classifier.path.parent)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -96,6 +130,40 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES):
     async def model():
         return classifier.describe()
 
+    @app.get("/device", response_class=HTMLResponse)
+    async def device_index():
+        return device_page
+
+    @app.get("/device/manifest")
+    async def device_manifest():
+        return await run_in_threadpool(bench.manifest)  # the first call runs the server's reference pass
+
+    @app.get("/device/models/{name}")
+    async def device_model(name: str):
+        try:
+            data = await run_in_threadpool(bench.model_bytes, name)
+            return Response(data, media_type="application/octet-stream")
+        except DeviceError as e:
+            return JSONResponse({"error": str(e)}, status_code=404)
+
+    @app.get("/device/samples/{i}")
+    async def device_sample(i: int):
+        try:
+            return FileResponse(bench.sample_file(i))
+        except DeviceError as e:
+            return JSONResponse({"error": str(e)}, status_code=404)
+
+    @app.post("/device/results")
+    async def device_results(request: Request):
+        try:
+            posted = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "expected a JSON body"}, status_code=400)
+        try:
+            return await run_in_threadpool(bench.record, posted)
+        except DeviceError as e:
+            return JSONResponse({"error": str(e)}, status_code=422)
+
     @app.post("/predict")
     async def predict(request: Request):
         ctype = request.headers.get("content-type", "")
@@ -118,4 +186,4 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES):
             status = 413 if "too many pixels" in e.reason or "decompression bomb" in e.reason else 400
             return JSONResponse({"error": f"{name}: {e.reason}"}, status_code=status)
 
-    return UploadLimit(app, max_upload)
+    return Isolated(UploadLimit(app, max_upload))

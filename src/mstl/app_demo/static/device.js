@@ -1,0 +1,326 @@
+// The in-browser bench: every verified artifact of the server's exports folder, run in this browser
+// (ONNX with onnxruntime-web, .tflite with LiteRT.js; both WebAssembly with SIMD, multi-threaded when the
+// page is cross-origin isolated), timed as mstl-bench times natively, and checked against the server's
+// own answers on the run's held-out images. Results are posted to /device/results.
+//
+// URL options: ?runs=50 (timed runs), ?warmup=5, ?threads=N, ?models=a.onnx,b.tflite, ?samples=K.
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const RUNS = Math.max(1, parseInt(params.get("runs") || "50", 10));
+const WARMUP = Math.max(0, parseInt(params.get("warmup") || "5", 10));
+const ONLY = params.get("models") ? params.get("models").split(",") : null;
+const MAX_SAMPLES = params.get("samples") ? parseInt(params.get("samples"), 10) : Infinity;
+const ISOLATED = self.crossOriginIsolated === true;
+const CORES = navigator.hardwareConcurrency || 1;
+const THREADS = params.get("threads") ? Math.max(1, parseInt(params.get("threads"), 10))
+  : (ISOLATED ? Math.min(CORES, 8) : 1);
+
+// ---- preprocessing: the server's (Pillow's) pipeline, re-done in the browser ---------------------------
+// Pillow resizes with a separable convolution whose kernel widens with the downscale factor (so a
+// "bilinear" downscale is antialiased, unlike a canvas drawImage), in 8-bit fixed point with 22 fraction
+// bits, the horizontal pass first. Done here the same way, so labels agree with the server's.
+
+const FILTERS = {
+  bilinear: { support: 1, f: (x) => { x = Math.abs(x); return x < 1 ? 1 - x : 0; } },
+  bicubic: { support: 2, f: (x) => { const a = -0.5; x = Math.abs(x);
+    if (x < 1) return ((a + 2) * x - (a + 3)) * x * x + 1;
+    if (x < 2) return (((x - 5) * x + 8) * x - 4) * a; return 0; } },
+  area: { support: 0.5, f: (x) => (x > -0.5 && x <= 0.5 ? 1 : 0) },
+  lanczos: { support: 3, f: (x) => { const s = (v) => { if (v === 0) return 1; v *= Math.PI; return Math.sin(v) / v; };
+    return x > -3 && x < 3 ? s(x) * s(x / 3) : 0; } },
+};
+const PRECISION = 22;
+
+function coefficients(inSize, outSize, filter) {
+  const scale = inSize / outSize;
+  const fscale = Math.max(scale, 1);
+  const support = filter.support * fscale;
+  const out = [];
+  for (let i = 0; i < outSize; i++) {
+    const center = (i + 0.5) * scale;
+    const ss = 1 / fscale;
+    const xmin = Math.max(Math.trunc(center - support + 0.5), 0);
+    const xmax = Math.min(Math.trunc(center + support + 0.5), inSize);
+    const w = [];
+    let sum = 0;
+    for (let x = xmin; x < xmax; x++) { const v = filter.f((x - center + 0.5) * ss); w.push(v); sum += v; }
+    const k = w.map((v) => { const n = sum ? v / sum : 0; return n < 0 ? Math.trunc(-0.5 + n * (1 << PRECISION)) : Math.trunc(0.5 + n * (1 << PRECISION)); });
+    out.push({ xmin, k });
+  }
+  return out;
+}
+
+const clip8 = (v) => { const r = Math.floor((v + (1 << (PRECISION - 1))) / (1 << PRECISION)); return r < 0 ? 0 : r > 255 ? 255 : r; };
+
+function resizeRGB(src, w, h, size, method) {
+  // src: Uint8Array RGB (w*h*3). Returns Uint8Array RGB (size*size*3).
+  if (method === "nearest") {
+    const out = new Uint8Array(size * size * 3);
+    for (let y = 0; y < size; y++) {
+      const sy = Math.min(h - 1, Math.floor((y + 0.5) * h / size));
+      for (let x = 0; x < size; x++) {
+        const sx = Math.min(w - 1, Math.floor((x + 0.5) * w / size));
+        for (let c = 0; c < 3; c++) out[(y * size + x) * 3 + c] = src[(sy * w + sx) * 3 + c];
+      }
+    }
+    return out;
+  }
+  const filter = FILTERS[method] || FILTERS.bilinear;
+  let cur = src, cw = w;
+  if (w !== size) {
+    const cs = coefficients(w, size, filter);
+    const tmp = new Uint8Array(size * h * 3);
+    for (let y = 0; y < h; y++) for (let x = 0; x < size; x++) {
+      const { xmin, k } = cs[x];
+      for (let c = 0; c < 3; c++) {
+        let s = 0;
+        for (let j = 0; j < k.length; j++) s += cur[(y * cw + xmin + j) * 3 + c] * k[j];
+        tmp[(y * size + x) * 3 + c] = clip8(s);
+      }
+    }
+    cur = tmp; cw = size;
+  }
+  if (h !== size) {
+    const cs = coefficients(h, size, filter);
+    const tmp = new Uint8Array(size * size * 3);
+    for (let y = 0; y < size; y++) {
+      const { xmin, k } = cs[y];
+      for (let x = 0; x < cw; x++) for (let c = 0; c < 3; c++) {
+        let s = 0;
+        for (let j = 0; j < k.length; j++) s += cur[((xmin + j) * cw + x) * 3 + c] * k[j];
+        tmp[(y * cw + x) * 3 + c] = clip8(s);
+      }
+    }
+    cur = tmp;
+  }
+  return cur;
+}
+
+function reduceRGB(src, w, h, f) {
+  // Pillow's Image.reduce(f): the mean of each f x f block (edge blocks: of what is there), rounded.
+  const ow = Math.ceil(w / f), oh = Math.ceil(h / f);
+  const out = new Uint8Array(ow * oh * 3);
+  for (let y = 0; y < oh; y++) for (let x = 0; x < ow; x++) {
+    const y1 = Math.min(h, (y + 1) * f), x1 = Math.min(w, (x + 1) * f);
+    const n = (y1 - y * f) * (x1 - x * f);
+    for (let c = 0; c < 3; c++) {
+      let s = 0;
+      for (let yy = y * f; yy < y1; yy++) for (let xx = x * f; xx < x1; xx++) s += src[(yy * w + xx) * 3 + c];
+      out[(y * ow + x) * 3 + c] = Math.floor((s + n / 2) / n);
+    }
+  }
+  return { rgb: out, w: ow, h: oh };
+}
+
+async function decode(blob) {
+  // EXIF orientation applied, no colour management; transparent pixels composited on black (the server's rule).
+  const bmp = await createImageBitmap(blob, { imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  const canvas = new OffscreenCanvas(bmp.width, bmp.height);
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, bmp.width, bmp.height);
+  ctx.drawImage(bmp, 0, 0);
+  const { data } = ctx.getImageData(0, 0, bmp.width, bmp.height);
+  const rgb = new Uint8Array(bmp.width * bmp.height * 3);
+  for (let i = 0, j = 0; i < data.length; i += 4, j += 3) { rgb[j] = data[i]; rgb[j + 1] = data[i + 1]; rgb[j + 2] = data[i + 2]; }
+  const out = { rgb, w: bmp.width, h: bmp.height };
+  bmp.close();
+  return out;
+}
+
+async function pixels(blob, size, method) {
+  let img = await decode(blob);
+  const factor = Math.floor(Math.min(img.w, img.h) / (2 * size));
+  if (factor >= 2) img = reduceRGB(img.rgb, img.w, img.h, factor);
+  return resizeRGB(img.rgb, img.w, img.h, size, method);
+}
+
+function toInput(rgb, input) {
+  // The model's input from raw pixels: float32 [0, 255], or an integer type through its quantization.
+  const dtype = input.dtype || "float32";
+  if (dtype === "float32") return Float32Array.from(rgb);
+  const q = input.quantization || { scale: 1, zero_point: 0 };
+  const Arr = dtype === "int8" ? Int8Array : Uint8Array;
+  const [lo, hi] = dtype === "int8" ? [-128, 127] : [0, 255];
+  if (q.scale === 1 && q.zero_point === 0 && dtype === "uint8") return Uint8Array.from(rgb);
+  const out = new Arr(rgb.length);
+  for (let i = 0; i < rgb.length; i++) out[i] = Math.max(lo, Math.min(hi, Math.round(rgb[i] / q.scale + q.zero_point)));
+  return out;
+}
+
+function toProbs(raw, output) {
+  const q = output && output.quantization;
+  return Array.from(raw, (v) => (q && output.dtype !== "float32" ? (v - q.zero_point) * q.scale : v));
+}
+
+// ---- runtimes -----------------------------------------------------------------------------------------
+
+let ort = null, litert = null;
+
+async function ortRunner(bytes, model) {
+  if (!ort) {
+    ort = await import("/static/vendor/ort/ort.wasm.min.mjs");
+    ort.env.wasm.wasmPaths = "/static/vendor/ort/";
+    ort.env.wasm.numThreads = THREADS;
+    ort.env.wasm.simd = true;
+  }
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+  const name = session.inputNames[0], outName = session.outputNames[0];
+  const shape = model.input.shape;
+  const type = (model.input.dtype || "float32") === "float32" ? "float32" : model.input.dtype;
+  return {
+    runtime: `onnxruntime-web ${ort.env.versions ? ort.env.versions.web || "" : ""}`.trim(),
+    backend: `wasm-simd${THREADS > 1 ? "-threaded" : ""}`,
+    run: async (x) => {
+      const out = await session.run({ [name]: new ort.Tensor(type, x, shape) });
+      return out[outName].data;
+    },
+  };
+}
+
+async function litertRunner(bytes, model) {
+  if (!litert) {
+    litert = await import("/static/vendor/litert/index.js");
+    await litert.loadLiteRt("/static/vendor/litert/wasm/", { threads: ISOLATED && THREADS > 1 });
+  }
+  const compiled = await litert.loadAndCompile(new Uint8Array(bytes), { accelerator: "wasm", cpuOptions: { numThreads: THREADS } });
+  const shape = model.input.shape;
+  return {
+    runtime: "LiteRT.js 2.5.3",
+    backend: `wasm-xnnpack${ISOLATED && THREADS > 1 ? "-threaded" : ""}`,
+    run: async (x) => {
+      const t = new litert.Tensor(x, shape);
+      const outs = await compiled.run(t);
+      t.delete();
+      const first = outs[0];
+      const data = first.toTypedArray().slice();
+      for (const o of outs) o.delete();
+      return data;
+    },
+  };
+}
+
+// ---- the bench ----------------------------------------------------------------------------------------
+
+function stats(ms) {
+  const s = [...ms].sort((a, b) => a - b);
+  const at = (p) => { const i = (s.length - 1) * p, lo = Math.floor(i), hi = Math.ceil(i); return s[lo] + (s[hi] - s[lo]) * (i - lo); };
+  return { p50: at(0.5), p90: at(0.9), p99: at(0.99), mean: s.reduce((a, b) => a + b, 0) / s.length };
+}
+
+const fmt = (v, d = 2) => (v == null ? "-" : v.toFixed(d));
+
+function addRow(cells, cls) {
+  const tr = document.createElement("tr");
+  if (cls) tr.className = cls;
+  for (const [text, kind] of cells) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (kind) td.className = kind;
+    tr.appendChild(td);
+  }
+  $("rows").appendChild(tr);
+  return tr;
+}
+
+async function benchOne(model, samples) {
+  const t0 = performance.now();
+  const bytes = await (await fetch(model.url)).arrayBuffer();
+  const downloadMs = performance.now() - t0;
+  const t1 = performance.now();
+  const runner = model.format === "onnx" ? await ortRunner(bytes, model) : await litertRunner(bytes, model);
+  const loadMs = performance.now() - t1;
+  const size = model.input.shape[1], method = (model.input.resize || {}).method || "bilinear";
+  const x = toInput(samples.length ? await pixels(samples[0].blob, size, method) : new Uint8Array(size * size * 3).fill(127), model.input);
+  let t = performance.now();
+  await runner.run(x);
+  const firstMs = performance.now() - t;
+  for (let i = 0; i < WARMUP; i++) await runner.run(x);
+  const times = [];
+  for (let i = 0; i < RUNS; i++) { t = performance.now(); await runner.run(x); times.push(performance.now() - t); }
+  const probs = [], e2e = [];
+  for (const s of samples) {  // file bytes in memory -> decode -> resize -> infer: what an app pays per picture
+    t = performance.now();
+    const raw = await runner.run(toInput(await pixels(s.blob, size, method), model.input));
+    e2e.push(performance.now() - t);
+    probs.push(toProbs(raw, model.output || {}));
+  }
+  return { runner, loadMs, downloadMs, firstMs, lat: stats(times), e2e: e2e.length ? stats(e2e) : null, probs };
+}
+
+function agreementOf(probs, reference) {
+  if (!reference.length) return null;
+  let same = 0;
+  const argmax = (p) => p.indexOf(Math.max(...p));
+  probs.forEach((p, i) => { if (argmax(p) === argmax(reference[i])) same++; });
+  return same / reference.length;
+}
+
+async function main() {
+  $("run").disabled = true;
+  $("env").textContent = `${CORES} logical core(s); cross-origin isolated: ${ISOLATED ? "yes" : "no (single-threaded WebAssembly)"}; `
+    + `threads: ${THREADS}; ${RUNS} timed runs after ${WARMUP} warm-up, batch 1`;
+  $("status").textContent = "Fetching the model list and the server's answers...";
+  const manifest = await (await fetch("/device/manifest")).json();
+  const sampleList = manifest.samples.slice(0, MAX_SAMPLES);
+  const samples = [];
+  for (const s of sampleList) samples.push({ ...s, blob: await (await fetch(s.url)).blob() });
+  const models = manifest.models.filter((m) => !ONLY || ONLY.includes(m.name));
+  const posted = [];
+  for (const [i, model] of models.entries()) {
+    $("status").textContent = `Running ${model.name} (${i + 1} of ${models.length})...`;
+    try {
+      const r = await benchOne(model, samples);
+      const ref = model.reference.slice(0, samples.length);
+      const agree = agreementOf(r.probs, ref);
+      const body = {
+        artifact: model.name, runtime: r.runner.runtime, backend: r.runner.backend, threads: THREADS, runs: RUNS,
+        load_ms: r.loadMs, download_ms: r.downloadMs, first_ms: r.firstMs, latency_ms: r.lat, e2e_ms: r.e2e,
+        probs: r.probs, n_samples: samples.length,
+        device: { user_agent: navigator.userAgent, hardware_concurrency: CORES, platform: navigator.platform || "",
+                  device_memory_gb: navigator.deviceMemory || 0, cross_origin_isolated: ISOLATED,
+                  viewport: `${innerWidth}x${innerHeight}`, webgpu: !!navigator.gpu },
+      };
+      let row = null;
+      if (samples.length === manifest.samples.length) {
+        const res = await fetch("/device/results", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+        row = await res.json();
+        if (!res.ok) throw new Error(`the server refused the result: ${row.error}`);
+        posted.push(row);
+      }
+      const a = row && row.agreement ? row.agreement.rate : agree;
+      const low = a != null && a < manifest.low_agreement;
+      const tr = addRow([[model.name], [`${r.runner.runtime} ${r.runner.backend}`], [fmt(r.loadMs, 0), "num"],
+        [`${fmt(r.lat.p50)} / ${fmt(r.lat.p90)} / ${fmt(r.lat.p99)}`, "num"], [fmt(r.e2e && r.e2e.p50), "num"],
+        [a == null ? "n/a" : `${(100 * a).toFixed(1)}%${low ? " LOW" : ""}`, low ? "low" : "num"]]);
+      tr.dataset.artifact = model.name;
+      tr.dataset.p50 = r.lat.p50;
+      tr.dataset.agrees = String(a != null && !low);
+    } catch (e) {
+      addRow([[model.name], [String(e && e.message ? e.message : e), "error"], [""], [""], [""], [""]]);
+    }
+  }
+  const ok = [...$("rows").children].filter((tr) => tr.dataset.agrees === "true");
+  if (ok.length) {
+    const best = ok.reduce((a, b) => (+a.dataset.p50 <= +b.dataset.p50 ? a : b));
+    best.classList.add("best");
+    $("best").textContent = `Fastest that agrees with the server: ${best.dataset.artifact} `
+      + `(${(+best.dataset.p50).toFixed(2)} ms p50, ${best.children[1].textContent}).`;
+    $("best").dataset.artifact = best.dataset.artifact;
+  } else {
+    $("best").textContent = "No model both ran here and agreed with the server.";
+  }
+  $("status").textContent = `Done: ${posted.length} result(s) posted to the server's bench table.`;
+  $("done").textContent = JSON.stringify(posted.map((r) => r.saved_as));
+  $("done").hidden = false;
+  $("run").disabled = false;
+}
+
+$("run").addEventListener("click", () => main().catch((e) => {
+  $("status").textContent = `Failed: ${e && e.message ? e.message : e}`;
+  $("status").className = "error";
+  $("done").textContent = "[]";
+  $("done").hidden = false;
+  $("run").disabled = false;
+}));
