@@ -125,10 +125,10 @@ class DeviceBench:
         return row
 
 
-def _number(d: dict, key: str, lo: float = 0.0, hi: float = 1e7) -> float:
+def _number(d: dict, key: str, lo: float = 0.0, hi: float = 1e7, within: str = "") -> float:
     v = d.get(key)
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not (lo <= float(v) <= hi):
-        raise DeviceError(f"field {key!r}: expected a number in [{lo:g}, {hi:g}], got {v!r}")
+        raise DeviceError(f"field '{within}{key}': expected a number in [{lo:g}, {hi:g}], got {v!r}")
     return float(v)
 
 
@@ -142,7 +142,7 @@ def _text(d: dict, key: str, limit: int = 300) -> str:
 def _stats(d: Any, what: str) -> dict[str, float]:
     if not isinstance(d, dict):
         raise DeviceError(f"field {what!r}: expected an object with p50, p90, p99, mean")
-    return {k: _number(d, k) for k in ("p50", "p90", "p99", "mean")}
+    return {k: _number(d, k, within=f"{what}.") for k in ("p50", "p90", "p99", "mean")}
 
 
 def to_row(posted: dict[str, Any], bench: DeviceBench) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         if r.get("metrics"):
             acc += f" [{_fmt(r['metrics']['ci_low'], '.1f', 100)}, {_fmt(r['metrics']['ci_high'], '.1f', 100)}]"
         out.append([
-            r["artifact"], r["format"], r["precision"], "ok", _fmt(r.get("size_mb")), acc,
+            r["artifact"] + (" [browser]" if r.get("measured_in") == "browser" else ""), r["format"], r["precision"], "ok", _fmt(r.get("size_mb")), acc,
             _fmt(r.get("delta_vs_fp32"), "+.1f", 100) + (" pt" if r.get("delta_vs_fp32") is not None else ""),
             "/".join(_fmt(lat[t].get("p50")) for t in ts), "/".join(_fmt(lat[t].get("p90")) for t in ts),
             "/".join(_fmt(lat[t].get("images_per_s"), ".0f") for t in ts),
@@ -61,8 +61,9 @@ def recommendations(report: dict[str, Any]) -> list[str]:
     from ..machine import int8_speed_hint
     hint = int8_speed_hint(report["machine"].get("cpu_flags", []))
     out = []
-    for fmt in sorted({r.get("format") for r in report["results"] if r.get("status") == "ok" and r.get("latency")}):
-        ok = [r for r in report["results"] if r.get("format") == fmt and r.get("status") == "ok" and r.get("latency")]
+    local = [r for r in report["results"] if not r.get("source")]  # this machine's rows only
+    for fmt in sorted({r.get("format") for r in local if r.get("status") == "ok" and r.get("latency")}):
+        ok = [r for r in local if r.get("format") == fmt and r.get("status") == "ok" and r.get("latency")]
         t = str(report["threads"][0])
         ok = [r for r in ok if t in r["latency"] and r["latency"][t].get("p50")]
         fp32 = next((r for r in ok if r["precision"] == "fp32"), None)
@@ -101,6 +102,17 @@ def to_markdown(report: dict[str, Any]) -> str:
     recs = recommendations(report)
     if recs:
         lines += ["", "## Recommendation for this device", ""] + [f"- {r}" for r in recs]
+    browser = [r for r in report["results"] if r.get("measured_in") == "browser"]
+    if browser:
+        lines += ["", "## Measured in a browser (mstl-app /device)", "",
+                  "Rows marked [browser] were measured in a web browser on the device it names, not on the machine "
+                  "above; their agreement is with the server's native run on the same held-out images.", ""]
+        for r in browser:
+            a = r.get("agreement") or {}
+            d = r.get("device") or {}
+            agree = f"{100 * a['rate']:.1f}% of {a['n']}" + (" **LOW**" if a.get("low") else "") if a else "not measured"
+            lines.append(f"- {r['artifact']}: {r.get('runtime')} {r.get('backend')}, {r.get('threads')} thread(s); "
+                         f"{d.get('hardware_concurrency', '?')} cores; agreement {agree}; {d.get('user_agent', '')}")
     return "\n".join(lines) + "\n"
 
 
@@ -114,8 +126,9 @@ def print_table(report: dict[str, Any]) -> None:
     t = Table(show_lines=False)
     for h in head:
         t.add_column(h, overflow="fold")
+    from rich.text import Text
     for r in body:
-        t.add_row(*r)
+        t.add_row(*(Text(c) for c in r))  # plain text: "[browser]" or a "[source]" note is not markup
     console.print(t)
     for line in recommendations(report):
         console.print(f"recommend {line}", markup=False, highlight=False)

@@ -26,6 +26,8 @@ def bench(
     save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="write JSON and Markdown named after this device and its runtime versions"),
     min_accuracy: Optional[float] = typer.Option(None, help="fail when any artifact's accuracy is below this (0..1)"),
     litert_log: List[Path] = typer.Option([], "--litert-log", help="stdout of LiteRT's benchmark_model (e.g. from a phone) to add as a row"),
+    include_device_results: bool = typer.Option(False, "--include-device-results", help="add the rows that browsers "
+                                                "posted from the app's /device page (RUN_DIR/bench/device/) for these exports"),
 ):
     """Measure every artifact in its own process and print one row per artifact."""
     from ..bench.android import parse_benchmark_model
@@ -46,6 +48,13 @@ def bench(
         if not log.is_file():
             raise UserError(f"{log}: no such file")
         extra.append(parse_benchmark_model(log.read_text(errors="replace"), str(log)))
+    if include_device_results:
+        from ..bench.browser_rows import device_dir, load_device_rows
+        for p in paths or []:
+            folder = p if p.is_dir() else p.parent
+            found = load_device_rows(folder)
+            say(f"{len(found)} browser row(s) from {device_dir(folder)}")
+            extra += found
     report = run_bench(list(paths or []), data, thread_list, runs, warmup, extra)
     print_table(report)
     if json_out:

@@ -1,0 +1,145 @@
+"""The app's /device page: the exported models run in a (headless, phone-sized) browser, their rows are
+posted, checked by the server and shown by mstl-bench; nothing is fetched from outside the server."""
+
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+VENDOR = Path(__file__).resolve().parents[1] / "src" / "mstl" / "app_demo" / "static" / "vendor" / "vendor.json"
+
+
+@pytest.fixture
+def bench_app(smoke_exports, tmp_path):
+    """The smoke run's exports in a scratch run dir (rows land in its bench/device/), served by the app."""
+    from starlette.testclient import TestClient
+    from mstl.app_demo.inference import Classifier
+    from mstl.app_demo.server import create_app
+    run = tmp_path / "run"
+    shutil.copytree(smoke_exports.parent, run, ignore=shutil.ignore_patterns("bench", "stage1", "stage2", "cache"))
+    clf = Classifier(run / "exports" / "classifier-int8.tflite", workers=1)
+    return run, create_app(clf), TestClient(create_app(clf))
+
+
+def test_manifest_lists_verified_artifacts_with_the_servers_answers(bench_app):
+    run, _, client = bench_app
+    r = client.get("/device/manifest")
+    assert r.status_code == 200
+    assert r.headers["cross-origin-opener-policy"] == "same-origin"
+    assert r.headers["cross-origin-embedder-policy"] == "require-corp"
+    m = r.json()
+    names = {x["name"] for x in m["models"]}
+    assert {"classifier-fp32.onnx", "classifier-int8.onnx", "classifier-int8.tflite"} <= names
+    n = len(m["samples"])
+    assert n == len((run / "target_test.tsv").read_text().splitlines()) and n > 0
+    assert all(len(x["reference"]) == n for x in m["models"])
+    assert client.get("/device/models/../config.json").status_code == 404
+    assert client.get("/device/models/config.json").status_code == 404
+    assert client.get(f"/device/samples/{n}").status_code == 404
+    assert client.get("/device").headers["cross-origin-embedder-policy"] == "require-corp"
+
+
+def _post(m, name, probs, **over):
+    body = {"artifact": name, "runtime": "test", "backend": "wasm", "threads": 2, "runs": 10, "load_ms": 10.0,
+            "first_ms": 3.0, "latency_ms": {"p50": 1.0, "p90": 1.2, "p99": 1.5, "mean": 1.1}, "e2e_ms": None,
+            "probs": probs, "device": {"user_agent": "UA", "hardware_concurrency": 8, "evil": "x" * 10}}
+    body.update(over)
+    return body
+
+
+def test_posted_rows_are_checked_not_trusted(bench_app):
+    run, _, client = bench_app
+    m = client.get("/device/manifest").json()
+    onnx = next(x for x in m["models"] if x["name"] == "classifier-int8.onnx")
+    flipped = [p[::-1] for p in onnx["reference"]]  # every label swapped
+    r = client.post("/device/results", json=_post(m, onnx["name"], flipped))
+    assert r.status_code == 200
+    row = r.json()
+    assert row["agreement"]["rate"] == 0.0 and row["agreement"]["low"] is True and "LOW" in " ".join(row["notes"])
+    assert "evil" not in row["device"] and row["measured_in"] == "browser"
+    for bad, why in ((_post(m, "nope.onnx", flipped), "not a verified artifact"),
+                     (_post(m, onnx["name"], flipped[:-1]), "probabilities"),
+                     (_post(m, onnx["name"], flipped, threads=0), "threads"),
+                     (_post(m, onnx["name"], flipped, latency_ms={"p50": "fast"}), "latency_ms")):
+        r = client.post("/device/results", json=bad)
+        assert r.status_code == 422 and why in r.json()["error"], r.json()
+    assert len(list((run / "bench" / "device").glob("*.json"))) == 1
+
+
+def test_batch_one_copy_of_a_tflite_gives_the_same_answers(smoke_exports):
+    from ai_edge_litert.interpreter import Interpreter
+    from mstl.app_demo.device import fixed_batch_tflite
+    data = (smoke_exports / "classifier-int8.tflite").read_bytes()
+    outs = []
+    for blob in (data, fixed_batch_tflite(data)):
+        it = Interpreter(model_content=blob)
+        it.allocate_tensors()
+        inp = it.get_input_details()[0]
+        outs.append((list(inp["shape_signature"]), inp))
+        x = np.random.default_rng(0).integers(0, 255, inp["shape"], dtype=np.uint8)
+        it.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        it.invoke()
+        outs[-1] = (outs[-1][0], it.get_tensor(it.get_output_details()[0]["index"]).copy())
+    assert outs[0][0][0] == -1 and outs[1][0][0] == 1
+    assert np.array_equal(outs[0][1], outs[1][1])
+
+
+def test_phone_browser_runs_the_models_and_its_rows_reach_mstl_bench(bench_app, tmp_path):
+    pw = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("no chromium: `make test` installs Debian's package where it can (root and apt-get)")
+    if not VENDOR.exists():
+        pytest.skip("no in-browser runtimes: `make web` fetches them from the npm registry (needs npm)")
+    import uvicorn
+    from mstl.cli.bench import app as bench_cli
+    run, asgi, _ = bench_app
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    origin = f"http://127.0.0.1:{port}"
+    requests = []
+    try:
+        with pw.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+            page.on("request", lambda req: requests.append(req.url))
+            page.goto(f"{origin}/device?runs=10&warmup=2")
+            assert page.evaluate("self.crossOriginIsolated") is True
+            page.tap("[data-testid=run]")
+            page.wait_for_selector("[data-testid=done]:not([hidden])", timeout=300_000)
+            saved = json.loads(page.inner_text("[data-testid=done]"))
+            best = page.get_attribute("[data-testid=best]", "data-artifact")
+            page.screenshot(path=str(tmp_path / "device.png"), full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    outside = [u for u in requests if not u.startswith(origin) and not u.startswith(("data:", "blob:"))]
+    assert not outside, f"the page fetched from outside the server: {outside}"
+    assert len(saved) >= 2 and best
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(bench_cli, [str(run / "exports"), "--include-device-results", "--runs", "5",
+                                         "--warmup", "1", "--threads", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = [r for r in json.loads(out.read_text())["results"] if r.get("measured_in") == "browser"]
+    by_name = {r["artifact"]: r for r in rows}
+    for name in ("classifier-fp32.onnx", "classifier-int8.onnx"):
+        assert by_name[name]["agreement"]["rate"] >= 0.98, by_name[name]["agreement"]
+        assert by_name[name]["latency_ms"][str(by_name[name]["threads"])]["p50"] > 0
+    assert "[browser]" in res.output
