@@ -24,6 +24,9 @@ def serve(
     max_upload_mb: float = typer.Option(10.0, help="largest accepted upload"),
     allow_unverified: bool = typer.Option(False, "--allow-unverified", help="serve an artifact that failed (or "
                                           "never had) export verification; the page and /model say so"),
+    ssl_certfile: Optional[Path] = typer.Option(None, help="HTTPS certificate (PEM): a phone's browser runs the /device "
+                                                "bench multi-threaded only over HTTPS or on localhost"),
+    ssl_keyfile: Optional[Path] = typer.Option(None, help="the certificate's private key (PEM)"),
 ):
     """Serve the model: open http://HOST:PORT on a phone or a laptop."""
     try:
@@ -51,8 +54,16 @@ def serve(
         raise UserError(str(e)) from None
     if clf.problem:
         warn(f"serving an UNVERIFIED model: {clf.problem}")
-    say(f"serving {clf.path.name} ({clf.runtime}, labels {clf.labels}) on http://{host}:{port}")
-    uvicorn.run(create_app(clf, int(max_upload_mb * 1024 * 1024)), host=host, port=port, log_level="warning")
+    if bool(ssl_certfile) != bool(ssl_keyfile):
+        raise UserError("--ssl-certfile and --ssl-keyfile go together")
+    for f in (ssl_certfile, ssl_keyfile):
+        if f and not f.is_file():
+            raise UserError(f"{f}: no such file")
+    scheme = "https" if ssl_certfile else "http"
+    say(f"serving {clf.path.name} ({clf.runtime}, labels {clf.labels}) on {scheme}://{host}:{port}; "
+        f"the in-browser bench is at {scheme}://{host}:{port}/device")
+    uvicorn.run(create_app(clf, int(max_upload_mb * 1024 * 1024)), host=host, port=port, log_level="warning",
+                ssl_certfile=str(ssl_certfile) if ssl_certfile else None, ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
 
 
 def main() -> None:
