@@ -186,12 +186,9 @@ def _from_sub(cls, d):
 
 
 def _file_digest(path: str) -> str:
+    from .cards import sha256_file
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()[:16]
+        return sha256_file(path)[:16]
     except OSError:
         return "missing:" + path.rsplit("/", 1)[-1]
 

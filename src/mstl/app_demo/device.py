@@ -48,11 +48,11 @@ class DeviceBench:
 
     def _samples(self, n: int) -> tuple[list[str], list[int]]:
         """The run's held-out test images (the ones mstl-bench measures accuracy on), first ``n``."""
-        from ..data.filelist import read_list
-        tsv = self.exports.parent / "target_test.tsv"
-        if not tsv.is_file() or n == 0:
+        from ..train.store import read_split  # the run-dir schema (no TensorFlow)
+        found = read_split(self.exports.parent, "test") if n else None
+        if not found:
             return [], []
-        files, labels = read_list(tsv)
+        files, labels = found
         keep = [i for i, f in enumerate(files) if Path(f).is_file()][:n]
         return [files[i] for i in keep], [int(labels[i]) for i in keep]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.filelist import labelled_folder, load_sources, read_list
+from ..data.filelist import labelled_folder
 from ..formats import for_file, precision_of
 from ..cards import card_of, file_mismatch
 from ..preprocess import Preprocess
@@ -68,10 +68,11 @@ def labelled_data(artifacts: list[Artifact], data: Path | None) -> tuple[list[st
     if data is not None:
         sources, y, classes = labelled_folder(data)
         return sources, _map_labels(classes, y, labels, data), str(data)
+    from ..train.store import read_split  # the run-dir schema (no TensorFlow)
     for a in artifacts:
-        if a.run_dir and (a.run_dir / "target_test.tsv").exists():
-            sources, y = read_list(a.run_dir / "target_test.tsv")
-            return sources, y, f"target test split of {a.run_dir}"
+        found = read_split(a.run_dir, "test") if a.run_dir else None
+        if found:
+            return found[0], found[1], f"target test split of {a.run_dir}"
     return None
 
 

@@ -124,9 +124,7 @@ def _engine(engine: str, ray_address: Optional[str], trial_cpus: float, trial_gp
     return opts
 
 
-@app.command()
-@friendly
-def full(
+def _study_flags(
     bridge: Optional[Path] = typer.Option(None, help="bridge dataset (e.g. OCT2017 folder); default: embedded demo"),
     target: Optional[Path] = typer.Option(None, help="target dataset (e.g. COVID-QU-Ex); default: embedded demo"),
     preset_name: str = typer.Option("demo", "--preset", help=f"one of {', '.join(PRESETS)}"),
@@ -165,19 +163,29 @@ def full(
     set_: List[str] = typer.Option([], "--set", help="any configuration value by its dotted name, e.g. "
                                    "--set stage2.learning_rate=0.01 --set model.dropout=0 (repeatable; "
                                    "`mstl-train config --json` lists them)"),
-    engine: str = typer.Option("serial", help=ENGINE_HELP),
-    ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
-    trial_cpus: float = typer.Option(1.0, help="CPUs per Ray trial (TensorFlow's thread count in the task)"),
-    trial_gpus: float = typer.Option(0.0, help="GPUs per Ray trial (0.5: two trials share a card)"),
-    lookahead: int = typer.Option(2, help="Ray: depths a size's sweep may run ahead of its stop rule (restart mode)"),
-    ray_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray instance (default: all of this machine's)"),
-):
+) -> None:
+    """The study's flags: `full`, `config` and `plan` take exactly these (typer reads this signature;
+    the commands receive the values as keyword arguments)."""
+
+
+ENGINE_FLAGS = (
+    ("engine", str, typer.Option("serial", help=ENGINE_HELP)),
+    ("ray_address", Optional[str], typer.Option(None, help=ADDRESS_HELP)),
+    ("trial_cpus", float, typer.Option(1.0, help="CPUs per Ray trial (TensorFlow's thread count in the task)")),
+    ("trial_gpus", float, typer.Option(0.0, help="GPUs per Ray trial (0.5: two trials share a card)")),
+    ("lookahead", int, typer.Option(2, help="Ray: depths a size's sweep may run ahead of its stop rule (restart mode)")),
+    ("ray_cpus", Optional[int], typer.Option(None, help="CPUs of the local Ray instance (default: all of this machine's)")),
+)
+ENGINE_KEYS = tuple(name for name, _, _ in ENGINE_FLAGS)
+
+
+def _full(**o):
     """Stage-1 sweep, stage 2 and report, end to end (resumable: rerun to continue)."""
-    o = dict(locals())
-    o["preset"] = preset_name
     t0 = time.monotonic()
+    eng = _engine(*(o.pop(k) for k in ENGINE_KEYS))
+    run_dir, restart = o.pop("run_dir"), o.pop("restart")
+    o["preset"] = o.pop("preset_name")
     cfg = _config_from_options(o)
-    eng = _engine(engine, ray_address, trial_cpus, trial_gpus, lookahead, ray_cpus)
     store, data = _open(cfg, run_dir, restart)
     from ..train.run import run_stage1, run_stage2
     run_stage1(store, data, eng)
@@ -201,7 +209,7 @@ def _run_draws(cfg: RunConfig, store, restart: bool, eng=None) -> None:
 def _config(**options):
     """Print the fully resolved configuration without running anything (the same flags as `full`)."""
     as_json = options.pop("as_json")
-    for unused in ("run_dir", "restart", "engine", "ray_address", "trial_cpus", "trial_gpus", "lookahead", "ray_cpus"):
+    for unused in ("run_dir", "restart"):
         options.pop(unused, None)
     options["preset"] = options.pop("preset_name")
     cfg = _config_from_options(options).validate()
@@ -217,21 +225,24 @@ def _config(**options):
             say(f"{group} = {values}")
 
 
-def _with_json_flag(fn, extra: tuple = ()):
-    """``fn`` with `full`'s signature plus --json (and ``extra`` (name, annotation, typer.Option)), so that
-    `config` and `plan` take exactly `full`'s flags."""
+JSON_FLAG = (("as_json", bool, typer.Option(False, "--json", help="print exactly one JSON object on stdout")),)
+
+
+def _with_flags(fn, extra: tuple = ()):
+    """``fn`` taking the study's flags (``_study_flags``) plus ``extra`` ((name, type, typer.Option) each)."""
     import inspect as _inspect
     import typing
-    hints = typing.get_type_hints(full)  # real types, not the strings of `from __future__ import annotations`
-    sig = _inspect.signature(full)
-    sig = sig.replace(parameters=[p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()])
-    flags = [_inspect.Parameter(name, _inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
-             for name, annotation, option in (("as_json", bool, typer.Option(False, "--json", help="print exactly one JSON object on stdout")), *extra)]
-    fn.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *flags])
+    hints = typing.get_type_hints(_study_flags)  # real types, not the strings of `from __future__ import annotations`
+    sig = _inspect.signature(_study_flags)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()]
+    params += [_inspect.Parameter(name, _inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+               for name, annotation, option in extra]
+    fn.__signature__ = sig.replace(parameters=params, return_annotation=_inspect.Signature.empty)
     return fn
 
 
-app.command("config")(friendly(_with_json_flag(_config)))
+app.command("full")(friendly(_with_flags(_full, ENGINE_FLAGS)))
+app.command("config")(friendly(_with_flags(_config, JSON_FLAG)))
 
 
 def _plan(**options):
@@ -239,8 +250,8 @@ def _plan(**options):
     of the Ray engine's schedule with measured trial times: --from-run RUN_DIR, else one calibration trial)."""
     from ..train.plan import cache_sizes, grid_of, plan
     as_json, workers, from_run = options.pop("as_json"), options.pop("workers"), options.pop("from_run")
-    lookahead = options["lookahead"]
-    for unused in ("run_dir", "restart", "engine", "ray_address", "trial_cpus", "trial_gpus", "lookahead", "ray_cpus"):
+    lookahead = options.pop("lookahead")
+    for unused in ("run_dir", "restart"):
         options.pop(unused, None)
     options["preset"] = options.pop("preset_name")
     cfg = _config_from_options(options).validate()
@@ -326,7 +337,8 @@ def _calibrate(cfg: RunConfig):
     return [rec, rec2], [], len(data.bridge.images), source
 
 
-app.command("plan")(friendly(_with_json_flag(_plan, (
+app.command("plan")(friendly(_with_flags(_plan, JSON_FLAG + (
+    ("lookahead", int, typer.Option(2, help="depths a size's sweep may run ahead of its stop rule (restart mode)")),
     ("workers", Optional[str], typer.Option("1,2,4,8", help="worker counts to simulate, e.g. 1,2,4,8")),
     ("from_run", Optional[Path], typer.Option(None, "--from-run", help="a run dir whose measured trial times to use")),
 ))))

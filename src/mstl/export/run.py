@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from ..data.filelist import read_list
 from ..data.splits import stratified_sample
 from ..formats import BuildOptions, Format
 from ..progress import say
@@ -322,10 +321,11 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
         say(f"model: {model_path} (stage 2 on the bridge size {sel['size']} model, seed {sel['seed']}: {sel['why']})")
     # Held out: the test and validation splits (neither trained the model); the gate adds the training
     # images that do not calibrate.
-    test_src, test_y = read_list(store.dir / "target_test.tsv")
-    val_src, val_y = read_list(store.dir / "target_val.tsv") if (store.dir / "target_val.tsv").exists() else ([], np.zeros(0, int))
+    from ..train.store import read_split
+    test_src, test_y = read_split(store.dir, "test")
+    val_src, val_y = read_split(store.dir, "val") or ([], np.zeros(0, int))
     verify_src = test_src + val_src
-    cal_src, cal_y = read_list(store.dir / "target_train.tsv")
+    cal_src, cal_y = read_split(store.dir, "train")
     labels = (store.dir / "labels.txt").read_text().split("\n")[:-1]
     demo = cfg.target is None
     return ExportJob(

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import departures_from_paper
-from ..data.filelist import read_list
-from ..train.store import RunStore, best_record
+from ..train.store import RunStore, best_record, read_split
 from .claims import PAPER_BAND, evaluate, t_interval
 
 # What the paper's text gives or implies (PROTOCOL.md): 10k/20k -> 85, 30k -> 90, 40k -> 95 (its
@@ -31,10 +30,10 @@ def collect_draws(store: RunStore) -> list[dict]:
         optimal = {}
         for key in sorted({(r["size"], r["seed"]) for r in trials}):
             optimal[key] = best_record([r for r in trials if (r["size"], r["seed"]) == key])["frozen"]
-        test = d / "target_test.tsv"
+        test = read_split(d, "test")
         sel = d / "selection.json"
         out.append({"dir": d, "data_seed": st.config().data_seed, "optimal": optimal, "trials": trials,
-                    "stage2": st.stage2_records(), "y_test": read_list(test)[1] if test.exists() else np.zeros(0, int),
+                    "stage2": st.stage2_records(), "y_test": test[1] if test else np.zeros(0, int),
                     "selection": json.loads(sel.read_text()) if sel.exists() else None})
     return out
 

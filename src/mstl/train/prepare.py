@@ -137,7 +137,7 @@ def write_split_files(run_dir: Path, t: TargetSplits, src: Source) -> None:
     """The target's test and training splits as labelled file lists (binary labels), so that export
     (calibration, verification) and bench (accuracy) use exactly the run's images."""
     from ..data.filelist import source_ref, write_list
-    for name, rows, y in (("target_test.tsv", t.test, t.y_test), ("target_val.tsv", t.val, t.y_val),
-                          ("target_train.tsv", t.train, t.y_train)):
-        write_list(run_dir / name, [source_ref(src.index, int(r)) for r in rows], y)
+    from .store import split_list_path
+    for split, rows, y in (("test", t.test, t.y_test), ("val", t.val, t.y_val), ("train", t.train, t.y_train)):
+        write_list(split_list_path(run_dir, split), [source_ref(src.index, int(r)) for r in rows], y)
     (run_dir / "labels.txt").write_text("\n".join(t.mapping.names) + "\n")

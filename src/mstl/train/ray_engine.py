@@ -194,7 +194,6 @@ def _remote(ray, fn, opts: EngineOptions):
 def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
     """The sweep of every (seed, size) chain as Ray tasks; records committed by this driver only, in the
     order a serial sweep commits them. Returns the best record per (size, seed)."""
-    from .prefix_cache import PrefixCacheStore
     from .run import bn_calibration, stage1_seeds
     from .stage1 import _n_base_layers, _record, _state_path, depth_grid
     from .store import best_record

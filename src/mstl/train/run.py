@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from pathlib import Path
 
 from ..config import RunConfig
 from ..progress import say

@@ -72,6 +72,26 @@ OUTPUTS = ("results.jsonl", "stage2.jsonl", "selection.json", "claims.json", "re
            "cache/*.npy", "cache/*.json", "cache/.*.lock", "stage1/pending/*.keras", "ray_stage1.json", "exports/*", "bench/*", "bench.json", "bench.md", ".*.tmp*", ".*.partial*")
 
 
+# The target's splits as labelled file lists (written by train, read by report, export, bench and the app).
+SPLIT_LISTS = {"test": "target_test.tsv", "val": "target_val.tsv", "train": "target_train.tsv"}
+
+
+def split_list_path(run_dir: Path, split: str) -> Path:
+    return Path(run_dir) / SPLIT_LISTS[split]
+
+
+def read_split(run_dir: Path, split: str):
+    """(sources, labels) of a target split of ``run_dir``, or None when the run has no such list
+    (a paper-preset run has no validation split; an exports folder copied out of its run has none)."""
+    import numpy as np
+    from ..data.filelist import read_list
+    path = split_list_path(run_dir, split)
+    if not path.is_file():
+        return None
+    sources, labels = read_list(path)
+    return sources, np.asarray(labels)
+
+
 TRIAL_KEYS = ("size", "frozen", "seed", "val_accuracy", "val_loss")
 STAGE2_KEYS = ("size", "seed", "accuracy", "ci_low", "ci_high")
 
