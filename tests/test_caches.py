@@ -120,9 +120,31 @@ def test_litert_feature_pass_equals_keras(smoke_data, monkeypatch):
     monkeypatch.setattr(frozen_pass, "MIN_IMAGES", 10 ** 9)
     by_keras = _features(model, smoke_data.target.images, rows)
     used = []
-    real = frozen_pass._litert
+    real = frozen_pass.litert_runner
     monkeypatch.setattr(frozen_pass, "MIN_IMAGES", 1)
-    monkeypatch.setattr(frozen_pass, "_litert", lambda *a: used.append(1) or real(*a))
+    monkeypatch.setattr(frozen_pass, "litert_runner", lambda *a: used.append(1) or real(*a))
     by_litert = _features(model, smoke_data.target.images, rows)
     assert used and by_litert.shape == by_keras.shape
     np.testing.assert_allclose(by_litert, by_keras, rtol=1e-4, atol=1e-5)
+
+
+def test_litert_activation_cache_equals_keras(smoke_data, tmp_path, monkeypatch):
+    """Above the same threshold the stage-1 activation cache is computed in LiteRT: the same activations
+    to float rounding, whatever the last batch's size."""
+    from mstl.model import base_of, build_classifier
+    from mstl.train import frozen_pass
+    from mstl.train.prefix_cache import PrefixCacheStore, cut_for, cut_points
+    cfg = smoke_data.cfg
+    split = smoke_data.splits[max(smoke_data.splits)]
+    rows = np.concatenate([split.train, split.val])
+    assert len(rows) % frozen_pass.BATCH  # a padded last batch is part of what is checked
+    model = build_classifier(cfg.model, cfg.data.image_size, 4, cfg.data.scaling,
+                             calibration_images=np.asarray(smoke_data.bridge.images[rows[:32]], np.float32))
+    cut = cut_for(130, cut_points(base_of(model)))
+    arrays = []
+    for threshold, folder in ((10 ** 9, "keras"), (1, "litert")):
+        monkeypatch.setattr(frozen_pass, "MIN_IMAGES", threshold)
+        store = PrefixCacheStore(tmp_path / folder, rows, "float32", 1e9)
+        arrays.append(np.array(store.get(model, cut, "pretrained", smoke_data.bridge.images).array))
+    assert arrays[0].shape == arrays[1].shape
+    np.testing.assert_allclose(arrays[1], arrays[0], rtol=1e-4, atol=1e-4)

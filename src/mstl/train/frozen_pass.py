@@ -24,31 +24,37 @@ BATCH = 32
 def run(model: "keras.Model", images: np.ndarray, rows: np.ndarray, keras_pass) -> np.ndarray:
     """``model`` (an inference-only Keras model taking raw pixels) on ``images[rows]``: through LiteRT
     when there are at least MIN_IMAGES rows and the conversion works, else ``keras_pass(model, rows)``."""
-    if len(rows) >= MIN_IMAGES and not tf.config.list_physical_devices("GPU"):
-        try:
-            return _litert(model, images, rows)
-        except Exception as e:  # a network the converter cannot take: the Keras pass gives the same numbers
-            say(f"  (LiteRT pass unavailable: {str(e).splitlines()[0][:120]}; using Keras)")
-    return keras_pass(model, rows)
+    runner = litert_runner(model, images, len(rows))
+    if runner is None:
+        return keras_pass(model, rows)
+    return np.concatenate([runner(rows[s:s + BATCH]) for s in range(0, len(rows), BATCH)])
 
 
-def _litert(model: "keras.Model", images: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
-    with tempfile.TemporaryDirectory(prefix="mstl-pass-") as tmp:
-        model.export(f"{tmp}/sm", format="tf_saved_model", verbose=False)
-        flat = tf.lite.TFLiteConverter.from_saved_model(f"{tmp}/sm").convert()
-    it = Interpreter(model_content=flat, num_threads=os.cpu_count() or 1)
-    inp = it.get_input_details()[0]
-    it.resize_tensor_input(inp["index"], [BATCH] + list(images.shape[1:]))
-    it.allocate_tensors()
+def litert_runner(model: "keras.Model", images: np.ndarray, n_rows: int):
+    """``run(rows) -> outputs`` for batches of at most BATCH rows through LiteRT, or None where the Keras
+    pass should run instead (too few rows to pay for the conversion, a GPU, or a network the converter
+    cannot take - the Keras pass gives the same numbers)."""
+    if n_rows < MIN_IMAGES or tf.config.list_physical_devices("GPU"):
+        return None
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        with tempfile.TemporaryDirectory(prefix="mstl-pass-") as tmp:
+            model.export(f"{tmp}/sm", format="tf_saved_model", verbose=False)
+            flat = tf.lite.TFLiteConverter.from_saved_model(f"{tmp}/sm").convert()
+        it = Interpreter(model_content=flat, num_threads=os.cpu_count() or 1)
+        inp = it.get_input_details()[0]
+        it.resize_tensor_input(inp["index"], [BATCH] + list(images.shape[1:]))
+        it.allocate_tensors()
+    except Exception as e:
+        say(f"  (LiteRT pass unavailable: {str(e).splitlines()[0][:120]}; using Keras)")
+        return None
     out_index = it.get_output_details()[0]["index"]
-    chunks = []
-    for s in range(0, len(rows), BATCH):
-        part = rows[s:s + BATCH]
+
+    def run_batch(part: np.ndarray) -> np.ndarray:
         x = gather_array(images, part)
         if len(part) < BATCH:  # the last batch is padded to the compiled shape, then cut
             x = np.concatenate([x, np.zeros((BATCH - len(part),) + x.shape[1:], x.dtype)])
         it.set_tensor(inp["index"], x)
         it.invoke()
-        chunks.append(np.array(it.get_tensor(out_index)[:len(part)]))
-    return np.concatenate(chunks)
+        return np.array(it.get_tensor(out_index)[:len(part)])
+    return run_batch

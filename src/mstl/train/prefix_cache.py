@@ -166,15 +166,19 @@ class PrefixCacheStore:
         shape = tuple(int(d) for d in prefix.output.shape[1:])
         tmp = path.with_name(f".{path.name}.partial{os.getpid()}")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(len(self.rows),) + shape)
-        batch = 64
-        # A compiled call: eager execution of ~100 layers per batch ran the pass at half the speed.
-        spec = tf.TensorSpec((None,) + tuple(images.shape[1:]), tf.float32)
-        run = tf.function(lambda x: prefix(x, training=False), input_signature=[spec])
+        from . import frozen_pass
+        runner = frozen_pass.litert_runner(prefix, images, len(self.rows))  # inference runtime for large sets
+        batch = frozen_pass.BATCH if runner is not None else 64
+        if runner is None:
+            # A compiled call: eager execution of ~100 layers per batch ran the pass at half the speed.
+            spec = tf.TensorSpec((None,) + tuple(images.shape[1:]), tf.float32)
+            call = tf.function(lambda x: prefix(x, training=False), input_signature=[spec])
+            runner = lambda part: call(gather_array(images, part)).numpy()  # noqa: E731
         with progress_bar(f"activation cache at layer {cut} ({base_of(model).layers[cut].name})", len(self.rows)) as adv:
             for s in range(0, len(self.rows), batch):
-                x = gather_array(images, self.rows[s:s + batch])
-                out[s:s + batch] = run(x).numpy().astype(self.dtype)
-                adv(len(x))
+                part = self.rows[s:s + batch]
+                out[s:s + batch] = runner(part).astype(self.dtype)
+                adv(len(part))
         out.flush()
         del out
         os.replace(tmp, path)
