@@ -174,32 +174,41 @@ def test_precision_from_file_names():
 
 
 @pytest.mark.slow
-def test_activation_refined_recipe_builds_and_leaves_the_shared_model_as_it_was(smoke_run, tmp_path):
+@pytest.mark.parametrize("key,ext", [("tflite", "tflite"), ("onnx", "onnx")])
+def test_activation_refined_recipe_builds_and_leaves_the_shared_model_as_it_was(smoke_run, tmp_path, monkeypatch, key, ext):
+    """The refined recipe measures the built int8 model's own activations (LiteRT by tensor name; ONNX
+    Runtime by convolution order), moves the linear offsets, rebuilds - and restores the shared model."""
     import dataclasses
     from pathlib import Path
+    from mstl.export import bias_correction
     from mstl.export import run as export_run
     from mstl.export.bias_correction import _container, linear_streams
-    f = by_key("tflite-int8")
+    f = by_key(f"{key}-int8")
     refine = next(r for r in f.ladder if r.refine)
     only = dataclasses.replace(f, recipes=(refine,))
-    job = export_run.job_from_run(smoke_run, [by_key("tflite-fp32"), only], tmp_path / "ex", None, 200, "uint8",
+    job = export_run.job_from_run(smoke_run, [by_key(f"{key}-fp32"), only], tmp_path / "ex", None, 200, "uint8",
                                   {"int8": 0.0, "fp32": 0.999})
     seen = {}
     real = export_run._Int8Ready.refined_build
+    real_correct = bias_correction.activation_correct
 
     def spy(self, builder, work, opts):
         net, _ = _container(self.get())
         before = {bn.name: bn.beta.numpy().copy() for s in linear_streams(net) for bn in s["norms"]}
         out = real(self, builder, work, opts)
         seen["restored"] = all(np.array_equal(before[n], l.beta.numpy()) for n in before for l in net.layers if l.name == n)
-        seen["layers"] = len(before)
+        seen["linear"] = len(before)
         return out
-    export_run._Int8Ready.refined_build = spy
-    try:
-        manifest = export_run.run_export(job)
-    finally:
-        export_run._Int8Ready.refined_build = real
-    row = {a["key"]: a for a in manifest["artifacts"]}["tflite-int8"]
-    assert row["recipe"] == "bias-corrected-activations" and row["agreement"] is not None
-    assert seen["restored"] and seen["layers"] > 0
-    assert (Path(tmp_path / "ex") / "classifier-int8.tflite").is_file()
+
+    def correct(*a, **kw):
+        done = real_correct(*a, **kw)
+        seen["corrected"] = done["layers"]
+        return done
+    monkeypatch.setattr(export_run._Int8Ready, "refined_build", spy)
+    monkeypatch.setattr(bias_correction, "activation_correct", correct)
+    manifest = export_run.run_export(job)
+    row = {a["key"]: a for a in manifest["artifacts"]}[f"{key}-int8"]
+    assert row["recipe"] == refine.name and row["agreement"] is not None
+    assert seen["restored"] and seen["linear"] > 0
+    assert seen["corrected"] == seen["linear"]  # every linear BatchNorm found in the built model and moved
+    assert (Path(tmp_path / "ex") / f"classifier-int8.{ext}").is_file()

@@ -115,7 +115,12 @@ FORMATS: tuple[Format, ...] = (
     Format("onnx-fp32", "onnx", "fp32", None, (), "mstl.export.onnx:build_fp32", "onnxruntime", 0.999),
     Format("onnx-int8", "onnx", "int8", "int8", ("calibration",), "mstl.export.onnx:build_int8", "onnxruntime", 0.99,
            "static QDQ, int8 per-channel weights",
+           # The refined recipe (measured on the paper-rule X-ray model): same agreement as plain
+           # bias correction (99.52%), test accuracy -1.1 -> +1.1 pt against fp32, same speed.
            recipes=(Recipe("u8s8-minmax", (("activations", "uint8"),), note="uint8 activations: the fast form on x86"),
+                    Recipe("u8s8-bias-corrected-activations", (("activations", "uint8"),), prepared=True, refine=True,
+                           note="uint8 activations on the int8-ready model, linear offsets corrected again for "
+                                "the QDQ model's own activation rounding"),
                     Recipe("u8s8-bias-corrected", (("activations", "uint8"),), prepared=True,
                            note="uint8 activations on the int8-ready model"),
                     Recipe("s8s8-bias-corrected", (("activations", "int8"),), prepared=True,

@@ -228,14 +228,76 @@ def equalize_streams(net, x: np.ndarray, strength: float = 0.5, limit: float = 1
             "strength": strength, "limit": limit}
 
 
-def activation_correct(model: "keras.Model", litert_bytes: bytes, pixels: np.ndarray, targets: dict) -> dict:
-    """A second correction, for LiteRT: measure each linear BatchNorm output's per-channel mean in the
-    int8 model itself - activation rounding included, which the first pass cannot see - and move the
-    offsets by what remains. ``targets``: the float channel means from ``int8_ready``. Changes
-    ``model`` in place; returns the betas it replaced (to restore) and what it did."""
-    from ai_edge_litert.interpreter import Interpreter
+def activation_correct(model: "keras.Model", built: bytes, pixels: np.ndarray, targets: dict) -> dict:
+    """A second correction: measure each linear BatchNorm output's per-channel mean in the built int8
+    model itself (a .tflite in LiteRT, or a QDQ .onnx in ONNX Runtime) - activation rounding included,
+    which the first pass cannot see - and move the offsets by what remains. ``targets``: the float
+    channel means from ``int8_ready``. Changes ``model`` in place; returns the betas it replaced (to
+    restore) and what it did."""
     net, _ = _container(model)
     linear = [bn for s in linear_streams(net) for bn in s["norms"] if bn.name in targets]
+    means = _onnx_means(net, linear, built, pixels) if built[4:8] != b"TFL3" else _litert_means(linear, built, pixels)
+    saved = {}
+    for bn in linear:
+        if bn.name in means:
+            saved[bn.name] = bn.beta.numpy().copy()
+            shift = means[bn.name] - targets[bn.name]
+            bn.beta.assign((bn.beta.numpy() - shift).astype(np.float32))
+    return {"saved": saved, "layers": len(saved)}
+
+
+def _onnx_means(net, linear: list, onnx_bytes: bytes, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel means of the linear BatchNorm outputs as the QDQ model rounds them. ONNX keeps no
+    layer names here (tf2onnx folds each BatchNorm into its convolution), so the model's convolutions
+    are matched to Keras' in graph order, checked by their output channel counts."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    proto = onnx.load_from_string(onnx_bytes)
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def weight_channels(conv) -> int | None:
+        w = conv.input[1]
+        dq = producer.get(w)
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            w = dq.input[0]
+        return int(numpy_helper.to_array(inits[w]).shape[0]) if w in inits else None
+
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    keras_convs = [c for c, _ in conv_bn_pairs(net)]
+    if len(convs) != len(keras_convs) or any(weight_channels(o) != (k.kernel.shape[2] * k.kernel.shape[3] if isinstance(
+            k, keras.layers.DepthwiseConv2D) else k.kernel.shape[3]) for o, k in zip(convs, keras_convs)):
+        raise ValueError("the ONNX convolutions do not match the Keras ones one to one; cannot refine")
+    bn_of = {bn.name: conv for conv, bn in conv_bn_pairs(net)}
+    tensor = {}
+    for bn in linear:
+        out = convs[keras_convs.index(bn_of[bn.name])].output[0]
+        q = next((r for r in readers.get(out, []) if r.op_type == "QuantizeLinear"), None)
+        dq = next((r for r in readers.get(q.output[0], []) if r.op_type == "DequantizeLinear"), None) if q else None
+        if dq is not None:
+            tensor[bn.name] = dq.output[0]
+    for name in tensor.values():
+        g.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = list(tensor.values())
+    sums = {k: 0.0 for k in tensor}
+    x = np.asarray(pixels, np.float32)
+    for i in range(0, len(x), 32):
+        outs = sess.run(names, {sess.get_inputs()[0].name: x[i:i + 32]})
+        for k, o in zip(tensor, outs):
+            sums[k] = sums[k] + o.mean(axis=(2, 3)).sum(axis=0)  # NCHW inside the converted graph
+    return {k: total / len(x) for k, total in sums.items()}
+
+
+def _litert_means(linear: list, litert_bytes: bytes, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel means of the linear BatchNorm outputs in the LiteRT int8 model, found by tensor name."""
+    from ai_edge_litert.interpreter import Interpreter
     it = Interpreter(model_content=litert_bytes, experimental_preserve_all_tensors=True)
     it.allocate_tensors()
     details = it.get_tensor_details()
@@ -259,13 +321,7 @@ def activation_correct(model: "keras.Model", litert_bytes: bytes, pixels: np.nda
             s, z = d["quantization"]
             t = it.get_tensor(d["index"]).astype(np.float32)
             sums[name] = sums[name] + ((t - z) * s if s else t).mean(axis=(0, 1, 2))
-    saved = {}
-    for bn in linear:
-        if bn.name in found:
-            saved[bn.name] = bn.beta.numpy().copy()
-            shift = sums[bn.name] / len(pixels) - targets[bn.name]
-            bn.beta.assign((bn.beta.numpy() - shift).astype(np.float32))
-    return {"saved": saved, "layers": len(saved)}
+    return {name: total / len(pixels) for name, total in sums.items()}
 
 
 def _limits(dtype):
