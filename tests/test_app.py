@@ -1,9 +1,6 @@
 import io
 import json
 import os
-import shutil
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -109,48 +106,25 @@ def test_concurrent_requests_are_consistent(client):
     assert all(o["probabilities"] == first for o in outs)
 
 
-def _chromium() -> str | None:
-    """Debian's chromium, installed by `make test`'s setup step (tests install nothing)."""
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def test_browser_upload_shows_label(classifier, tmp_path):
     pw = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    chromium = _chromium()
-    if not chromium:
-        pytest.skip("no chromium: `make test` installs Debian's package where it can (root and apt-get)")
-    import uvicorn
+    from _browser import CHROMIUM_ARGS, chromium_or_skip, serving
     from mstl.app_demo.server import create_app
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(classifier), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
+    chromium = chromium_or_skip()
     from mstl.data.synthetic import cxr_image
     img = tmp_path / "chest-film.jpeg"
     Image.fromarray(cxr_image("COVID-19", np.random.default_rng(7), 224)[0]).save(img, quality=92)
-    try:
-        with pw.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone's screen
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_selector("#model dd >> text=int8")
-            page.set_input_files("#file", str(img))
-            label = page.wait_for_selector("[data-testid=label]:not(:empty)", timeout=20000)
-            assert label.inner_text() in classifier.labels
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "app-demo.png"), full_page=True)
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(classifier)) as origin, pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone's screen
+        page.goto(f"{origin}/")
+        page.wait_for_selector("#model dd >> text=int8")
+        page.set_input_files("#file", str(img))
+        label = page.wait_for_selector("[data-testid=label]:not(:empty)", timeout=20000)
+        assert label.inner_text() in classifier.labels
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "app-demo.png"), full_page=True)
+        browser.close()
     assert (ARTIFACTS / "app-demo.png").stat().st_size > 5000
 
 

@@ -3,9 +3,6 @@ posted, checked by the server and shown by mstl-bench; nothing is fetched from o
 
 import json
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -92,44 +89,25 @@ def test_batch_one_copy_of_a_tflite_gives_the_same_answers(smoke_exports):
 
 def test_phone_browser_runs_the_models_and_its_rows_reach_mstl_bench(bench_app, tmp_path):
     pw = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.skip("no chromium: `make test` installs Debian's package where it can (root and apt-get)")
+    from _browser import CHROMIUM_ARGS, chromium_or_skip, serving
+    chromium = chromium_or_skip()
     if not VENDOR.exists():
         pytest.skip("no in-browser runtimes: `make web` fetches them from the npm registry (needs npm)")
-    import uvicorn
     from mstl.cli.bench import app as bench_cli
     run, asgi, _ = bench_app
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    origin = f"http://127.0.0.1:{port}"
     requests = []
-    try:
-        with pw.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-            page.on("request", lambda req: requests.append(req.url))
-            page.goto(f"{origin}/device?runs=10&warmup=2")
-            assert page.evaluate("self.crossOriginIsolated") is True
-            page.tap("[data-testid=run]")
-            page.wait_for_selector("[data-testid=done]:not([hidden])", timeout=300_000)
-            saved = json.loads(page.inner_text("[data-testid=done]"))
-            best = page.get_attribute("[data-testid=best]", "data-artifact")
-            page.screenshot(path=str(tmp_path / "device.png"), full_page=True)
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(asgi) as origin, pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        page.on("request", lambda req: requests.append(req.url))
+        page.goto(f"{origin}/device?runs=10&warmup=2")
+        assert page.evaluate("self.crossOriginIsolated") is True
+        page.tap("[data-testid=run]")
+        page.wait_for_selector("[data-testid=done]:not([hidden])", timeout=300_000)
+        saved = json.loads(page.inner_text("[data-testid=done]"))
+        best = page.get_attribute("[data-testid=best]", "data-artifact")
+        page.screenshot(path=str(tmp_path / "device.png"), full_page=True)
+        browser.close()
     outside = [u for u in requests if not u.startswith(origin) and not u.startswith(("data:", "blob:"))]
     assert not outside, f"the page fetched from outside the server: {outside}"
     assert len(saved) >= 2 and best
