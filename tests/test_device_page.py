@@ -40,6 +40,7 @@ def test_manifest_lists_verified_artifacts_with_the_servers_answers(bench_app):
     assert client.get("/device/models/config.json").status_code == 404
     assert client.get(f"/device/samples/{n}").status_code == 404
     assert client.get("/device").headers["cross-origin-embedder-policy"] == "require-corp"
+    assert (m["runtimes"] is not None) == VENDOR.exists()
 
 
 def _post(m, name, probs, **over):

@@ -83,7 +83,7 @@ class DeviceBench:
         return {"models": models,
                 "samples": [{"id": i, "url": f"/device/samples/{i}", "name": Path(f).name, "label": y}
                             for i, (f, y) in enumerate(zip(self.samples, self.labels))],
-                "low_agreement": LOW_AGREEMENT,
+                "low_agreement": LOW_AGREEMENT, "runtimes": packaged_runtimes(),
                 "note": None if self.samples else "no held-out samples (the exports folder is not inside a run dir): "
                                                   "agreement with the server cannot be measured"}
 
@@ -123,6 +123,18 @@ class DeviceBench:
         tmp.replace(path)
         row["saved_as"] = path.name
         return row
+
+
+def packaged_runtimes() -> dict | None:
+    """The in-browser runtimes shipped in the package (vendor/vendor.json), or None when it was built
+    without them (no npm at build time)."""
+    from importlib import resources
+    meta = resources.files("mstl.app_demo").joinpath("static/vendor/vendor.json")
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    return {"packages": sorted(info.get("packages", {})), "bytes": info.get("total_bytes")}
 
 
 def _number(d: dict, key: str, lo: float = 0.0, hi: float = 1e7, within: str = "") -> float:

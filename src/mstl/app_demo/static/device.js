@@ -263,6 +263,10 @@ async function main() {
     + `threads: ${THREADS}; ${RUNS} timed runs after ${WARMUP} warm-up, batch 1`;
   $("status").textContent = "Fetching the model list and the server's answers...";
   const manifest = await (await fetch("/device/manifest")).json();
+  if (!manifest.runtimes) {
+    throw new Error("this installation has no in-browser runtimes: it was built without npm "
+      + "(run `make web`, or scripts/fetch_web_assets.py, where the package is built)");
+  }
   const sampleList = manifest.samples.slice(0, MAX_SAMPLES);
   const samples = [];
   for (const s of sampleList) samples.push({ ...s, blob: await (await fetch(s.url)).blob() });
