@@ -122,3 +122,15 @@ def test_phone_browser_runs_the_models_and_its_rows_reach_mstl_bench(bench_app, 
         assert by_name[name]["agreement"]["rate"] >= 0.98, by_name[name]["agreement"]
         assert by_name[name]["latency_ms"][str(by_name[name]["threads"])]["p50"] > 0
     assert "[browser]" in res.output
+
+
+def test_no_samples_means_no_dataset_images_served_and_no_agreement(smoke_exports):
+    from starlette.testclient import TestClient
+    from mstl.app_demo.device import DeviceBench
+    from mstl.app_demo.inference import Classifier
+    from mstl.app_demo.server import create_app
+    clf = Classifier(smoke_exports / "classifier-int8.tflite", workers=1)
+    client = TestClient(create_app(clf, device=DeviceBench(smoke_exports, n_samples=0)))
+    m = client.get("/device/manifest").json()
+    assert m["samples"] == [] and "cannot be measured" in m["note"]
+    assert client.get("/device/samples/0").status_code == 404

@@ -84,8 +84,8 @@ class DeviceBench:
                 "samples": [{"id": i, "url": f"/device/samples/{i}", "name": Path(f).name, "label": y}
                             for i, (f, y) in enumerate(zip(self.samples, self.labels))],
                 "low_agreement": LOW_AGREEMENT, "runtimes": packaged_runtimes(),
-                "note": None if self.samples else "no held-out samples (the exports folder is not inside a run dir): "
-                                                  "agreement with the server cannot be measured"}
+                "note": None if self.samples else "no held-out samples (none asked for, or the exports folder is not "
+                                                  "inside a run dir): agreement with the server cannot be measured"}
 
     def model_file(self, name: str) -> Path:
         if name not in self.artifacts:

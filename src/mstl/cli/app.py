@@ -27,6 +27,8 @@ def serve(
     ssl_certfile: Optional[Path] = typer.Option(None, help="HTTPS certificate (PEM): a phone's browser runs the /device "
                                                 "bench multi-threaded only over HTTPS or on localhost"),
     ssl_keyfile: Optional[Path] = typer.Option(None, help="the certificate's private key (PEM)"),
+    device_samples: int = typer.Option(100, help="held-out test images the /device bench serves to browsers to check "
+                                       "agreement (0: none; they are your dataset's images)"),
 ):
     """Serve the model: open http://HOST:PORT on a phone or a laptop."""
     try:
@@ -43,9 +45,13 @@ def serve(
         say(f"model: {model.resolve()} (the int8 TFLite of runs/latest)")
     if model.suffix not in (".tflite", ".onnx"):
         raise UserError(f"{model}: the app serves .tflite or .onnx artifacts")
+    if device_samples < 0:
+        raise UserError("--device-samples must be 0 or more")
     if host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"listening on {host}: anyone on this network can reach the app. It is a research prototype with no "
-             "authentication; use it on a trusted network only.")
+             "authentication; use it on a trusted network only."
+             + (f" Its /device bench serves up to {device_samples} held-out images of the run's dataset; "
+                "--device-samples 0 serves none." if device_samples else ""))
     from ..app_demo.inference import UnverifiedModel
     from ..runtimes import RuntimeError_
     try:
@@ -62,7 +68,9 @@ def serve(
     scheme = "https" if ssl_certfile else "http"
     say(f"serving {clf.path.name} ({clf.runtime}, labels {clf.labels}) on {scheme}://{host}:{port}; "
         f"the in-browser bench is at {scheme}://{host}:{port}/device")
-    uvicorn.run(create_app(clf, int(max_upload_mb * 1024 * 1024)), host=host, port=port, log_level="warning",
+    from ..app_demo.device import DeviceBench
+    device = DeviceBench(clf.path.parent, n_samples=device_samples)
+    uvicorn.run(create_app(clf, int(max_upload_mb * 1024 * 1024), device), host=host, port=port, log_level="warning",
                 ssl_certfile=str(ssl_certfile) if ssl_certfile else None, ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
 
 
