@@ -111,7 +111,7 @@ def _pick_run_dir(cfg: RunConfig, data, run_dir: Optional[Path]) -> Path:
     return RUNS_ROOT / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-ENGINE_HELP = "serial (this process) | ray (trials as Ray tasks: pip install 'mstl[ray]')"
+ENGINE_HELP = "serial (this process) | ray (trials as Ray tasks; needs the ray extra of mstl)"
 ADDRESS_HELP = "Ray cluster to join (auto | HOST:PORT); default: a local Ray instance sized to this machine"
 
 
@@ -398,35 +398,35 @@ def _finish(store, t0: float) -> None:
     say(f"report: {report}")
 
 
-@app.command()
-@friendly
-def stage1(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing run dir"),
-           engine: str = typer.Option("serial", help=ENGINE_HELP),
-           ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
-           trial_cpus: float = typer.Option(1.0, help="CPUs per Ray trial"),
-           trial_gpus: float = typer.Option(0.0, help="GPUs per Ray trial"),
-           lookahead: int = typer.Option(2, help="Ray: depths a size's sweep may run ahead of its stop rule"),
-           ray_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray instance")):
+def _with_engine_flags(fn):
+    """``fn(run_dir, **engine flags)`` as a command: an existing run dir plus ENGINE_FLAGS."""
+    import inspect as _inspect
+    run_dir = _inspect.Parameter("run_dir", _inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
+                                 default=typer.Argument(Path("runs/latest"), help="an existing run dir"))
+    flags = [_inspect.Parameter(name, _inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+             for name, annotation, option in ENGINE_FLAGS]
+    fn.__signature__ = _inspect.Signature([run_dir, *flags])
+    return fn
+
+
+def _stage1(run_dir: Path, **flags):
     """Run (or resume) the stage-1 sweep of an existing run dir."""
-    eng = _engine(engine, ray_address, trial_cpus, trial_gpus, lookahead, ray_cpus)
+    eng = _engine(*(flags[k] for k in ENGINE_KEYS))
     store, data = _reopen(run_dir)
     from ..train.run import run_stage1
     run_stage1(store, data, eng)
 
 
-@app.command()
-@friendly
-def stage2(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing run dir"),
-           engine: str = typer.Option("serial", help=ENGINE_HELP),
-           ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
-           trial_cpus: float = typer.Option(1.0, help="CPUs per Ray trial"),
-           trial_gpus: float = typer.Option(0.0, help="GPUs per Ray trial"),
-           ray_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray instance")):
+def _stage2(run_dir: Path, **flags):
     """Run (or resume) stage 2 of an existing run dir, on its stage-1 models."""
-    eng = _engine(engine, ray_address, trial_cpus, trial_gpus, 0, ray_cpus)
+    eng = _engine(*(flags[k] for k in ENGINE_KEYS))
     store, data = _reopen(run_dir)
     from ..train.run import run_stage2
     run_stage2(store, data, eng)
+
+
+app.command("stage1")(friendly(_with_engine_flags(_stage1)))
+app.command("stage2")(friendly(_with_engine_flags(_stage2)))
 
 
 @app.command()
