@@ -169,3 +169,15 @@ def test_altered_artifact_is_refused_and_threads_must_be_positive(smoke_exports,
     assert res.exit_code == 2 and "sha256 differs" in res.output
     res = runner.invoke(app, [str(smoke_exports / "classifier-fp32.onnx"), "--threads", "0"])
     assert res.exit_code == 2 and "--threads must be 1 or more" in res.output
+
+
+def test_u8s8_artifact_from_a_vnni_cpu_is_flagged_on_avx2_without_vnni(monkeypatch):
+    from mstl.bench import run as bench_run
+    from mstl import machine
+    card = {"builder_options": {"activations": "uint8"}, "machine": {"cpu_flags": ["avx2", "avx512_vnni"]}}
+    monkeypatch.setattr(machine, "cpu_flags", lambda: ["avx2", "fma"])
+    assert "saturate" in bench_run._portability_note(card, "onnx")
+    assert bench_run._portability_note(card, "tflite") is None
+    assert bench_run._portability_note({**card, "builder_options": {"activations": "int8"}}, "onnx") is None
+    monkeypatch.setattr(machine, "cpu_flags", lambda: ["avx2", "avx512_vnni"])
+    assert bench_run._portability_note(card, "onnx") is None

@@ -53,6 +53,14 @@ def int8_speed_hint(flags: list[str]) -> str:
     return "no int8 dot-product instructions detected: expect int8 to gain size, not speed"
 
 
+def u8s8_may_saturate(flags: list[str]) -> bool:
+    """x86 with AVX2 but no VNNI: ONNX Runtime's u8s8 kernels multiply-add byte pairs into int16 with
+    saturation (VPMADDUBSW), so 8-bit weights can overflow there; VNNI accumulates in int32. (ONNX
+    Runtime's quantization guide: reduce_range, 7-bit weights, exists for these machines.)"""
+    f = set(flags)
+    return "avx2" in f and not f & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
 def runtime_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
     out = {}

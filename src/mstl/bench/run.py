@@ -122,6 +122,9 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
             if status != "ok":
                 r.setdefault("notes", []).append(f"NOT VERIFIED: export gate {status or 'never run'} "
                                                  f"({(card.get('verification') or {}).get('reason', 'no reason recorded')})")
+            note = _portability_note(card, a.format)
+            if note:
+                r.setdefault("notes", []).append(note)
         if r["status"] != "ok":
             say(f"  failed: {r['error']}")
         results.append(r)
@@ -133,6 +136,19 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
     return {"machine": machine_info(), "threads": threads, "runs": runs, "warmup": warmup,
             "data": labelled[2] if labelled else None, "n_images": int(len(labelled[1])) if labelled else 0,
             "results": results}
+
+
+def _portability_note(card: dict, fmt: str) -> str | None:
+    """An ONNX u8s8 artifact verified on a CPU with VNNI, measured here on AVX2 without it: its int8
+    products may saturate here, which the export gate never saw - this row's accuracy is the check."""
+    from ..machine import cpu_flags, u8s8_may_saturate
+    if fmt != "onnx" or (card.get("builder_options") or {}).get("activations") != "uint8":
+        return None
+    exported_on = (card.get("machine") or {}).get("cpu_flags") or []
+    if u8s8_may_saturate(cpu_flags()) and not u8s8_may_saturate(exported_on):
+        return ("u8s8 verified on a CPU with VNNI; this CPU has AVX2 without VNNI, where u8s8 products can saturate: "
+                "compare this row's accuracy with fp32, or re-export here so that the gate judges this CPU")
+    return None
 
 
 def _merge_threads(parts: list[dict]) -> dict:
