@@ -228,6 +228,13 @@ def _config(**options):
 JSON_FLAG = (("as_json", bool, typer.Option(False, "--json", help="print exactly one JSON object on stdout")),)
 
 
+def _keyword_params(flags: tuple) -> list:
+    """(name, type, typer.Option) triples as keyword-only signature parameters."""
+    import inspect as _inspect
+    return [_inspect.Parameter(name, _inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+            for name, annotation, option in flags]
+
+
 def _with_flags(fn, extra: tuple = ()):
     """``fn`` taking the study's flags (``_study_flags``) plus ``extra`` ((name, type, typer.Option) each)."""
     import inspect as _inspect
@@ -235,9 +242,7 @@ def _with_flags(fn, extra: tuple = ()):
     hints = typing.get_type_hints(_study_flags)  # real types, not the strings of `from __future__ import annotations`
     sig = _inspect.signature(_study_flags)
     params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()]
-    params += [_inspect.Parameter(name, _inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
-               for name, annotation, option in extra]
-    fn.__signature__ = sig.replace(parameters=params, return_annotation=_inspect.Signature.empty)
+    fn.__signature__ = sig.replace(parameters=params + _keyword_params(extra), return_annotation=_inspect.Signature.empty)
     return fn
 
 
@@ -248,7 +253,8 @@ app.command("config")(friendly(_with_flags(_config, JSON_FLAG)))
 def _plan(**options):
     """Estimate a sweep before running it: trials, cache sizes and wall time on N workers (a simulation
     of the Ray engine's schedule with measured trial times: --from-run RUN_DIR, else one calibration trial)."""
-    from ..train.plan import cache_sizes, grid_of, plan
+    from ..train.plan import cache_sizes, plan
+    from ..train.schedule import sweep_grid
     as_json, workers, from_run = options.pop("as_json"), options.pop("workers"), options.pop("from_run")
     lookahead = options.pop("lookahead")
     for unused in ("run_dir", "restart"):
@@ -268,9 +274,10 @@ def _plan(**options):
                              "for a calibration trial")
         source = f"trial times measured in {from_run} ({len(trials)} stage-1, {len(stage2)} stage-2 record(s))"
     else:
-        trials, stage2, bridge_images, source = _calibrate(cfg)
+        from ..train.plan import calibrate
+        trials, stage2, bridge_images, source = calibrate(cfg)
     out = plan(cfg, n_workers, lookahead, trials, stage2, source, 1 - cfg.stage1.val_fraction)
-    out["caches"] = cache_sizes(cfg, grid_of(cfg), bridge_images)
+    out["caches"] = cache_sizes(cfg, sweep_grid(cfg), bridge_images)
     if as_json:
         print(json.dumps(out, indent=2))
         return
@@ -296,45 +303,6 @@ def _plan(**options):
 def _hms(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _calibrate(cfg: RunConfig):
-    """A short calibration on the configured data: up to 512 training images of the smallest size at
-    the first depth, one cold epoch (build, tracing), then one and two warm epochs on the same model.
-    Warm epochs give seconds per image-epoch; the cold one, the set-up. Trials are then timed at the
-    configured epoch count - an upper bound where early stopping ends them sooner."""
-    from dataclasses import replace
-    from ..train.prepare import SplitRows
-    from ..train.run import prepare, setup_runtime
-    from ..train.stage1 import DepthSession, run_trial
-    from .. import bases
-    setup_runtime(cfg)
-    data = prepare(cfg)
-    size = min(data.splits)
-    s = data.splits[size]
-    k, kv = min(512, len(s.train)), min(128, len(s.val))
-    sub = SplitRows(s.train[:k], s.val[:kv], s.y_train[:k], s.y_val[:kv])
-    depth = min(cfg.stage1.start_frozen, bases.get_base(cfg.model.base).n_layers)
-    n_classes = len(data.bridge.classes)
-    say(f"calibration: {k} training images of size {size} at frozen depth {depth}: 1 cold, 1 and 2 warm epochs")
-    times = []
-    session = None
-    for epochs in (1, 1, 2):
-        c = replace(cfg, stage1=replace(cfg.stage1, epochs=epochs, early_stopping_patience=99))
-        t0 = time.perf_counter()
-        if session is None:
-            session = DepthSession(c, n_classes, depth, cfg.seeds[0], None, None)
-        run_trial(c, data.bridge.images, sub, n_classes, depth, cfg.seeds[0], verbose=False, session=session)
-        times.append(time.perf_counter() - t0)
-    per_epoch = max(times[2] - times[1], 1e-3)
-    setup = max(times[0] - per_epoch, 0.0)
-    per_image_epoch = per_epoch / k
-    rec = {"seed": -1, "size": size, "frozen": depth, "n_train": k,
-           "seconds": setup + per_image_epoch * k * cfg.stage1.epochs}
-    rec2 = {**rec, "n_train": 2 * k, "seconds": setup + per_image_epoch * 2 * k * cfg.stage1.epochs}
-    source = (f"calibration on {k} images: {per_epoch:.2f}s per warm epoch, {setup:.1f}s set-up; trials timed at "
-              f"{cfg.stage1.epochs} epochs (an upper bound where early stopping ends them sooner)")
-    return [rec, rec2], [], len(data.bridge.images), source
 
 
 app.command("plan")(friendly(_with_flags(_plan, JSON_FLAG + (
@@ -403,9 +371,7 @@ def _with_engine_flags(fn):
     import inspect as _inspect
     run_dir = _inspect.Parameter("run_dir", _inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
                                  default=typer.Argument(Path("runs/latest"), help="an existing run dir"))
-    flags = [_inspect.Parameter(name, _inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
-             for name, annotation, option in ENGINE_FLAGS]
-    fn.__signature__ = _inspect.Signature([run_dir, *flags])
+    fn.__signature__ = _inspect.Signature([run_dir, *_keyword_params(ENGINE_FLAGS)])
     return fn
 
 

@@ -11,15 +11,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..bases import get_base
 from ..config import RunConfig
-from .schedule import Key, depth_grid, simulate
-
-
-def grid_of(cfg: RunConfig) -> list[int]:
-    s1 = cfg.stage1
-    return depth_grid(s1.start_frozen, s1.min_frozen, s1.unfreeze_step, get_base(cfg.model.base).n_layers,
-                      s1.include_head_only)
+from .schedule import Key, simulate, sweep_grid
 
 
 def fit_seconds(trials: list[dict]) -> tuple[float, float]:
@@ -40,7 +33,7 @@ def plan(cfg: RunConfig, workers: list[int], lookahead: int, trials: list[dict],
     a calibration trial's) that give the times; where they also cover a (seed, size, depth) of ``cfg``,
     their validation accuracies drive the stop rule ("measured" scenario). Chains without records get
     two bounding scenarios: the stop rule ending as early as it can, and the whole grid."""
-    grid = grid_of(cfg)
+    grid = sweep_grid(cfg)
     seeds = list(cfg.seeds[: max(1, cfg.stage1_seeds)])
     keys: list[Key] = [(seed, size) for seed in seeds for size in cfg.stage1.sizes]
     a, b = fit_seconds(trials)
@@ -106,3 +99,44 @@ def cache_sizes(cfg: RunConfig, grid: list[int], bridge_images: int | None) -> d
             "largest_activation_cache_bytes": max(act.values()) if act else 0,
             "activation_cache_bytes_by_depth": act,
             "activation_cache_budget_bytes": int(cfg.cache_budget_gb * 1e9)}
+
+
+def calibrate(cfg: RunConfig) -> tuple[list[dict], list[dict], int, str]:
+    """A short calibration on the configured data: up to 512 training images of the smallest size at
+    the first depth, one cold epoch (build, tracing), then one and two warm epochs on the same model.
+    Warm epochs give seconds per image-epoch; the cold one, the set-up. Trials are then timed at the
+    configured epoch count - an upper bound where early stopping ends them sooner."""
+    import time
+    from dataclasses import replace
+    from ..bases import get_base
+    from ..progress import say
+    from .prepare import SplitRows
+    from .run import prepare, setup_runtime
+    from .stage1 import DepthSession, run_trial
+    setup_runtime(cfg)
+    data = prepare(cfg)
+    size = min(data.splits)
+    s = data.splits[size]
+    k, kv = min(512, len(s.train)), min(128, len(s.val))
+    sub = SplitRows(s.train[:k], s.val[:kv], s.y_train[:k], s.y_val[:kv])
+    depth = min(cfg.stage1.start_frozen, get_base(cfg.model.base).n_layers)
+    n_classes = len(data.bridge.classes)
+    say(f"calibration: {k} training images of size {size} at frozen depth {depth}: 1 cold, 1 and 2 warm epochs")
+    times = []
+    session = None
+    for epochs in (1, 1, 2):
+        c = replace(cfg, stage1=replace(cfg.stage1, epochs=epochs, early_stopping_patience=99))
+        t0 = time.perf_counter()
+        if session is None:
+            session = DepthSession(c, n_classes, depth, cfg.seeds[0], None, None)
+        run_trial(c, data.bridge.images, sub, n_classes, depth, cfg.seeds[0], verbose=False, session=session)
+        times.append(time.perf_counter() - t0)
+    per_epoch = max(times[2] - times[1], 1e-3)
+    setup = max(times[0] - per_epoch, 0.0)
+    per_image_epoch = per_epoch / k
+    rec = {"seed": -1, "size": size, "frozen": depth, "n_train": k,
+           "seconds": setup + per_image_epoch * k * cfg.stage1.epochs}
+    rec2 = {**rec, "n_train": 2 * k, "seconds": setup + per_image_epoch * 2 * k * cfg.stage1.epochs}
+    source = (f"calibration on {k} images: {per_epoch:.2f}s per warm epoch, {setup:.1f}s set-up; trials timed at "
+              f"{cfg.stage1.epochs} epochs (an upper bound where early stopping ends them sooner)")
+    return [rec, rec2], [], len(data.bridge.images), source

@@ -131,8 +131,9 @@ def _pin_threads(cpus: float) -> int:
     return tf.config.threading.get_intra_op_parallelism_threads()
 
 
-def _stage1_task(cfg, images, split, n_classes: int, frozen: int, seed: int, calibration, init_path,
+def _stage1_task(cfg, run_id: str, images, split, n_classes: int, frozen: int, seed: int, calibration, init_path,
                  prefix_spec, pending: str, cpus: float) -> dict:
+    """``run_id``: the run's config hash, computed once by the driver (it digests the weights file)."""
     from ..model import load_classifier
     from ..tf_env import keras
     from .prefix_cache import PrefixCacheStore
@@ -153,7 +154,7 @@ def _stage1_task(cfg, images, split, n_classes: int, frozen: int, seed: int, cal
     session = None
     if init is None:  # restart mode: this worker's built model for the depth serves its later sizes too
         from .stage1 import DepthSession
-        key = (cfg.config_hash(), n_classes, frozen, seed)
+        key = (run_id, n_classes, frozen, seed)
         if key not in _SESSIONS:
             _SESSIONS.clear()  # one depth's model at a time: the sweep descends, an old depth rarely returns
             keras.backend.clear_session()
@@ -195,13 +196,14 @@ def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
     """The sweep of every (seed, size) chain as Ray tasks; records committed by this driver only, in the
     order a serial sweep commits them. Returns the best record per (size, seed)."""
     from .run import bn_calibration, stage1_seeds
-    from .stage1 import _n_base_layers, _record, _state_path, depth_grid
+    from .schedule import sweep_grid
+    from .stage1 import _record, _state_path
     from .store import best_record
 
     ray = start(opts)
     cfg = data.cfg
     sizes, seeds = sorted(data.splits), stage1_seeds(cfg)
-    grid = depth_grid(cfg, _n_base_layers(cfg))
+    grid = sweep_grid(cfg)
     keys = [(seed, size) for seed in seeds for size in sizes]
     committed = {k: {r["frozen"]: r for r in store.trials() if (r["seed"], r["size"]) == k} for k in keys}
     sched = Scheduler({k: grid for k in keys}, committed, cfg.stage1.patience,
@@ -211,11 +213,12 @@ def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
     pending_dir.mkdir(parents=True)
     images = _array_handle(ray, data.bridge.images)
     calibration = bn_calibration(data)
+    run_id = store.config_hash()
     prefix_spec = None
     if cfg.cache:
         rows = np.concatenate([np.concatenate([s.train, s.val]) for s in data.splits.values()])
         prefix_spec = {"folder": str(store.dir / "cache"), "rows": rows, "dtype": cfg.prefix_cache,
-                       "budget": cfg.cache_budget_gb * 1e9, "identity": store.config_hash()}
+                       "budget": cfg.cache_budget_gb * 1e9, "identity": run_id}
     task = _remote(ray, _stage1_task, opts)
     n_slots = slots(ray, opts)
     running: dict = {}  # ObjectRef -> (key, depth, pending file)
@@ -231,7 +234,7 @@ def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
                 if cfg.stage1.mode == "continue" and sched.chains[key].committed:
                     init = str(_state_path(store, size, min(sched.chains[key].committed), seed))
                 pending = pending_dir / f"size-{size}-seed-{seed}-frozen-{depth}.keras"
-                ref = task.remote(cfg, images, data.splits[size], len(data.bridge.classes), depth, seed, calibration,
+                ref = task.remote(cfg, run_id, images, data.splits[size], len(data.bridge.classes), depth, seed, calibration,
                                   init, prefix_spec, str(pending), opts.trial_cpus)
                 running[ref] = (key, depth, pending)
                 say(f"trial: size {size} frozen {depth} (seed {seed}) started; {len(running)} running")
@@ -284,6 +287,7 @@ def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
 def run_stage2(store, data, opts: EngineOptions, jobs: list[tuple[int, int, str | None, int | None, int | None]]) -> None:
     """Stage-2 trials (size x seed, and the control) as parallel Ray tasks; records written here only.
     ``jobs``: (size, seed, stage-1 model path or None, its frozen depth, its stage-1 seed)."""
+    from .run import add_stage2_record
     ray = start(opts)
     cfg = data.cfg
     task = _remote(ray, _stage2_task, opts)
@@ -294,12 +298,14 @@ def run_stage2(store, data, opts: EngineOptions, jobs: list[tuple[int, int, str 
     t0 = time.monotonic()
     while queue or running:
         while queue and len(running) < n_slots:
-            size, seed, path, frozen, src_seed = queue.pop(0)
-            out = store.stage2_model(size, seed)
-            ref = task.remote(cfg, images, data.target_splits, seed, path, str(out), opts.trial_cpus)
-            running[ref] = (size, seed, path, frozen, src_seed, out)
+            job = queue.pop(0)
+            size, seed, path = job[:3]
+            ref = task.remote(cfg, images, data.target_splits, seed, path, str(store.stage2_model(size, seed)),
+                              opts.trial_cpus)
+            running[ref] = job
         ready, _ = ray.wait(list(running), num_returns=1)
-        size, seed, path, frozen, src_seed, out = running.pop(ready[0])
+        job = running.pop(ready[0])
+        size, seed = job[:2]
         try:
             rec = ray.get(ready[0])
         except ray.exceptions.RayTaskError as e:
@@ -307,11 +313,7 @@ def run_stage2(store, data, opts: EngineOptions, jobs: list[tuple[int, int, str 
                 ray.cancel(ref, force=True)
             raise RuntimeError(f"stage-2 trial size {size} seed {seed} failed on Ray: "
                                f"{e.cause if getattr(e, 'cause', None) else e}") from None
-        rec.update({"size": int(size), "stage1_model": path, "stage1_seed": src_seed if size else None,
-                    "model": str(out.relative_to(store.dir))})
-        if size:
-            rec["stage1_frozen"] = frozen
-        store.add_stage2(rec)
+        add_stage2_record(store, rec, job)
         what = f"size {size}" if size else "control"
         say(f"stage 2: {what}, seed {seed}: test accuracy {rec['accuracy']:.3f} in {rec['seconds']:.1f}s "
             f"({len(running)} running, {len(queue)} queued)")

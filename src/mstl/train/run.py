@@ -128,18 +128,24 @@ def run_stage2(store: RunStore, data: RunData, engine=None) -> dict:
         say(f"stage 2: {what}, seed {seed} ({i + 1} of {len(todo)} to run, {len(jobs)} in all)")
         model, rec = train_stage2(cfg, data.target.images, data.target_splits, seed, path, cache=cfg.cache,
                                   feature_memo=features)
-        out = store.stage2_model(size, seed)
-        save_model_atomic(model, out)
-        rec.update({"size": int(size), "stage1_model": path, "stage1_seed": src_seed if size else None,
-                    "model": str(out.relative_to(store.dir))})
-        if size:
-            rec["stage1_frozen"] = frozen
-        store.add_stage2(rec)
+        save_model_atomic(model, store.stage2_model(size, seed))
+        add_stage2_record(store, rec, (size, seed, path, frozen, src_seed))
         val = "no validation split" if rec["val_accuracy"] is None else f"val {rec['val_accuracy']:.3f}"
         say(f"  -> test accuracy {rec['accuracy']:.3f} [{rec['ci_low']:.3f}, {rec['ci_high']:.3f}], "
             f"{val}, {rec['epochs']} epoch(s), {rec['seconds']:.1f}s")
         keras.backend.clear_session()
     return _select(store)
+
+
+def add_stage2_record(store: RunStore, rec: dict, job: tuple) -> None:
+    """A stage-2 trial's record, with where its model and its stage-1 network are, into the run store.
+    ``job``: (size, seed, stage-1 model path or None, its frozen depth, its stage-1 seed)."""
+    size, seed, path, frozen, src_seed = job
+    rec.update({"size": int(size), "stage1_model": path, "stage1_seed": src_seed if size else None,
+                "model": str(store.stage2_model(size, seed).relative_to(store.dir))})
+    if size:
+        rec["stage1_frozen"] = frozen
+    store.add_stage2(rec)
 
 
 def _select(store: RunStore) -> dict:

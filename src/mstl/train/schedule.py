@@ -29,6 +29,14 @@ def depth_grid(start_frozen: int, min_frozen: int, step: int, n_layers: int, inc
     return grid
 
 
+def sweep_grid(cfg) -> list[int]:
+    """The depth grid of a run config (its base network's layer count from the registry, no TensorFlow)."""
+    from ..bases import get_base
+    s1 = cfg.stage1
+    return depth_grid(s1.start_frozen, s1.min_frozen, s1.unfreeze_step, get_base(cfg.model.base).n_layers,
+                      s1.include_head_only)
+
+
 def next_depth(grid: list[int], done: dict[int, dict], patience: int) -> int | None:
     """The next depth to train, or None once the peak is found (``patience`` depths without a better
     validation accuracy) or the floor is reached. Depends on the records only."""

@@ -7,7 +7,6 @@ trials spread over machines - without any other state.
 
 from __future__ import annotations
 
-import shutil
 import time
 from typing import Any, Callable
 
@@ -21,19 +20,11 @@ from ..progress import say
 from ..tf_env import keras, tf
 from .prepare import SplitRows
 from .prefix_cache import PrefixCacheStore, cut_for, cut_points, upper_model
-from ..bases import get_base
 from .store import RunStore, best_record, save_model_atomic
-from . import schedule
-from .schedule import next_depth
+from .schedule import next_depth, sweep_grid
 
 
 STEPS_PER_EXECUTION = 8  # both paths, cached or not: results are the same, per-batch overhead is not
-
-
-def depth_grid(cfg: RunConfig, n_layers: int) -> list[int]:
-    """Frozen depths in sweep order: start, start - step, ... down to the floor."""
-    s1 = cfg.stage1
-    return schedule.depth_grid(s1.start_frozen, s1.min_frozen, s1.unfreeze_step, n_layers, s1.include_head_only)
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -147,7 +138,7 @@ def sweep(cfg: RunConfig, store: RunStore, images: np.ndarray, splits: dict[int,
     """Run (or resume) the unfreezing sweep of every size, depth by depth: each depth's frozen-prefix
     cache then serves all sizes before the sweep moves down. Each size stops at its own peak.
     Returns the best record per size."""
-    grid = depth_grid(cfg, _n_base_layers(cfg))
+    grid = sweep_grid(cfg)
     sizes = sorted(splits)
     prefix = prefix_getter(cfg, prefix_store, images, seed)
     n_trials = 0
@@ -190,27 +181,15 @@ def _record(cfg, store: RunStore, model, rec: dict, done: dict, size: int, depth
     prev_best = best_record(list(done.values())) if done else None
     is_best = prev_best is None or best_record([prev_best, rec]) is rec
     if cfg.stage1.mode == "continue":
-        _place(model, _state_path(store, size, depth, seed))
+        save_model_atomic(model, _state_path(store, size, depth, seed))
     if is_best:
-        _place(model, store.stage1_model(size, depth, seed))
+        save_model_atomic(model, store.stage1_model(size, depth, seed))
     store.add_trial(rec)
     _cleanup(store, size, seed, keep_best=best_record(list(done.values()) + [rec])["frozen"],
              keep_state=depth if cfg.stage1.mode == "continue" else None)
     say(f"  {label}-> val_acc {rec['val_accuracy']:.3f} val_loss {rec['val_loss']:.3f} in {rec['seconds']:.0f}s"
         + (f" (cached prefix to layer {rec['cache_cut']})" if rec.get("cache_cut") is not None else "")
         + ("  (best so far)" if is_best else ""))
-
-
-def _place(model, path) -> None:
-    import os
-    from pathlib import Path
-    if not isinstance(model, (str, Path)):
-        save_model_atomic(model, path)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
-    shutil.copyfile(model, tmp)
-    os.replace(tmp, path)
 
 
 def ensure_best_model(cfg: RunConfig, store: RunStore, images, split: SplitRows, size: int, n_classes: int,
@@ -241,8 +220,3 @@ def _cleanup(store: RunStore, size: int, seed: int, keep_best: int, keep_state: 
             p.unlink(missing_ok=True)
         elif p.name.startswith("state-") and p.name != f"state-{keep_state}.keras":
             p.unlink(missing_ok=True)
-
-
-def _n_base_layers(cfg: RunConfig) -> int:
-    # from the registry: building the network to count its layers would cost a second
-    return get_base(cfg.model.base).n_layers

@@ -58,9 +58,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_model_atomic(model, path: Path) -> None:
+    """``model`` (a Keras model, or the .keras file a worker saved it to) written to ``path`` under a
+    temporary name, then renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
-    model.save(tmp)
+    if isinstance(model, (str, os.PathLike)):
+        import shutil
+        shutil.copyfile(model, tmp)
+    else:
+        model.save(tmp)
     os.replace(tmp, path)
 
 
