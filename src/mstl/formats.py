@@ -19,7 +19,7 @@ class Recipe:
     name: str
     options: tuple[tuple[str, object], ...] = ()  # builder keyword arguments, as pairs (hashable)
     prepared: bool = False
-    refine: bool = False  # LiteRT only: a second correction measured on the built int8 model itself
+    refine: bool = False  # a second correction measured on the built int8 model itself (LiteRT or ONNX Runtime)
     note: str = ""
 
     @property

@@ -27,6 +27,10 @@ def cpu_model() -> str:
 INT8_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd", "asimddp", "i8mm")
 
 
+# Flags whose int8 dot products accumulate in int32 (x86); without them AVX2 adds pairs in int16.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def cpu_flags() -> list[str]:
     """The int8-relevant instruction-set flags of this CPU (Linux /proc/cpuinfo; empty elsewhere)."""
     try:
@@ -42,7 +46,7 @@ def cpu_flags() -> list[str]:
 def int8_speed_hint(flags: list[str]) -> str:
     """Why int8 may or may not beat float32 on this CPU, in one clause."""
     f = set(flags)
-    if f & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+    if f & VNNI_FLAGS:
         return "VNNI int8 dot products present: int8 kernels are usually faster than fp32 here"
     if "asimddp" in f or "i8mm" in f:
         return "ARM int8 dot-product instructions present: int8 is usually faster than fp32 here"
@@ -58,7 +62,7 @@ def u8s8_may_saturate(flags: list[str]) -> bool:
     saturation (VPMADDUBSW), so 8-bit weights can overflow there; VNNI accumulates in int32. (ONNX
     Runtime's quantization guide: reduce_range, 7-bit weights, exists for these machines.)"""
     f = set(flags)
-    return "avx2" in f and not f & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return "avx2" in f and not f & VNNI_FLAGS
 
 
 def runtime_versions() -> dict[str, str]:

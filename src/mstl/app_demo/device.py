@@ -21,6 +21,7 @@ import numpy as np
 from ..bench.browser_rows import device_dir
 from ..cards import card_of
 from ..formats import precision_of
+from ..train.store import atomic_write_text, read_split  # the run-dir schema (no TensorFlow)
 from .inference import check_artifact
 
 BROWSER_FORMATS = (".onnx", ".tflite")  # onnxruntime-web, LiteRT.js
@@ -41,14 +42,14 @@ class DeviceBench:
                 continue
             card = card_of(path)
             if check_artifact(path, card) is None:  # only what passed the export gate, unaltered
-                self.artifacts[path.name] = {"path": path, "card": card}
+                self.artifacts[path.name] = {"path": path, "card": card, "format": card.get("format", path.suffix[1:]),
+                                             "precision": card.get("precision") or precision_of(path.name)}
         self.samples, self.labels = self._samples(min(max(n_samples, 0), MAX_SAMPLES))
         self._reference: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
     def _samples(self, n: int) -> tuple[list[str], list[int]]:
         """The run's held-out test images (the ones mstl-bench measures accuracy on), first ``n``."""
-        from ..train.store import read_split  # the run-dir schema (no TensorFlow)
         found = read_split(self.exports.parent, "test") if n else None
         if not found:
             return [], []
@@ -74,8 +75,8 @@ class DeviceBench:
         for name, a in self.artifacts.items():
             card = a["card"]
             models.append({
-                "name": name, "url": f"/device/models/{name}", "format": card.get("format", Path(name).suffix[1:]),
-                "precision": card.get("precision") or precision_of(name), "bytes": a["path"].stat().st_size,
+                "name": name, "url": f"/device/models/{name}", "format": a["format"],
+                "precision": a["precision"], "bytes": a["path"].stat().st_size,
                 "sha256": card.get("sha256"), "input": card.get("input"), "output": card.get("output"),
                 "labels": card.get("labels"),
                 "reference": np.round(self.reference(name), 6).tolist(),
@@ -118,9 +119,7 @@ class DeviceBench:
         while path.exists():
             path = folder / f"{stem}-{k}.json"
             k += 1
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(row, indent=2))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(row, indent=2))
         row["saved_as"] = path.name
         return row
 
@@ -163,11 +162,12 @@ def to_row(posted: dict[str, Any], bench: DeviceBench) -> dict[str, Any]:
         raise DeviceError("expected a JSON object")
     name = _text(posted, "artifact")
     path = bench.model_file(name)
-    card = bench.artifacts[name]["card"]
+    a = bench.artifacts[name]
     threads = int(_number(posted, "threads", 1, 1024))
     lat = _stats(posted.get("latency_ms"), "latency_ms")
     e2e = _stats(posted.get("e2e_ms"), "e2e_ms") if posted.get("e2e_ms") is not None else None
     runs = int(_number(posted, "runs", 1, 100000))
+    load_ms, first_ms = _number(posted, "load_ms"), _number(posted, "first_ms")
     probs = posted.get("probs")
     ref = bench.reference(name)
     agreement = None
@@ -198,13 +198,13 @@ def to_row(posted: dict[str, Any], bench: DeviceBench) -> dict[str, Any]:
               if k in ("user_agent", "hardware_concurrency", "platform", "device_memory_gb", "cross_origin_isolated",
                        "viewport", "webgpu") and isinstance(v, (str, int, float, bool))}
     row = {
-        "artifact": name, "format": card.get("format", path.suffix[1:]), "precision": card.get("precision") or precision_of(name),
+        "artifact": name, "format": a["format"], "precision": a["precision"],
         "status": "ok", "measured_in": "browser", "runtime": runtime, "backend": backend, "device": device,
         "source": f"browser: {runtime} {backend}, {threads} thread(s); {device.get('user_agent', 'unknown browser')[:120]}",
-        "size_mb": path.stat().st_size / 1e6, "sha256": card.get("sha256"),
-        "init_ms": _number(posted, "load_ms"), "first_ms": _number(posted, "first_ms"),
-        "latency": {str(threads): {**lat, "first": _number(posted, "first_ms"), "images_per_s": 1000.0 / max(lat["mean"], 1e-9),
-                                   "runs": runs, "init_ms": _number(posted, "load_ms")}},
+        "size_mb": path.stat().st_size / 1e6, "sha256": a["card"].get("sha256"),
+        "init_ms": load_ms, "first_ms": first_ms,
+        "latency": {str(threads): {**lat, "first": first_ms, "images_per_s": 1000.0 / max(lat["mean"], 1e-9),
+                                   "runs": runs, "init_ms": load_ms}},
         "latency_ms": {str(threads): lat}, "e2e_ms": e2e, "threads": threads,
         "accuracy": agreement["browser_accuracy"] if agreement else None, "agreement": agreement,
         "peak_rss_mb": None, "verified": True, "notes": notes, "posted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -11,6 +11,11 @@ def _fmt(v, spec=".2f", scale=1.0, none="-"):
     return none if v is None else format(v * scale, spec)
 
 
+def measured_here(row: dict[str, Any]) -> bool:
+    """A row this machine measured (not one from a phone's benchmark_model log or a browser)."""
+    return not row.get("source")
+
+
 def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     threads = [str(t) for t in report["threads"]]
     tcol = "/".join(threads)
@@ -61,7 +66,7 @@ def recommendations(report: dict[str, Any]) -> list[str]:
     from ..machine import int8_speed_hint
     hint = int8_speed_hint(report["machine"].get("cpu_flags", []))
     out = []
-    local = [r for r in report["results"] if not r.get("source")]  # this machine's rows only
+    local = [r for r in report["results"] if measured_here(r)]
     for fmt in sorted({r.get("format") for r in local if r.get("status") == "ok" and r.get("latency")}):
         ok = [r for r in local if r.get("format") == fmt and r.get("status") == "ok" and r.get("latency")]
         t = str(report["threads"][0])

@@ -17,6 +17,7 @@ from ..preprocess import Preprocess
 from ..progress import say
 from ..machine import machine_info
 from .measure import measure_isolated
+from .report import measured_here
 
 
 class BenchError(ValueError):
@@ -176,13 +177,13 @@ def _preprocess(path: Path, card: dict | None) -> Preprocess | None:
 
 def _compare_with_fp32(results: list[dict]) -> None:
     """Accuracy change and speed against the float32 form of the same format."""
-    here = [r for r in results if not r.get("source")]  # rows measured elsewhere (a phone, a browser) compare with nothing here
-    ref = {r["format"]: r for r in here if r.get("precision") == "fp32" and r.get("status") == "ok"}
+    # rows measured elsewhere (a phone, a browser) compare with nothing here
+    ref = {r["format"]: r for r in results if measured_here(r) and r.get("precision") == "fp32" and r.get("status") == "ok"}
     for r in results:
         base = ref.get(r.get("format"))
         r.setdefault("delta_vs_fp32", None)
         r["notes"] = r.get("notes", [])
-        if r.get("status") != "ok" or base is None or base is r or r.get("source"):
+        if r.get("status") != "ok" or base is None or base is r or not measured_here(r):
             continue
         if r.get("accuracy") is not None and base.get("accuracy") is not None:
             r["delta_vs_fp32"] = r["accuracy"] - base["accuracy"]

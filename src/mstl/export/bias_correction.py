@@ -270,14 +270,15 @@ def _onnx_means(net, linear: list, onnx_bytes: bytes, pixels: np.ndarray) -> dic
         return int(numpy_helper.to_array(inits[w]).shape[0]) if w in inits else None
 
     convs = [n for n in g.node if n.op_type == "Conv"]
-    keras_convs = [c for c, _ in conv_bn_pairs(net)]
+    pairs = conv_bn_pairs(net)
+    keras_convs = [c for c, _ in pairs]
     if len(convs) != len(keras_convs) or any(weight_channels(o) != (k.kernel.shape[2] * k.kernel.shape[3] if isinstance(
             k, keras.layers.DepthwiseConv2D) else k.kernel.shape[3]) for o, k in zip(convs, keras_convs)):
         raise ValueError("the ONNX convolutions do not match the Keras ones one to one; cannot refine")
-    bn_of = {bn.name: conv for conv, bn in conv_bn_pairs(net)}
+    onnx_conv_of = {bn.name: onnx_conv for (_, bn), onnx_conv in zip(pairs, convs)}
     tensor = {}
     for bn in linear:
-        out = convs[keras_convs.index(bn_of[bn.name])].output[0]
+        out = onnx_conv_of[bn.name].output[0]
         q = next((r for r in readers.get(out, []) if r.op_type == "QuantizeLinear"), None)
         dq = next((r for r in readers.get(q.output[0], []) if r.op_type == "DequantizeLinear"), None) if q else None
         if dq is not None:
