@@ -181,3 +181,17 @@ def test_u8s8_artifact_from_a_vnni_cpu_is_flagged_on_avx2_without_vnni(monkeypat
     assert bench_run._portability_note({**card, "builder_options": {"activations": "int8"}}, "onnx") is None
     monkeypatch.setattr(machine, "cpu_flags", lambda: ["avx2", "avx512_vnni"])
     assert bench_run._portability_note(card, "onnx") is None
+
+
+def test_device_rows_folder_with_junk_is_read_with_warnings(tmp_path, capsys):
+    """A hand-edited or truncated file in RUN_DIR/bench/device is named and left out, not a traceback."""
+    from mstl.bench.browser_rows import device_dir, load_device_rows
+    folder = device_dir(tmp_path / "exports")
+    folder.mkdir(parents=True)
+    (folder / "a-list.json").write_text("[1, 2]")
+    (folder / "b-cut.json").write_text('{"artifact": "c')
+    (folder / "c-ok.json").write_text('{"artifact": "c-int8.onnx", "sha256": "x"}')
+    rows = load_device_rows(tmp_path / "exports", current_only=False)
+    assert [r["saved_as"] for r in rows] == ["c-ok.json"]
+    out = capsys.readouterr().err
+    assert "a-list.json: left out" in out and "b-cut.json: left out" in out

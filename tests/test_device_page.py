@@ -134,3 +134,24 @@ def test_no_samples_means_no_dataset_images_served_and_no_agreement(smoke_export
     m = client.get("/device/manifest").json()
     assert m["samples"] == [] and "cannot be measured" in m["note"]
     assert client.get("/device/samples/0").status_code == 404
+
+
+def test_stored_rows_are_capped(smoke_exports, tmp_path):
+    """Anyone who reaches the app can post rows; they must not fill the server's disk."""
+    from starlette.testclient import TestClient
+    from mstl.app_demo.device import DeviceBench
+    from mstl.app_demo.inference import Classifier
+    from mstl.app_demo.server import create_app
+    run = tmp_path / "run"
+    shutil.copytree(smoke_exports.parent, run, ignore=shutil.ignore_patterns("bench", "stage1", "stage2", "cache"))
+    exports = run / "exports"
+    client = TestClient(create_app(Classifier(exports / "classifier-int8.tflite", workers=1),
+                                   device=DeviceBench(exports, n_samples=4, max_rows=3)))
+    m = client.get("/device/manifest").json()
+    onnx = next(x for x in m["models"] if x["name"] == "classifier-fp32.onnx")
+    codes = [client.post("/device/results", json=_post(m, onnx["name"], onnx["reference"])).status_code
+             for _ in range(5)]
+    assert codes == [200, 200, 200, 507, 507]
+    r = client.post("/device/results", json=_post(m, onnx["name"], onnx["reference"]))
+    assert "move or delete" in r.json()["error"]
+    assert len(list((run / "bench" / "device").glob("*.json"))) == 3

@@ -133,3 +133,40 @@ def test_reexport_replaces_the_folder_whole(smoke_run, tmp_path):
     (foreign / "thesis.pdf").write_bytes(b"%PDF")
     res = runner.invoke(app, [str(smoke_run), "--format", "tflite", "--out", str(foreign)])
     assert res.exit_code == 2 and "holds no mstl manifest.json" in res.output and (foreign / "thesis.pdf").exists()
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _folder(path, text):
+    path.mkdir()
+    (path / "manifest.json").write_text(text)
+    return path
+
+
+def test_a_kill_while_swapping_exports_folders_is_repaired(tmp_path):
+    """An export killed between moving the old folder aside and moving the new one in used to leave no
+    exports folder at all; the next export puts the old one back and drops the half-written one."""
+    from mstl.export.run import _recover_leftovers
+    final, pid = tmp_path / "exports", _dead_pid()
+    _folder(tmp_path / f".exports.old-{pid}", "old")
+    _folder(tmp_path / f".exports.staging-{pid}", "half")
+    said = _recover_leftovers(final)
+    assert (final / "manifest.json").read_text() == "old" and len(said) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]
+    # a folder of a process still running is not touched
+    busy = _folder(tmp_path / f".exports.staging-{subprocess.os.getppid()}", "busy")
+    assert _recover_leftovers(final) == [] and busy.exists()
+
+
+def test_exports_folders_swap_whole(tmp_path):
+    from mstl.export.run import _swap_in
+    final = _folder(tmp_path / "exports", "old")
+    (final / "stale.onnx").write_bytes(b"x")
+    staging = _folder(tmp_path / ".exports.staging-1", "new")
+    _swap_in(staging, final)
+    assert [p.name for p in final.iterdir()] == ["manifest.json"] and (final / "manifest.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]

@@ -27,15 +27,21 @@ from .inference import check_artifact
 BROWSER_FORMATS = (".onnx", ".tflite")  # onnxruntime-web, LiteRT.js
 LOW_AGREEMENT = 0.98  # a browser row below this says so (the export gate's int8 threshold is 0.99)
 MAX_SAMPLES = 200
+MAX_STORED_ROWS = 1000  # anyone who reaches the app can post: rows must not fill the server's disk
 
 
 class DeviceError(ValueError):
     pass
 
 
+class DeviceFull(DeviceError):
+    pass
+
+
 class DeviceBench:
-    def __init__(self, exports: Path, n_samples: int = 100):
+    def __init__(self, exports: Path, n_samples: int = 100, max_rows: int = MAX_STORED_ROWS):
         self.exports = Path(exports)
+        self.max_rows = max_rows
         self.artifacts: dict[str, dict] = {}
         for path in sorted(self.exports.iterdir()) if self.exports.is_dir() else []:
             if path.suffix not in BROWSER_FORMATS:
@@ -113,6 +119,9 @@ class DeviceBench:
         row = to_row(posted, self)
         folder = device_dir(self.exports)
         folder.mkdir(parents=True, exist_ok=True)
+        if sum(1 for _ in folder.glob("*.json")) >= self.max_rows:
+            raise DeviceFull(f"{folder} already holds {self.max_rows} device rows: read them with "
+                             "`mstl-bench --include-device-results`, then move or delete them to record more")
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{time.strftime('%Y%m%d-%H%M%S')}-{row['artifact']}-{row['backend']}")
         path = folder / f"{stem}.json"
         k = 1

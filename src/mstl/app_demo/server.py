@@ -99,7 +99,7 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
-    from .device import DeviceBench, DeviceError
+    from .device import DeviceBench, DeviceError, DeviceFull
 
     app = FastAPI(title="mstl app demo", description="Research prototype - not a diagnostic device.")
     static = resources.files("mstl.app_demo").joinpath("static")
@@ -161,6 +161,8 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
             return JSONResponse({"error": "expected a JSON body"}, status_code=400)
         try:
             return await run_in_threadpool(bench.record, posted)
+        except DeviceFull as e:
+            return JSONResponse({"error": str(e)}, status_code=507)
         except DeviceError as e:
             return JSONResponse({"error": str(e)}, status_code=422)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cards import card_of
+from ..progress import warn
 
 
 def device_dir(exports: Path) -> Path:
@@ -24,7 +25,11 @@ def load_device_rows(exports: Path, current_only: bool = True) -> list[dict[str,
     for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             row = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            warn(f"{p}: left out, not a readable device row ({e})")
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("artifact"), str):
+            warn(f"{p}: left out, not a device row (no artifact named)")
             continue
         if current_only:
             card = card_of(Path(exports) / row.get("artifact", ""))

@@ -140,6 +140,8 @@ def run_export(job: ExportJob) -> dict[str, Any]:
     if int(model.input_shape[1]) != job.image_size:
         raise ValueError(f"{job.model_path} takes {model.input_shape[1]} px images, the config says {job.image_size}")
     final = job.out_dir
+    for line in _recover_leftovers(final):
+        say(line)
     _check_out_dir(final)
     # Everything is written into a staging folder that replaces the old exports whole at the end: a
     # kill leaves the old folder as it was, and no file of an earlier export outlives its manifest.
@@ -167,11 +169,62 @@ def _check_out_dir(out: Path) -> None:
 
 
 def _swap_in(staging: Path, final: Path) -> None:
+    if final.exists() and _exchange(staging, final):
+        shutil.rmtree(staging, ignore_errors=True)  # it now holds the old exports
+        return
+    # No atomic exchange here (not Linux, or a file system without it): two renames, and a kill
+    # between them is repaired by the next export (_recover_leftovers).
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     if final.exists():
         os.replace(final, old)
     os.replace(staging, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE): a reader, or a kill, sees the old
+    exports or the new ones, never neither. False where the system cannot."""
+    import ctypes
+    import sys
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _recover_leftovers(final: Path) -> list[str]:
+    """Folders an export killed mid-way left beside FINAL: a staging folder is dropped; an old folder is
+    put back when FINAL itself is missing (killed between the two renames), else dropped. Folders of
+    a process that is still running are left alone."""
+    said = []
+    for path in sorted(final.parent.glob(f".{final.name}.*-*")):
+        kind, _, pid = path.name[len(final.name) + 2:].rpartition("-")
+        if kind not in ("staging", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not final.exists():
+            os.replace(path, final)
+            said.append(f"restored {final} from an export that was killed while swapping folders")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            said.append(f"removed {path.name}, left by an export that was killed")
+    return said
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _export_all(job: ExportJob, model) -> dict[str, Any]:

@@ -38,6 +38,17 @@ def collect_draws(store: RunStore) -> list[dict]:
     return out
 
 
+def _training_time(trials: list[dict], draws: list[dict]) -> str:
+    line = f"- {len(trials)} stage-1 trials, {sum(r['seconds'] for r in trials):.0f} s of training"
+    if len(draws) > 1:  # the stage-2 figures above pool every draw; so does this line
+        every = [r for d in draws for r in d["trials"]]
+        s2 = [r for d in draws for r in d["stage2"]]
+        line += (f" in this data draw; all {len(draws)} draws: {len(every)} stage-1 trials, "
+                 f"{sum(r['seconds'] for r in every):.0f} s, and {len(s2)} stage-2 trainings, "
+                 f"{sum(r.get('seconds', 0) for r in s2):.0f} s")
+    return line
+
+
 def _agg(records: list[dict], key: str) -> dict[int, list[dict]]:
     out: dict[int, list[dict]] = {}
     for r in records:
@@ -237,7 +248,7 @@ def build_report(run_dir: str | Path) -> Path:
           f"(early stopping on val loss), lr {cfg.stage1.learning_rate}, batch {cfg.stage1.batch_size}",
           f"- stage 2: batch {cfg.stage2.batch_size}, up to {cfg.stage2.max_epochs} epochs, stop at training "
           f"accuracy {cfg.stage2.stop_train_accuracy}, lr {cfg.stage2.learning_rate}; seeds {list(cfg.seeds)}",
-          f"- {len(trials)} stage-1 trials, {sum(r['seconds'] for r in trials):.0f} s of training", ""]
+          _training_time(trials, draws), ""]
     L += ["## Stage 1: optimal frozen depth per bridge size (Fig. 2a)", "",
           "| size | optimal frozen | val acc % | depths tried | paper's optimal frozen |", "|---|---|---|---|---|"]
     for size in sorted(optimal):

@@ -154,7 +154,7 @@ def choose_deployable(records: list[dict]) -> dict:
     best_seed = max(by_size[size], key=lambda r: (r[acc_key], r[auc_key] or 0))
     mean_acc = float(np.mean([r[acc_key] for r in by_size[size]]))
     what = "the control (no bridge)" if size == 0 else f"bridge size {size}"
-    why = (f"{what}: highest mean {split} accuracy ({mean_acc:.3f} over {len(by_size[size])} seed(s)) among "
+    why = (f"{what}: highest mean {split} accuracy ({mean_acc:.3f} over {len(by_size[size])} training seed(s) of this data draw) among "
            f"{sum(1 for s in by_size if s)} bridge size(s) and the control; ties broken by {split} ROC AUC, then the smaller bridge")
     out = {"size": size, "seed": best_seed["seed"], "chosen_on": split.lower(), f"{split.lower()}_accuracy": mean_acc,
            "why": why, "model": best_seed.get("model")}
