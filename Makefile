@@ -27,7 +27,7 @@ web:
 
 demo: $(STAMP) web
 	$(BIN)/mstl-train full --preset demo --run-dir $(RUN_DIR) $(if $(WEIGHTS),--weights $(WEIGHTS),)
-	$(BIN)/mstl-export $(RUN_DIR) --int8
+	$(BIN)/mstl-export $(RUN_DIR) --int8 --portable-int8
 	$(BIN)/mstl-bench $(RUN_DIR)/exports --json $(RUN_DIR)/bench.json --markdown $(RUN_DIR)/bench.md --save-dir $(RUN_DIR)/bench
 	@echo "report: $(RUN_DIR)/report.md   exports: $(RUN_DIR)/exports   bench: $(RUN_DIR)/bench.md"
 

@@ -1,9 +1,10 @@
 """Int8 on a run dir: export with the recipe ladder, then time each int8 artifact against its fp32
 sibling on this CPU. Prints one name=value line per figure.
 
-    .venv/bin/python benchmarks/int8_recipes.py runs/xray [--runs 200] [--threads 1] [--reuse]
+    .venv/bin/python benchmarks/int8_recipes.py runs/xray [--runs 200] [--threads 1] [--reuse] [--portable-int8]
 
---reuse takes RUN/exports as it is instead of exporting again into RUN/exports.
+--reuse takes RUN/exports as it is instead of exporting again into RUN/exports; --portable-int8
+exports ONNX int8 as for an x86 CPU without VNNI (what such a CPU's export would ship).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--portable-int8", action="store_true")
     args = ap.parse_args()
     exports = args.run_dir / "exports"
     if not args.reuse:
         cli = Path(sys.executable).with_name("mstl-export")
-        res = subprocess.run([str(cli), str(args.run_dir), "--int8"], capture_output=True, text=True)
+        res = subprocess.run([str(cli), str(args.run_dir), "--int8"] + (["--portable-int8"] if args.portable_int8 else []), capture_output=True, text=True)
         if res.returncode not in (0, 2):  # 2: a gate failed; the figures still say by how much
             print(res.stdout[-2000:] + res.stderr[-2000:], file=sys.stderr)
             return res.returncode
@@ -37,6 +39,7 @@ def main() -> int:
     print(f"cpu={cpu_model()}")
     print(f"cpu_flags={','.join(cpu_flags())}")
     print(f"verification_images={manifest['verification_images']}")
+    print(f"onnx_int8_built_for={manifest.get('onnx_int8_built_for', 'this CPU')}")
     x = None
     for fmt in ("tflite", "onnx"):
         q, f = rows.get(f"{fmt}-int8"), rows.get(f"{fmt}-fp32")

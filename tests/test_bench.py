@@ -179,6 +179,8 @@ def test_u8s8_artifact_from_a_vnni_cpu_is_flagged_on_avx2_without_vnni(monkeypat
     assert "saturate" in bench_run._portability_note(card, "onnx")
     assert bench_run._portability_note(card, "tflite") is None
     assert bench_run._portability_note({**card, "builder_options": {"activations": "int8"}}, "onnx") is None
+    seven_bit = {**card, "builder_options": {"activations": "uint8", "reduce_range": True}}
+    assert bench_run._portability_note(seven_bit, "onnx") is None  # built for these CPUs (--portable-int8)
     monkeypatch.setattr(machine, "cpu_flags", lambda: ["avx2", "avx512_vnni"])
     assert bench_run._portability_note(card, "onnx") is None
 

@@ -30,6 +30,42 @@ def test_every_int8_format_has_a_ladder_that_ends_exact():
     assert by_key("tflite-fp32").ladder[0].name == "default"
 
 
+def test_onnx_ladder_follows_the_cpu_it_is_built_for():
+    """Where u8s8 products are exact (VNNI, or not x86) 8-bit weights are tried; on x86 without VNNI
+    (or --portable-int8) only 7-bit weights or s8s8 - each skip recorded with its reason."""
+    from mstl.formats import Recipe
+    f = by_key("onnx-int8")
+    exact = [r.name for r, skip in f.ladder_for(True) if not skip]
+    saturating = [(r, skip) for r, skip in f.ladder_for(False)]
+    tried = [r for r, skip in saturating if not skip]
+    assert exact[0] == "u8s8-minmax" and "u8s8-r7-minmax" not in exact
+    assert [r.name for r in tried] == ["u8s8-r7-minmax", "u8s8-r7-bias-corrected", "s8s8-bias-corrected"]
+    assert all(r.kwargs.get("reduce_range") for r in tried if r.kwargs.get("activations") == "uint8")
+    assert all("AVX2" in skip for r, skip in saturating if skip)
+    assert [r.name for r, skip in by_key("tflite-int8").ladder_for(False) if not skip] == \
+        [r.name for r in by_key("tflite-int8").ladder]  # LiteRT's int8 kernels are exact everywhere
+    with pytest.raises(ValueError, match="cpus must be one of"):
+        Recipe("x", cpus="vnni")
+
+
+@pytest.mark.slow
+def test_onnx_int8_exported_on_avx2_without_vnni_has_7_bit_weights(smoke_run, tmp_path, monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+    from mstl.export import run as export_run
+    monkeypatch.setattr(export_run, "cpu_flags", lambda: ["avx2", "fma"])
+    out = tmp_path / "avx2"
+    res = runner.invoke(app, [str(smoke_run), "--format", "onnx", "--int8", "--min-int8", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    card = json.loads((out / "classifier-int8.onnx.json").read_text())
+    assert card["recipe"] == "u8s8-r7-minmax" and card["built_for_cpus"] == "saturating-u8s8"
+    assert card["recipes_tried"][0] == {"recipe": "u8s8-minmax", "status": "skipped",
+                                        "reason": card["recipes_tried"][0]["reason"]}
+    g = onnx.load(str(out / "classifier-int8.onnx")).graph
+    weights = [numpy_helper.to_array(i) for i in g.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims]
+    assert weights and max(int(np.abs(w).max()) for w in weights) <= 64  # 7 bits: no int16 pair sum saturates
+
+
 @pytest.mark.slow
 def test_failed_recipe_is_skipped_and_recorded(smoke_run, tmp_path, monkeypatch):
     import mstl.export.tflite as tfl

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 IO_TYPES = ("uint8", "int8", "float")
+CPU_KINDS = ("any", "exact-u8s8", "saturating-u8s8")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,14 @@ class Recipe:
     prepared: bool = False
     refine: bool = False  # a second correction measured on the built int8 model itself (LiteRT or ONNX Runtime)
     note: str = ""
+    # The CPUs the artifact is built for: "any"; "exact-u8s8", where ONNX Runtime's u8s8 products are
+    # exact (VNNI, or not x86); "saturating-u8s8", x86 with AVX2 and no VNNI, where u8s8 byte pairs are
+    # summed in int16 with saturation (VPMADDUBSW) unless weights keep to 7 bits.
+    cpus: str = "any"
+
+    def __post_init__(self):
+        if self.cpus not in CPU_KINDS:
+            raise ValueError(f"recipe {self.name!r}: cpus must be one of {CPU_KINDS}, got {self.cpus!r}")
 
     @property
     def kwargs(self) -> dict:
@@ -38,6 +47,7 @@ class BuildOptions:
     calibration: Any = None  # raw 0..255 calibration images, (N, S, S, 3), for the int8 forms
     io: str = "uint8"  # int8 TFLite input/output type
     activations: str = "uint8"  # ONNX int8 activation type
+    reduce_range: bool = False  # ONNX int8: 7-bit weights, so that u8s8 int16 pair sums cannot saturate
 
     def __post_init__(self):
         if self.io not in IO_TYPES:
@@ -76,6 +86,20 @@ class Format:
     def ladder(self) -> tuple[Recipe, ...]:
         return self.recipes or (DEFAULT_RECIPE,)
 
+    def ladder_for(self, exact_u8s8: bool) -> list[tuple[Recipe, str | None]]:
+        """Every recipe in order, each with the reason it is skipped for the CPUs the export is built for
+        (None: tried)."""
+        out = []
+        for r in self.ladder:
+            skip = None
+            if r.cpus == "exact-u8s8" and not exact_u8s8:
+                skip = ("8-bit weights: u8s8 int16 pair sums can saturate on x86 with AVX2 and no VNNI, "
+                        "which this export is built for")
+            elif r.cpus == "saturating-u8s8" and exact_u8s8:
+                skip = "7-bit weights are only needed where u8s8 can saturate (x86 without VNNI); this CPU has exact u8s8"
+            out.append((r, skip))
+        return out
+
     @property
     def suffix(self) -> str:
         return f".{self.format}"
@@ -93,6 +117,9 @@ class Format:
     def load_builder(self) -> Callable:
         return getattr(self.load_module(), self.builder.split(":")[1])
 
+
+U8 = (("activations", "uint8"),)
+U8_R7 = (("activations", "uint8"), ("reduce_range", True))
 
 FORMATS: tuple[Format, ...] = (
     Format("tflite-fp32", "tflite", "fp32", None, (), "mstl.export.tflite:build_fp32", "litert", 0.999),
@@ -117,12 +144,20 @@ FORMATS: tuple[Format, ...] = (
            "static QDQ, int8 per-channel weights",
            # The refined recipe (measured on the paper-rule X-ray model): same agreement as plain
            # bias correction (99.52%), test accuracy -1.1 -> +1.1 pt against fp32, same speed.
-           recipes=(Recipe("u8s8-minmax", (("activations", "uint8"),), note="uint8 activations: the fast form on x86"),
-                    Recipe("u8s8-bias-corrected-activations", (("activations", "uint8"),), prepared=True, refine=True,
+           # On x86 without VNNI (or --portable-int8) the u8s8 rungs give way to 7-bit-weight ones
+           # (ONNX Runtime's quantization guide: reduce_range is for U8S8 on AVX2/AVX-512 without
+           # VNNI). No refined 7-bit rung: its all-layers-at-once correction overshot with the larger
+           # 7-bit errors (demo model: 66.4% agreement, against 99.29% for plain bias correction).
+           recipes=(Recipe("u8s8-minmax", U8, note="uint8 activations: the fast form on x86", cpus="exact-u8s8"),
+                    Recipe("u8s8-r7-minmax", U8_R7, note="uint8 activations, 7-bit weights: exact on x86 without VNNI",
+                           cpus="saturating-u8s8"),
+                    Recipe("u8s8-bias-corrected-activations", U8, prepared=True, refine=True, cpus="exact-u8s8",
                            note="uint8 activations on the int8-ready model, linear offsets corrected again for "
                                 "the QDQ model's own activation rounding"),
-                    Recipe("u8s8-bias-corrected", (("activations", "uint8"),), prepared=True,
+                    Recipe("u8s8-bias-corrected", U8, prepared=True, cpus="exact-u8s8",
                            note="uint8 activations on the int8-ready model"),
+                    Recipe("u8s8-r7-bias-corrected", U8_R7, prepared=True, cpus="saturating-u8s8",
+                           note="uint8 activations and 7-bit weights on the int8-ready model"),
                     Recipe("s8s8-bias-corrected", (("activations", "int8"),), prepared=True,
                            note="int8 activations: more exact on some models, about 2x slower on x86"))),
 )

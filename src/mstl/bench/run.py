@@ -143,7 +143,8 @@ def _portability_note(card: dict, fmt: str) -> str | None:
     """An ONNX u8s8 artifact verified on a CPU with VNNI, measured here on AVX2 without it: its int8
     products may saturate here, which the export gate never saw - this row's accuracy is the check."""
     from ..machine import cpu_flags, u8s8_may_saturate
-    if fmt != "onnx" or (card.get("builder_options") or {}).get("activations") != "uint8":
+    options = card.get("builder_options") or {}
+    if fmt != "onnx" or options.get("activations") != "uint8" or options.get("reduce_range"):
         return None
     exported_on = (card.get("machine") or {}).get("cpu_flags") or []
     if u8s8_may_saturate(cpu_flags()) and not u8s8_may_saturate(exported_on):

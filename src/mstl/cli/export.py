@@ -35,6 +35,9 @@ def export(
     min_int8: Optional[float] = typer.Option(None, help="agreement threshold for full-int8 forms (default: the table's, 0.99)"),
     explain: bool = typer.Option(False, "--explain", help="after export, compare each quantized artifact with its "
                                  "fp32 sibling tensor by tensor and print the layers that lose the most (SQNR)"),
+    portable_int8: bool = typer.Option(False, "--portable-int8", help="build ONNX int8 exact on every x86 CPU "
+                                       "(7-bit u8s8 weights), not only on this one: for artifacts that will run "
+                                       "on CPUs with AVX2 and no VNNI"),
 ):
     """Export to .tflite / .onnx, verify each artifact in its own runtime, write cards and a manifest."""
     if io is not None and io not in IO_TYPES:
@@ -52,6 +55,7 @@ def export(
         job = _standalone_job(run_dir, model, data, labels, image_size, formats, out, calibration or 200,
                               io or "uint8", thresholds)
         job.explain = explain
+    job.portable_int8 = portable_int8
     manifest = run_export(job)
     say("")
     say(f"{'artifact':<32} {'size MB':>8} {'agreement':>10} {'flips':>9} {'max|diff|':>10} {'Δacc pt (95% CI)':>22} "

@@ -260,13 +260,14 @@ def _plan(**options):
     for unused in ("run_dir", "restart"):
         options.pop(unused, None)
     options["preset"] = options.pop("preset_name")
+    if from_run is not None:  # before the configuration, which may look for ImageNet weights
+        from ..train.store import RunStore, is_run_dir
+        if not is_run_dir(from_run):
+            raise ValueError(f"--from-run {from_run}: not an mstl run dir (no config.json written by mstl-train)")
     cfg = _config_from_options(options).validate()
     n_workers = parse_ints(workers, "--workers") or [1, 2, 4, 8]
     bridge_images = None
     if from_run is not None:
-        from ..train.store import RunStore, is_run_dir
-        if not is_run_dir(from_run):
-            raise ValueError(f"--from-run {from_run}: not an mstl run dir (no config.json written by mstl-train)")
         store = RunStore(from_run)
         trials, stage2 = store.trials(), store.stage2_records()
         if not trials:

@@ -44,7 +44,7 @@ def build_int8(model, workdir: Path, opts: BuildOptions) -> bytes:
     out = workdir / "model-int8.onnx"
     quantize_static(str(pre), str(out), array_reader(INPUT_NAME, opts.calibration), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8 if opts.activations == "int8" else QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, per_channel=True)
+                    weight_type=QuantType.QInt8, per_channel=True, reduce_range=opts.reduce_range)
     return out.read_bytes()
 
 

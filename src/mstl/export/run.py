@@ -17,7 +17,7 @@ import numpy as np
 from ..data.splits import stratified_sample
 from ..formats import BuildOptions, Format
 from ..progress import say
-from ..machine import cpu_flags, cpu_model
+from ..machine import cpu_flags, cpu_model, u8s8_may_saturate
 from ..preprocess import Preprocess
 from ..runtimes import load_runtime
 from .verify import verify
@@ -49,6 +49,8 @@ class ExportJob:
     source: dict[str, Any] = field(default_factory=dict)
     data_licence: str = "not recorded: state the training data's licence here"
     stem: str = "classifier"
+    # ONNX int8 for every x86 CPU (7-bit u8s8 weights) instead of for the exporting one
+    portable_int8: bool = False
 
     @property
     def preprocess(self) -> Preprocess:
@@ -265,6 +267,7 @@ def _export_all(job: ExportJob, model) -> dict[str, Any]:
         "verification_images": len(sources), "heldout_images": len(job.verify_sources),
         "calibration": {"images": int(len(pick)), "from": "target training split, stratified by class, seed 0"},
         "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags()},
+        "onnx_int8_built_for": "every x86 CPU (--portable-int8)" if job.portable_int8 else "this CPU",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     _atomic_write(job.out_dir / "manifest.json", json.dumps(manifest, indent=2).encode())
@@ -291,7 +294,11 @@ def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJo
     threshold = job.thresholds.get(fmt.precision, fmt.min_agreement)
     tried: list[dict[str, Any]] = []
     best = None
-    for recipe in fmt.ladder:
+    exact_u8s8 = not job.portable_int8 and not u8s8_may_saturate(cpu_flags())
+    for recipe, skip in fmt.ladder_for(exact_u8s8):
+        if skip:
+            tried.append({"recipe": recipe.name, "status": "skipped", "reason": skip})
+            continue
         try:
             opts = BuildOptions(calibration, job.io).with_recipe(recipe)
             if recipe.refine:
@@ -310,7 +317,7 @@ def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJo
         tried.append({"recipe": recipe.name, "status": check["status"], "agreement": check["agreement"],
                       "flips": check["flips"], "n_compared": check["n_compared"],
                       "max_abs_diff": check["max_abs_diff"], **({"reason": check["reason"]} if "reason" in check else {})})
-        if len(fmt.ladder) > 1:
+        if len(tried) > 1 or len(fmt.ladder) > 1:
             agree = "-" if check["agreement"] is None else f"{100 * check['agreement']:.2f}%"
             say(f"{name} [{recipe.name}]: agreement {agree} ({check['flips']} flips of {check['n_compared']}) -> {check['status']}")
         if best is None or check["status"] == "ok" or (check["agreement"] or 0) > (best[2]["agreement"] or 0):
@@ -328,7 +335,8 @@ def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJo
     card = {"name": name, "format": fmt.format, "precision": fmt.precision, "labels": job.labels,
             **_io_card(rt, job.labels, job), "source": job.source, "intended_use": INTENDED_USE,
             "data_licence": job.data_licence, "note": fmt.note, "recipe": recipe.name,
-            "recipe_note": recipe.note, "builder_options": recipe.kwargs, "recipes_tried": tried}
+            "recipe_note": recipe.note, "builder_options": recipe.kwargs, "recipes_tried": tried,
+            "built_for_cpus": recipe.cpus}
     if recipe.prepared:
         card["int8_ready"] = ready.info
     if calibration is not None and "calibration" in fmt.options:
