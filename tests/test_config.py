@@ -62,6 +62,24 @@ def test_base_registry_limits_the_configuration():
     assert "base" not in preset("paper").identity()["model"]
 
 
+@pytest.mark.parametrize("key,value,words", [
+    ("stage1.epochs", -3, "stage1.epochs must be at least 1"),
+    ("stage2.batch_size", 0, "stage2.batch_size must be at least 1"),
+    ("stage1.learning_rate", float("nan"), "stage1.learning_rate must be a positive number"),
+    ("model.alpha", 7.0, "not 7.0; pick one of those"),
+    ("cache_budget_gb", -1.0, "cache_budget_gb must be 0 or more"),
+    ("stage1_seeds", 3, "N must be 1..1"),
+    ("data_seeds", (0, -1), "seeds must be integers"),
+    ("model.dropout", 1.0, "model.dropout must be in [0, 1)"),
+])
+def test_numbers_that_would_be_capped_or_fail_deep_are_refused(key, value, words):
+    """Hostile or mistyped numbers are refused up front, naming the key (they were capped, ignored or
+    failed deep in TensorFlow or numpy)."""
+    with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        override(preset("paper"), **{key: value})
+    override(preset("smoke"), **{"model.alpha": 0.6})  # no ImageNet weights: any width
+
+
 @pytest.mark.slow
 def test_registry_layer_count_is_the_built_networks():
     from mstl.bases import BASES

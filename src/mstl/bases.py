@@ -16,6 +16,7 @@ class Base:
     imagenet_scaling: str  # the input range its ImageNet weights were trained on ("imagenet" = [-1, 1])
     build: Callable  # (input_shape, alpha, weights, name) -> keras.Model, no top
     note: str = ""
+    imagenet_alphas: tuple[float, ...] = ()  # widths with published ImageNet weights; () = any
 
 
 def _mobilenet_v2(input_shape, alpha, weights, name):
@@ -26,7 +27,8 @@ def _mobilenet_v2(input_shape, alpha, weights, name):
 
 BASES: dict[str, Base] = {
     "mobilenet_v2": Base("mobilenet_v2", 154, 32, "imagenet", _mobilenet_v2,
-                         "the paper's network; 154 layers at every width (alpha)"),
+                         "the paper's network; 154 layers at every width (alpha)",
+                         (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)),
 }
 DEFAULT_BASE = "mobilenet_v2"
 

@@ -133,9 +133,46 @@ class RunConfig:
             problems.append(f"prefix cache must be float32 or float16, got {self.prefix_cache!r}")
         if not self.seeds:
             problems.append("at least one seed is needed")
+        problems += self._number_problems(base)
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
         return self
+
+    def _number_problems(self, base) -> list[str]:
+        """Numbers that would otherwise be capped, ignored or fail deep in TensorFlow or numpy. Written
+        as `not (x > 0)` so that NaN fails too."""
+        out = []
+        for name, v in (("stage1.epochs", self.stage1.epochs), ("stage1.batch_size", self.stage1.batch_size),
+                        ("stage1.patience", self.stage1.patience), ("stage2.batch_size", self.stage2.batch_size),
+                        ("stage2.max_epochs", self.stage2.max_epochs), ("stage2.target_size", self.stage2.target_size)):
+            if not v >= 1:
+                out.append(f"{name} must be at least 1, got {v}")
+        if not self.stage1.early_stopping_patience >= 0:
+            out.append(f"stage1.early_stopping_patience must be 0 or more, got {self.stage1.early_stopping_patience}")
+        for name, v in (("stage1.learning_rate", self.stage1.learning_rate),
+                        ("stage2.learning_rate", self.stage2.learning_rate)):
+            if not 0 < v < float("inf"):
+                out.append(f"{name} must be a positive number, got {v}")
+        if not 0 < self.stage2.stop_train_accuracy:
+            out.append(f"stage2.stop_train_accuracy must be positive (above 1: never stop early), "
+                       f"got {self.stage2.stop_train_accuracy}")
+        if not 0 <= self.model.dropout < 1:
+            out.append(f"model.dropout must be in [0, 1), got {self.model.dropout}")
+        if not 0 < self.model.alpha < float("inf"):
+            out.append(f"model.alpha must be a positive width multiplier, got {self.model.alpha}")
+        elif base is not None and self.model.weights != "none" and base.imagenet_alphas \
+                and self.model.alpha not in base.imagenet_alphas:
+            out.append(f"ImageNet weights for {base.name} exist at alpha {', '.join(map(str, base.imagenet_alphas))}, "
+                       f"not {self.model.alpha}; pick one of those, or --weights none")
+        if not 0 <= self.cache_budget_gb < float("inf"):
+            out.append(f"cache_budget_gb must be 0 or more, got {self.cache_budget_gb}")
+        bad = [v for v in (*self.seeds, *self.data_seeds, self.data_seed) if not 0 <= v < 2 ** 32]
+        if bad:
+            out.append(f"seeds must be integers in 0..{2 ** 32 - 1}, got {bad}")
+        if not 1 <= self.stage1_seeds <= len(self.seeds):
+            out.append(f"stage1_seeds {self.stage1_seeds}: stage 1 repeats over the first N of the {len(self.seeds)} "
+                       f"training seed(s), so N must be 1..{len(self.seeds)}; add seeds with --seeds")
+        return out
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
