@@ -171,6 +171,22 @@ def test_altered_artifact_is_refused_and_threads_must_be_positive(smoke_exports,
     assert res.exit_code == 2 and "--threads must be 1 or more" in res.output
 
 
+@pytest.mark.slow
+def test_artifact_that_failed_its_gate_is_flagged_in_the_table(smoke_exports, tmp_path):
+    for name in ("classifier-fp32.onnx", "classifier-fp32.onnx.json"):
+        shutil.copy(smoke_exports / name, tmp_path / name)
+    card_path = tmp_path / "classifier-fp32.onnx.json"
+    card = json.loads(card_path.read_text())
+    card["verification"].update({"status": "failed", "reason": "agreement 0.91 below 0.999"})
+    card_path.write_text(json.dumps(card))
+    res = runner.invoke(app, [str(tmp_path / "classifier-fp32.onnx"), "--runs", "3", "--threads", "1",
+                              "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert row["verified"] is False and any("NOT VERIFIED: export gate failed" in n for n in row["notes"])
+    assert "NOT VERIFIED" in (tmp_path / "r.md").read_text() and "NOT VERIFIED" in res.output
+
+
 def test_u8s8_artifact_from_a_vnni_cpu_is_flagged_on_avx2_without_vnni(monkeypatch):
     from mstl.bench import run as bench_run
     from mstl import machine
