@@ -4,7 +4,7 @@ The server runs in its own process, so its memory is its own. Prints name=value 
 server_peak_rss_mb, server_rss_after_mb, server_rss_idle_mb, health_max_ms, health_p50_ms, statuses, seconds.
 
     .venv/bin/python benchmarks/app_memory.py [--model runs/demo/exports/classifier-int8.tflite]
-                                              [--uploads 60] [--side 6300]
+                                              [--uploads 60] [--side 6300] [--picture lines|16bit|sliver]
 """
 
 from __future__ import annotations
@@ -22,15 +22,22 @@ from pathlib import Path
 import numpy as np
 
 
-def bomb_png(side: int) -> bytes:
+def bomb_png(side: int, kind: str = "lines") -> tuple[bytes, int]:
+    """A small PNG of about side x side pixels: 8-bit grey lines, the same as 16-bit grey, or a sliver
+    of the same pixel count two pixels wide. Returns the bytes and the pixel count."""
     from PIL import Image, ImageDraw
-    img = Image.new("L", (side, side), 40)
-    draw = ImageDraw.Draw(img)
-    for k in range(0, side, side // 12):
-        draw.line([(k, 0), (side - k, side)], fill=200, width=9)
+    if kind == "sliver":
+        img = Image.new("L", (2, side * side // 2), 40)
+    else:
+        img = Image.new("L", (side, side), 40)
+        draw = ImageDraw.Draw(img)
+        for k in range(0, side, side // 12):
+            draw.line([(k, 0), (side - k, side)], fill=200, width=9)
+        if kind == "16bit":
+            img = Image.fromarray(np.asarray(img).astype(np.uint16) * 257)
     buf = io.BytesIO()
     img.save(buf, "PNG", optimize=True)
-    return buf.getvalue()
+    return buf.getvalue(), img.width * img.height
 
 
 def rss_mb(pid: int, key: str) -> float:
@@ -57,10 +64,11 @@ def main() -> None:
     ap.add_argument("--model", default="runs/demo/exports/classifier-int8.tflite")
     ap.add_argument("--uploads", type=int, default=60)
     ap.add_argument("--side", type=int, default=6300)
+    ap.add_argument("--picture", choices=("lines", "16bit", "sliver"), default="lines")
     ap.add_argument("--port", type=int, default=0, help="0: a free port")
     a = ap.parse_args()
     import httpx
-    data = bomb_png(a.side)
+    data, pixels = bomb_png(a.side, a.picture)
     if not a.port:
         import socket
         with socket.socket() as sock:
@@ -101,7 +109,8 @@ def main() -> None:
         stop_file.touch()
         health = [float(v) for v in poller.communicate(timeout=60)[0].split()]
         print(f"upload_bytes={len(data)}")
-        print(f"pixels={a.side * a.side}")
+        print(f"picture={a.picture}")
+        print(f"pixels={pixels}")
         print(f"uploads={a.uploads}")
         print(f"statuses={dict(statuses)}")
         print(f"seconds={seconds:.1f}")

@@ -92,6 +92,15 @@ def test_too_many_pixels(classifier, monkeypatch):
     assert r.status_code == 413 and "too many pixels" in r.json()["error"]
 
 
+def test_sliver_under_the_pixel_cap_is_refused(client):
+    """2 x 19,000,000 is under the 40-megapixel cap, but Pillow keeps a pointer per row: 1.4 GB peak for
+    60 such uploads before the per-side limit."""
+    buf = io.BytesIO()
+    Image.new("L", (2, 19_000_000), 9).save(buf, "PNG")
+    r = client.post("/predict", files={"file": ("sliver.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 413 and "in one side" in r.json()["error"]
+
+
 def test_not_multipart(client):
     r = client.post("/predict", content=b"abc", headers={"content-type": "application/octet-stream"})
     assert r.status_code == 415 and "multipart" in r.json()["error"]

@@ -155,3 +155,40 @@ def test_stored_rows_are_capped(smoke_exports, tmp_path):
     r = client.post("/device/results", json=_post(m, onnx["name"], onnx["reference"]))
     assert "move or delete" in r.json()["error"]
     assert len(list((run / "bench" / "device").glob("*.json"))) == 3
+
+
+def test_page_preprocessing_is_the_servers(bench_app):
+    """The page decodes and resizes as mstl does (Pillow's algorithm re-done in JS), pixel for pixel:
+    ordinary pictures (reduced by the short side's factor) and a large sliver (reduced along its long
+    side only)."""
+    import base64
+    import io
+    from PIL import Image
+    from mstl.data.images import load_image
+    pw = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from _browser import CHROMIUM_ARGS, chromium_or_skip, serving
+    chromium = chromium_or_skip()
+    rng = np.random.default_rng(0)
+    pictures = {}
+    # reduce factors 4 (a power of two), 3 and 6 (Pillow's fixed-point division), and a sliver
+    for name, (w, h) in {"photo-f4": (1000, 800), "photo-f3": (640, 600), "photo-f6": (1300, 1200),
+                         "sliver": (200, 30000)}.items():
+        small = rng.integers(0, 255, (max(2, h // 50), max(2, w // 50), 3)).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR).save(buf, "PNG")
+        pictures[name] = buf.getvalue()
+    _, asgi, _ = bench_app
+    with serving(asgi) as origin, pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(f"{origin}/device")
+        page.wait_for_function("typeof self.mstlPixels === 'function'")
+        for name, data in pictures.items():
+            got = page.evaluate("""async ([b64, size]) => {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                return Array.from(await self.mstlPixels(new Blob([bytes], {type: "image/png"}), size, "bilinear"));
+            }""", [base64.b64encode(data).decode(), 96])
+            want = load_image(data, 96, "bilinear")
+            got = np.array(got, np.uint8).reshape(want.shape)
+            assert np.abs(got.astype(int) - want).max() == 0, name
+        browser.close()

@@ -1,4 +1,5 @@
 import io
+import os
 
 import numpy as np
 import pytest
@@ -85,3 +86,34 @@ def test_decompression_bomb_is_refused(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageError, match="decompression bomb"):
         load_image(_png(Image.new("L", (100, 100))), 8)
+
+
+def _decode_growth_mb(tmp_path, data: bytes) -> float:
+    """Peak memory a decode adds, in a fresh process (VmHWM after minus VmRSS before)."""
+    import subprocess
+    import sys
+    f = tmp_path / "picture.png"
+    f.write_bytes(data)
+    code = ("import sys\n"
+            "from mstl.data.images import load_image\n"
+            "def kb(key):\n"
+            "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key))\n"
+            "before = kb('VmRSS:')\n"
+            "load_image(sys.argv[1], 96)\n"
+            "print((kb('VmHWM:') - before) / 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(f)], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
+def test_sixteen_bit_pictures_and_slivers_decode_in_bounded_memory(tmp_path):
+    """A 36-megapixel 16-bit PNG took ~900 MB to decode (float64 copies of the whole picture), a 2 x
+    19,000,000 sliver ~450 MB (never reduced: its short side is tiny). Both are small files a hostile
+    upload can be."""
+    pictures = {"16-bit 6000x6000": Image.new("I;16", (6000, 6000), 3),
+                "sliver 2x19000000": Image.new("L", (2, 19_000_000), 9)}
+    for name, img in pictures.items():
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        grew = _decode_growth_mb(tmp_path, buf.getvalue())
+        assert grew < 250, f"{name}: decoding took {grew:.0f} MB"

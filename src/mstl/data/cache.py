@@ -18,7 +18,7 @@ from ..progress import progress_bar
 from .images import ImageError, load_image, resize_array
 from .sources import DatasetIndex, Skipped
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: 16-bit, 1-bit and palette pictures reduced like 8-bit ones, slivers along their long side
 
 
 def default_cache_root() -> Path:

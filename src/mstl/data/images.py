@@ -49,24 +49,17 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
+MAX_SIDE = 65_535  # with a pixel cap (uploads): no camera, scanner or JPEG makes a longer side
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB, scaling high bit depths explicitly (``convert`` would clip them)."""
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if mode.startswith("I;16"):
-            top = 65535.0
-        elif mode == "I":
-            # 16-bit PNGs open as "I"; treat values above 8 bits as 16-bit data.
-            top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        else:
-            lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
-            arr = arr - lo if lo < 0 else arr
-            top = max(hi - min(lo, 0.0), 1e-12) if hi > 255 or lo < 0 else 255.0
-        gray = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
+    if mode in HIGH_BIT_MODES:
+        return _high_bit_gray(img).convert("RGB")
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
         mode = img.mode
@@ -78,6 +71,34 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
+def _high_bit_gray(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float picture as 8-bit grey, scaled explicitly. Row blocks of about a
+    megapixel at a time: a float64 copy of a whole 36-megapixel 16-bit PNG was 290 MB, and the
+    arithmetic made three of them."""
+    mode = img.mode
+    shift = 0.0
+    if mode.startswith("I;16"):
+        top = 65535.0
+    else:
+        lo, hi = (float(v) for v in img.getextrema())  # no copy of the picture
+        lo, hi = min(lo, 0.0), max(hi, 0.0)  # as numpy's min/max(initial=0) did
+        if mode == "I":
+            # 16-bit PNGs open as "I"; treat values above 8 bits as 16-bit data.
+            top = 65535.0 if hi > 255 else 255.0
+        else:
+            shift = lo if lo < 0 else 0.0
+            top = max(hi - lo, 1e-12) if hi > 255 or lo < 0 else 255.0
+    w, h = img.size
+    gray = np.empty((h, w), np.uint8)
+    rows = max(1, (1 << 20) // max(1, w))
+    for r in range(0, h, rows):
+        part = np.asarray(img.crop((0, r, w, min(h, r + rows))), dtype=np.float64)
+        if shift:
+            part -= shift
+        gray[r:r + rows] = np.clip(np.rint(part * (255.0 / top)), 0, 255)
+    return Image.fromarray(gray)
+
+
 def open_image(source: Source, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
     """Open, fully decode and turn upright (EXIF orientation). Raises ImageError with a reason."""
     label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<upload>")
@@ -87,6 +108,11 @@ def open_image(source: Source, name: str | None = None, max_pixels: int | None =
         img = Image.open(source)
         if max_pixels is not None and img.width * img.height > max_pixels:
             raise ImageError(label, f"too many pixels ({img.width}x{img.height} > {max_pixels:,})")
+        if max_pixels is not None and max(img.size) > MAX_SIDE:
+            # Pillow keeps a pointer per row: a 2 x 20,000,000 sliver under the pixel cap costs 160 MB
+            # of row pointers alone
+            raise ImageError(label, f"too many pixels in one side ({img.width}x{img.height}; at most {MAX_SIDE:,} "
+                                    "per side)")
         return img
     except ImageError:
         raise
@@ -124,16 +150,28 @@ def load_image(source: Source, size: int, method: str = "bilinear", name: str | 
     return arr
 
 
+BIG_PICTURE = 4_000_000  # pixels; a sliver this large is reduced along its long side alone
+
+
 def _shrink(img: "Image.Image", size: int) -> "Image.Image":
-    """A picture many times the target size is first reduced by an integer factor (box filter) in its
-    own mode, as JPEG draft decoding does in the DCT domain: colour conversion and the final resize
-    then work on a small image, and a 40-megapixel PNG costs its decode, not five full-size copies."""
-    factor = min(img.size) // (2 * size)
-    if factor < 2:
+    """A picture many times the target size is first reduced by an integer factor (box filter), as JPEG
+    draft decoding does in the DCT domain: colour conversion and the final resize then work on a small
+    image, and a 40-megapixel PNG costs its decode, not five full-size copies. The factor comes from
+    the short side; a large sliver (2 x 19,000,000) whose short side leaves nothing to reduce is
+    reduced along its long side. Modes Pillow cannot reduce (16-bit, 1-bit, palette) are first made
+    8-bit - only when a reduction follows, so that smaller pictures keep their exact path. The
+    in-browser bench (static/device.js, pixels()) does the same."""
+    fx, fy = img.width // (2 * size), img.height // (2 * size)
+    if min(fx, fy) >= 2:
+        fx = fy = min(fx, fy)
+    elif max(fx, fy) >= 2 and img.width * img.height >= BIG_PICTURE:
+        fx, fy = (fx, 1) if fx >= 2 else (1, fy)
+    else:
         return img
     try:
-        small = img.reduce(factor)
-    except (ValueError, NotImplementedError):  # modes reduce() does not take (e.g. palette): keep it whole
+        src = _reducible(img)
+        small = src.reduce(fx) if fx == fy else src.reduce((fx, fy))
+    except (ValueError, NotImplementedError):  # a mode neither reduce() nor _reducible takes: keep it whole
         return img
     small.info = img.info  # keeps the EXIF orientation for exif_transpose
     if hasattr(img, "getexif"):
@@ -142,6 +180,16 @@ def _shrink(img: "Image.Image", size: int) -> "Image.Image":
         except Exception:
             pass
     return small
+
+
+def _reducible(img: "Image.Image") -> "Image.Image":
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return _high_bit_gray(img)
+    if img.mode == "1":
+        return img.convert("L")
+    if img.mode == "P":
+        return img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    return img
 
 
 def verify_image(path: str) -> str | None:

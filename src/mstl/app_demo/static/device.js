@@ -97,17 +97,25 @@ function resizeRGB(src, w, h, size, method) {
   return cur;
 }
 
-function reduceRGB(src, w, h, f) {
-  // Pillow's Image.reduce(f): the mean of each f x f block (edge blocks: of what is there), rounded.
-  const ow = Math.ceil(w / f), oh = Math.ceil(h / f);
+const BIG_PICTURE = 4000000; // pixels: data/images.py's BIG_PICTURE
+
+function reduceMultiplier(n) {
+  // Pillow divides a block's sum by n in 8.24 fixed point, its multiplier computed in float32
+  // (Reduce.c, division_UINT32): for n that is not a power of two it can round one lower than exact.
+  return Math.floor(Math.fround(4294967296 / Math.fround(256 * n)));
+}
+
+function reduceRGB(src, w, h, fx, fy) {
+  // Pillow's Image.reduce((fx, fy)): the mean of each fx x fy block (edge blocks: of what is there).
+  const ow = Math.ceil(w / fx), oh = Math.ceil(h / fy);
   const out = new Uint8Array(ow * oh * 3);
   for (let y = 0; y < oh; y++) for (let x = 0; x < ow; x++) {
-    const y1 = Math.min(h, (y + 1) * f), x1 = Math.min(w, (x + 1) * f);
-    const n = (y1 - y * f) * (x1 - x * f);
+    const y1 = Math.min(h, (y + 1) * fy), x1 = Math.min(w, (x + 1) * fx);
+    const n = (y1 - y * fy) * (x1 - x * fx), mult = reduceMultiplier(n), amend = Math.floor(n / 2);
     for (let c = 0; c < 3; c++) {
       let s = 0;
-      for (let yy = y * f; yy < y1; yy++) for (let xx = x * f; xx < x1; xx++) s += src[(yy * w + xx) * 3 + c];
-      out[(y * ow + x) * 3 + c] = Math.floor((s + n / 2) / n);
+      for (let yy = y * fy; yy < y1; yy++) for (let xx = x * fx; xx < x1; xx++) s += src[(yy * w + xx) * 3 + c];
+      out[(y * ow + x) * 3 + c] = Math.floor(((s + amend) * mult) / 16777216);
     }
   }
   return { rgb: out, w: ow, h: oh };
@@ -131,8 +139,12 @@ async function decode(blob) {
 
 async function pixels(blob, size, method) {
   let img = await decode(blob);
-  const factor = Math.floor(Math.min(img.w, img.h) / (2 * size));
-  if (factor >= 2) img = reduceRGB(img.rgb, img.w, img.h, factor);
+  // The server's _shrink (data/images.py): the short side's factor, or a large sliver's long side.
+  let fx = Math.floor(img.w / (2 * size)), fy = Math.floor(img.h / (2 * size));
+  if (Math.min(fx, fy) >= 2) fx = fy = Math.min(fx, fy);
+  else if (Math.max(fx, fy) >= 2 && img.w * img.h >= BIG_PICTURE) { if (fx >= 2) fy = 1; else fx = 1; }
+  else fx = fy = 1;
+  if (fx > 1 || fy > 1) img = reduceRGB(img.rgb, img.w, img.h, fx, fy);
   return resizeRGB(img.rgb, img.w, img.h, size, method);
 }
 
@@ -328,3 +340,7 @@ $("run").addEventListener("click", () => main().catch((e) => {
   $("done").hidden = false;
   $("run").disabled = false;
 }));
+
+// The page's preprocessing, callable from the console (and the tests) to compare with the server's:
+// await mstlPixels(blob, 150, "bilinear") -> Uint8Array of size*size*3 RGB.
+self.mstlPixels = pixels;
