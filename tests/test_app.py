@@ -101,6 +101,19 @@ def test_sliver_under_the_pixel_cap_is_refused(client):
     assert r.status_code == 413 and "in one side" in r.json()["error"]
 
 
+def test_a_fault_of_the_app_is_a_json_500_without_traceback(classifier, monkeypatch):
+    from starlette.testclient import TestClient
+    from mstl.app_demo.server import create_app
+
+    def broken(*args, **kwargs):
+        raise KeyError("secret/server/path")
+    monkeypatch.setattr(classifier, "classify", broken)
+    r = TestClient(create_app(classifier), raise_server_exceptions=False).post(
+        "/predict", files={"file": ("x.jpeg", _jpeg(), "image/jpeg")})
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert "KeyError" in r.json()["error"] and "secret" not in r.text and "Traceback" not in r.text
+
+
 def test_not_multipart(client):
     r = client.post("/predict", content=b"abc", headers={"content-type": "application/octet-stream"})
     assert r.status_code == 415 and "multipart" in r.json()["error"]

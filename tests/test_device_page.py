@@ -68,6 +68,9 @@ def test_posted_rows_are_checked_not_trusted(bench_app):
         r = client.post("/device/results", json=bad)
         assert r.status_code == 422 and why in r.json()["error"], r.json()
     assert len(list((run / "bench" / "device").glob("*.json"))) == 1
+    deep = client.post("/device/results", content=b"[" * 100_000 + b"]" * 100_000,
+                       headers={"content-type": "application/json"})
+    assert deep.status_code == 400 and "expected a JSON body" in deep.json()["error"]  # was a 500
 
 
 def test_batch_one_copy_of_a_tflite_gives_the_same_answers(smoke_exports):

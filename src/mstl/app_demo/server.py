@@ -118,6 +118,13 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
     async def _http(request: Request, exc: StarletteHTTPException):
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # A fault of the app, not of the request: a JSON answer like every other, the traceback in the
+        # server's log (Starlette still logs it), never in the response.
+        return JSONResponse({"error": f"internal error while serving {request.url.path} "
+                                      f"({type(exc).__name__}); the server's log has the details"}, status_code=500)
+
     @app.get("/", response_class=HTMLResponse)
     async def index():
         return page
@@ -157,8 +164,9 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
     async def device_results(request: Request):
         try:
             posted = await request.json()
-        except ValueError:
-            return JSONResponse({"error": "expected a JSON body"}, status_code=400)
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
+            return JSONResponse({"error": "expected a JSON body (an object, not nested thousands deep)"},
+                                status_code=400)
         try:
             return await run_in_threadpool(bench.record, posted)
         except DeviceFull as e:
