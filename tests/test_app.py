@@ -221,3 +221,9 @@ def test_app_cli_missing_or_corrupt_model_gets_one_line(tmp_path):
     (tmp_path / "bad.tflite.json").write_text(json.dumps(card))
     res = runner.invoke(app_cli, ["--model", str(bad)])
     assert res.exit_code == 2 and "LiteRT cannot load it" in res.output and "Traceback" not in res.output
+    # were a traceback (port), or silently the default (workers 0) or a limit no upload meets
+    for flags, words in ((["--port", "99999"], "--port must be 0..65535"),
+                         (["--workers", "0"], "--workers must be 1 or more"),
+                         (["--max-upload-mb", "-1"], "--max-upload-mb must be a positive size")):
+        res = runner.invoke(app_cli, ["--model", str(bad), *flags])
+        assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, res.output

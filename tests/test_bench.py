@@ -169,6 +169,8 @@ def test_altered_artifact_is_refused_and_threads_must_be_positive(smoke_exports,
     assert res.exit_code == 2 and "sha256 differs" in res.output
     res = runner.invoke(app, [str(smoke_exports / "classifier-fp32.onnx"), "--threads", "0"])
     assert res.exit_code == 2 and "--threads must be 1 or more" in res.output
+    res = runner.invoke(app, [str(smoke_exports / "classifier-fp32.onnx"), "--min-accuracy", "5"])
+    assert res.exit_code == 2 and "--min-accuracy is a fraction from 0 to 1" in res.output
 
 
 @pytest.mark.slow

@@ -84,6 +84,13 @@ def test_argument_checks(smoke_run, tmp_path):
     assert res.exit_code == 2 and "no such run directory" in res.output
     res = runner.invoke(app, [str(smoke_run), "--format", "coreml"])
     assert res.exit_code == 2 and "unknown format" in res.output
+    # 0 used to mean the default 200 calibration images, and a threshold of 2 failed every artifact
+    for flags, words in ((["--int8", "--calibration", "0"], "--calibration must be 1 or more"),
+                         (["--min-int8", "2"], "--min-int8 is a fraction from 0 to 1"),
+                         (["--min-float", "nan"], "--min-float is a fraction from 0 to 1")):
+        res = runner.invoke(app, [str(smoke_run), "--out", str(tmp_path / "x"), *flags])
+        assert res.exit_code == 2 and words in res.output, res.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_not_a_classifier(tmp_path, demo_data):

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..progress import say, warn
-from .common import UserError, friendly
+from .common import UserError, check_at_least, friendly
 
 app = typer.Typer(add_completion=False)
 DEFAULT_MODEL = Path("runs/latest/exports/classifier-int8.tflite")
@@ -45,8 +45,12 @@ def serve(
         say(f"model: {model.resolve()} (the int8 TFLite of runs/latest)")
     if model.suffix not in (".tflite", ".onnx"):
         raise UserError(f"{model}: the app serves .tflite or .onnx artifacts")
-    if device_samples < 0:
-        raise UserError("--device-samples must be 0 or more")
+    check_at_least("--device-samples", device_samples, 0)
+    check_at_least("--workers", workers, 1)
+    if not 0 < max_upload_mb < float("inf"):
+        raise UserError(f"--max-upload-mb must be a positive size, got {max_upload_mb}")
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be 0..65535, got {port}")
     if host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"listening on {host}: anyone on this network can reach the app. It is a research prototype with no "
              "authentication; use it on a trusted network only."

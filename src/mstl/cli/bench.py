@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..progress import say
-from .common import UserError, friendly, parse_ints
+from .common import UserError, check_fraction, friendly, parse_ints
 
 app = typer.Typer(add_completion=False)
 
@@ -41,6 +41,7 @@ def bench(
                         "and the row would not say what it measured")
     if runs < 1 or warmup < 0:
         raise UserError("--runs must be >= 1 and --warmup >= 0")
+    check_fraction("--min-accuracy", min_accuracy)
     if not paths and not litert_log:
         raise UserError("give an exports folder or artifact files (or --litert-log FILE)")
     extra = []

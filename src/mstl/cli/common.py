@@ -15,6 +15,17 @@ class UserError(Exception):
     """Raised by library code for input the user can fix; printed as one line."""
 
 
+def check_fraction(flag: str, value: float | None) -> None:
+    """A threshold from 0 to 1 (NaN fails too: every comparison with it is false)."""
+    if value is not None and not 0 <= value <= 1:
+        raise UserError(f"{flag} is a fraction from 0 to 1, got {value}")
+
+
+def check_at_least(flag: str, value: float | None, least: float) -> None:
+    if value is not None and not value >= least:
+        raise UserError(f"{flag} must be {least} or more, got {value}")
+
+
 def known_errors() -> tuple[type[BaseException], ...]:
     from ..data.images import ImageError
     from ..data.sources import DataError

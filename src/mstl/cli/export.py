@@ -10,7 +10,7 @@ import typer
 from ..formats import IO_TYPES, select
 from ..formats import thresholds as table_thresholds
 from ..progress import say
-from .common import UserError, friendly
+from .common import UserError, check_at_least, check_fraction, friendly
 
 app = typer.Typer(add_completion=False)
 
@@ -42,6 +42,9 @@ def export(
     """Export to .tflite / .onnx, verify each artifact in its own runtime, write cards and a manifest."""
     if io is not None and io not in IO_TYPES:
         raise UserError(f"--io must be one of {', '.join(IO_TYPES)}, got {io!r}")
+    check_at_least("--calibration", calibration, 1)
+    check_fraction("--min-float", min_float)
+    check_fraction("--min-int8", min_int8)
     flags = {f for f, on in (("int8", int8), ("fp16", fp16), ("dynamic", dynamic)) if on}
     formats = select([f.strip() for f in format.split(",") if f.strip()], flags,
                      {"io": io, "calibration": calibration})
