@@ -1,3 +1,4 @@
+import os
 
 import numpy as np
 import pytest
@@ -100,3 +101,19 @@ def test_demo_data_layouts(demo_data):
     assert oct_ix.patients_detected and not oct_ix.skipped
     assert cxr_ix.layout == "covid-qu-ex" and cxr_ix.classes == ["COVID-19", "Non-COVID", "Normal"]
     assert len(cxr_ix) == 60 and cxr_ix.ignored == 60
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_under_an_image_name_is_skipped_not_read(tmp_path):
+    """Opening a FIFO to decode it waits for a writer forever: `mstl-train inspect` hung on one."""
+    from PIL import Image
+    from mstl.data.sources import index_dataset
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / c / f"{i}.png")
+    os.mkfifo(tmp_path / "b" / "pipe.png")
+    index = index_dataset(tmp_path)
+    assert len(index) == 4
+    (skip,) = [s for s in index.skipped if s.path.endswith("pipe.png")]
+    assert "not a regular file" in skip.reason

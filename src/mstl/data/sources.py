@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,6 +164,14 @@ def index_dataset(root: str | os.PathLike, covid_part: str = "Lung Segmentation 
     return _index_folders(path, layout, {None: path}, walk_root=path)
 
 
+def _special(fp: str) -> bool:
+    try:
+        mode = os.stat(fp).st_mode
+    except OSError:
+        return False  # missing (a dangling link): the decode step names it
+    return not stat.S_ISREG(mode)
+
+
 def _index_folders(root: Path, layout: str, split_roots: dict, images_subdir: str | None = None,
                    walk_root: Path | None = None) -> DatasetIndex:
     class_names: set[str] = set()
@@ -187,6 +196,10 @@ def _index_folders(root: Path, layout: str, split_roots: dict, images_subdir: st
                     seen.add(fp)
                     if not is_image_name(fn):
                         skipped.append(Skipped(fp, "not an image file (by its name)"))
+                        continue
+                    if _special(fp):
+                        skipped.append(Skipped(fp, "not a regular file (a FIFO, socket or device): reading it "
+                                                   "could wait forever"))
                         continue
                     paths.append(fp)
                     labels.append(ci)
