@@ -204,8 +204,11 @@ def _recover_leftovers(final: Path) -> list[str]:
     put back when FINAL itself is missing (killed between the two renames), else dropped. Folders of
     a process that is still running are left alone."""
     said = []
-    for path in sorted(final.parent.glob(f".{final.name}.*-*")):
-        kind, _, pid = path.name[len(final.name) + 2:].rpartition("-")
+    prefix = f".{final.name}."  # not a glob: a folder name may hold '[' or '*'
+    for path in sorted(final.parent.iterdir()) if final.parent.is_dir() else []:
+        if not path.name.startswith(prefix):
+            continue
+        kind, _, pid = path.name[len(prefix):].rpartition("-")
         if kind not in ("staging", "old") or not pid.isdigit() or _alive(int(pid)):
             continue
         if kind == "old" and not final.exists():
