@@ -117,3 +117,34 @@ def test_a_fifo_under_an_image_name_is_skipped_not_read(tmp_path):
     assert len(index) == 4
     (skip,) = [s for s in index.skipped if s.path.endswith("pipe.png")]
     assert "not a regular file" in skip.reason
+
+
+def test_target_images_that_are_bridge_images_are_found(tmp_path):
+    """Same folder, a nested folder, or links: the target's test images would have trained stage 1."""
+    from mstl.data.sources import shared_images
+    for c in ("a", "b"):
+        for i in range(3):
+            _img(tmp_path / "bridge" / c / f"{i}.png", value=10 * i + 1)
+            _img(tmp_path / "target" / c / f"{i}.png", value=10 * i + 2)
+    bridge, target = index_dataset(tmp_path / "bridge"), index_dataset(tmp_path / "target")
+    assert shared_images(bridge, target) == []
+    assert len(shared_images(bridge, index_dataset(tmp_path / "bridge"))) == 6
+    linked = tmp_path / "linked"
+    for c in ("a", "b"):
+        (linked / c).mkdir(parents=True)
+        (linked / c / "x.png").symlink_to(tmp_path / "bridge" / c / "0.png")
+        os.link(tmp_path / "target" / c / "1.png", linked / c / "y.png")
+    found = shared_images(bridge, index_dataset(linked))
+    assert [os.path.basename(p) for p in found] == ["x.png", "x.png"]
+
+
+def test_full_run_with_overlapping_bridge_and_target_is_refused_before_decoding(tmp_path):
+    from typer.testing import CliRunner
+    from mstl.cli.train import app
+    for c in ("COVID-19", "Normal"):
+        for i in range(6):
+            _img(tmp_path / "xray" / c / f"{i}.png", value=20 * i)
+    res = CliRunner().invoke(app, ["full", "--preset", "smoke", "--bridge", str(tmp_path / "xray"),
+                                   "--target", str(tmp_path / "xray"), "--run-dir", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "12 target image(s) are also bridge images" in res.output, res.output
+    assert "Traceback" not in res.output

@@ -164,6 +164,26 @@ def index_dataset(root: str | os.PathLike, covid_part: str = "Lung Segmentation 
     return _index_folders(path, layout, {None: path}, walk_root=path)
 
 
+def shared_images(bridge: DatasetIndex, target: DatasetIndex) -> list[str]:
+    """Target images that are bridge images too: the same file (device and inode, so links and nested
+    folders count), or the same entry of the same .npz file."""
+    def keys(index: DatasetIndex) -> dict:
+        out = {}
+        for p in index.paths:
+            try:
+                if p.startswith("npz:"):
+                    st = os.stat(index.root)
+                    out[(st.st_dev, st.st_ino, p)] = p
+                else:
+                    st = os.stat(p)
+                    out[(st.st_dev, st.st_ino)] = p
+            except OSError:
+                continue  # unreadable: the decode step names it
+        return out
+    b, t = keys(bridge), keys(target)
+    return sorted(t[k] for k in t.keys() & b.keys())
+
+
 def _special(fp: str) -> bool:
     try:
         mode = os.stat(fp).st_mode

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import RunConfig
 from ..data.cache import build_cache, default_cache_root
-from ..data.sources import DatasetIndex, index_dataset
+from ..data.sources import DataError, DatasetIndex, index_dataset, shared_images
 from ..data.splits import ClassMapping, binary_mapping, group_split, nested_subsets, stratified_sample
 from ..data.synthetic import make_cxr_demo, make_oct_demo
 from ..progress import say, warn
@@ -68,8 +68,19 @@ def resolve_sources(cfg: RunConfig) -> tuple[str, str, bool]:
     return cfg.bridge or demo_bridge, cfg.target or demo_target, True
 
 
-def load_source(path: str, cfg: RunConfig, role: str, quiet: bool = False) -> Source:
-    index = index_dataset(path)
+def check_disjoint(bridge: DatasetIndex, target: DatasetIndex) -> None:
+    """Refuse a target whose images are also bridge images: stage 1 would train on images that stage 2
+    then tests on, and every target figure would be optimistic."""
+    shared = shared_images(bridge, target)
+    if shared:
+        raise DataError(f"{len(shared)} target image(s) are also bridge images (e.g. {shared[0]}): stage 1 would "
+                        f"train on images the target's test split then scores. Point --bridge ({bridge.root}) and "
+                        f"--target ({target.root}) at disjoint folders, e.g. xray/train and xray/test")
+
+
+def load_source(path: str, cfg: RunConfig, role: str, quiet: bool = False,
+                index: DatasetIndex | None = None) -> Source:
+    index = index or index_dataset(path)
     if index.skipped:
         warn(f"{role} {path}: {len(index.skipped)} file(s) skipped, e.g. {index.skipped[0].path} "
              f"({index.skipped[0].reason}); `mstl-train inspect {path}` lists them all")

@@ -10,8 +10,10 @@ import numpy as np
 from ..config import RunConfig
 from ..progress import say
 from ..tf_env import keras, tf
-from .prepare import Source, SplitRows, TargetSplits, bridge_splits, load_source, resolve_sources, target_splits
+from .prepare import (Source, SplitRows, TargetSplits, bridge_splits, check_disjoint, load_source, resolve_sources,
+                      target_splits)
 from ..data.pipeline import gather_array
+from ..data.sources import index_dataset
 from ..data.splits import stratified_order
 from .prefix_cache import PrefixCacheStore
 from .stage1 import ensure_best_model, sweep
@@ -51,8 +53,10 @@ def prepare(cfg: RunConfig, quiet: bool = False) -> RunData:
     bridge_path, target_path, used_demo = resolve_sources(cfg)
     if used_demo:
         say("no dataset given: using the embedded demo datasets (synthetic; numbers say nothing medical)")
-    bridge = load_source(bridge_path, cfg, "bridge", quiet)
-    target = load_source(target_path, cfg, "target", quiet)
+    bridge_index, target_index = index_dataset(bridge_path), index_dataset(target_path)
+    check_disjoint(bridge_index, target_index)  # before any image is decoded
+    bridge = load_source(bridge_path, cfg, "bridge", quiet, bridge_index)
+    target = load_source(target_path, cfg, "target", quiet, target_index)
     splits = bridge_splits(bridge, cfg)
     t = target_splits(target, cfg)
     say(f"target: positive class {t.mapping.positive!r}; train {len(t.train)}, val {len(t.val)}, test {len(t.test)}")
