@@ -183,7 +183,8 @@ def _shrink(img: "Image.Image", size: int) -> "Image.Image":
 
 
 def _reducible(img: "Image.Image") -> "Image.Image":
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+    """The picture in a mode Pillow's reduce() takes (it refuses 16-bit, 1-bit and palette ones)."""
+    if img.mode.startswith("I;16"):
         return _high_bit_gray(img)
     if img.mode == "1":
         return img.convert("L")
