@@ -41,10 +41,9 @@ def bomb_png(side: int, kind: str = "lines") -> tuple[bytes, int]:
 
 
 def rss_mb(pid: int, key: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    from mstl.machine import proc_status_mb
+    mb = proc_status_mb(key, pid)
+    return float("nan") if mb is None else mb
 
 
 POLL = """

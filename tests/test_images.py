@@ -96,11 +96,10 @@ def _decode_growth_mb(tmp_path, data: bytes) -> float:
     f.write_bytes(data)
     code = ("import sys\n"
             "from mstl.data.images import load_image\n"
-            "def kb(key):\n"
-            "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key))\n"
-            "before = kb('VmRSS:')\n"
+            "from mstl.machine import proc_status_mb\n"
+            "before = proc_status_mb('VmRSS')\n"
             "load_image(sys.argv[1], 96)\n"
-            "print((kb('VmHWM:') - before) / 1024)\n")
+            "print(proc_status_mb('VmHWM') - before)\n")
     out = subprocess.run([sys.executable, "-c", code, str(f)], capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])
 

@@ -65,6 +65,18 @@ def u8s8_may_saturate(flags: list[str]) -> bool:
     return "avx2" in f and not f & VNNI_FLAGS
 
 
+def proc_status_mb(key: str, pid: int | str = "self") -> float | None:
+    """A memory line of /proc/PID/status ("VmRSS", "VmHWM", ...) in MB; None where there is none (not Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def runtime_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
     out = {}

@@ -22,13 +22,10 @@ def _peak_rss_mb() -> float:
     Linux's ru_maxrss survives fork+exec, so a spawned worker would report its parent's size (a
     pytest or notebook parent holding TensorFlow: 1.2 GB for a 3 MB model); VmHWM belongs to the
     worker's own address space."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
+    from ..machine import proc_status_mb
+    own = proc_status_mb("VmHWM")
+    if own is not None:
+        return own
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB elsewhere
 

@@ -61,7 +61,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode in HIGH_BIT_MODES:
         return _high_bit_gray(img).convert("RGB")
     if mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        img = _depalette(img)
         mode = img.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
@@ -189,8 +189,12 @@ def _reducible(img: "Image.Image") -> "Image.Image":
     if img.mode == "1":
         return img.convert("L")
     if img.mode == "P":
-        return img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        return _depalette(img)
     return img
+
+
+def _depalette(img: "Image.Image") -> "Image.Image":
+    return img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
 
 
 def verify_image(path: str) -> str | None:

@@ -168,17 +168,19 @@ def shared_images(bridge: DatasetIndex, target: DatasetIndex) -> list[str]:
     """Target images that are bridge images too: the same file (device and inode, so links and nested
     folders count), or the same entry of the same .npz file."""
     def keys(index: DatasetIndex) -> dict:
-        out = {}
+        out: dict = {}
+        if index.paths and index.paths[0].startswith("npz:"):  # entries of one .npz file
+            try:
+                st = os.stat(index.root)
+            except OSError:
+                return out
+            return {(st.st_dev, st.st_ino, p): p for p in index.paths}
         for p in index.paths:
             try:
-                if p.startswith("npz:"):
-                    st = os.stat(index.root)
-                    out[(st.st_dev, st.st_ino, p)] = p
-                else:
-                    st = os.stat(p)
-                    out[(st.st_dev, st.st_ino)] = p
+                st = os.stat(p)
             except OSError:
                 continue  # unreadable: the decode step names it
+            out[(st.st_dev, st.st_ino)] = p
         return out
     b, t = keys(bridge), keys(target)
     return sorted(t[k] for k in t.keys() & b.keys())

@@ -255,11 +255,12 @@ def _export_all(job: ExportJob, model) -> dict[str, Any]:
     reference = model.predict(pixels.astype(np.float32), batch_size=32, verbose=0)
     check = _Check(pixels, reference, labels, heldout)
     ready = _Int8Ready(job.model_path, calibration)
+    machine = {"cpu": cpu_model(), "cpu_flags": cpu_flags()}
     rows = []
     with tempfile.TemporaryDirectory(prefix="mstl-export-") as tmp:
         work = Path(tmp)
         for fmt in job.formats:
-            rows.append(_export_one(fmt, model, ready, work, job, check, calibration))
+            rows.append(_export_one(fmt, model, ready, work, job, check, calibration, machine))
     if job.explain:
         from .diagnose import explain_exports
         explain_exports(job.out_dir, rows, pixels[~heldout][:EXPLAIN_IMAGES] if (~heldout).any() else pixels[:EXPLAIN_IMAGES])
@@ -269,7 +270,7 @@ def _export_all(job: ExportJob, model) -> dict[str, Any]:
         "image_size": job.image_size, "resize_method": job.resize_method,
         "verification_images": len(sources), "heldout_images": len(job.verify_sources),
         "calibration": {"images": int(len(pick)), "from": "target training split, stratified by class, seed 0"},
-        "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags()},
+        "machine": machine,
         "onnx_int8_built_for": "every x86 CPU (--portable-int8)" if job.portable_int8 else "this CPU",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -286,7 +287,7 @@ class _Check:
 
 
 def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJob, chk: _Check,
-                calibration) -> dict[str, Any]:
+                calibration, machine: dict[str, Any]) -> dict[str, Any]:
     """Try the format's recipes in order (fastest first) and keep the first that passes the gate. A
     format none of whose recipes passes is written under a '-rejected' name, never the default one."""
     name = fmt.filename(job.stem)
@@ -297,7 +298,7 @@ def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJo
     threshold = job.thresholds.get(fmt.precision, fmt.min_agreement)
     tried: list[dict[str, Any]] = []
     best = None
-    exact_u8s8 = not job.portable_int8 and not u8s8_may_saturate(cpu_flags())
+    exact_u8s8 = not job.portable_int8 and not u8s8_may_saturate(machine["cpu_flags"])
     for recipe, skip in fmt.ladder_for(exact_u8s8):
         if skip:
             tried.append({"recipe": recipe.name, "status": "skipped", "reason": skip})
@@ -344,7 +345,7 @@ def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJo
         card["int8_ready"] = ready.info
     if calibration is not None and "calibration" in fmt.options:
         card["calibration"] = {"images": int(len(calibration)), "from": "target training split, stratified, seed 0"}
-    card["machine"] = {"cpu": cpu_model(), "cpu_flags": cpu_flags()}
+    card["machine"] = machine
     data = fmt.load_module().embed_metadata(data, card)
     seconds = round(time.monotonic() - t0, 2)
     card.update({"sha256": _sha256(data), "size_bytes": len(data), "verification": check,

@@ -80,7 +80,7 @@ def check_disjoint(bridge: DatasetIndex, target: DatasetIndex) -> None:
 
 def load_source(path: str, cfg: RunConfig, role: str, quiet: bool = False,
                 index: DatasetIndex | None = None) -> Source:
-    index = index or index_dataset(path)
+    index = index if index is not None else index_dataset(path)
     if index.skipped:
         warn(f"{role} {path}: {len(index.skipped)} file(s) skipped, e.g. {index.skipped[0].path} "
              f"({index.skipped[0].reason}); `mstl-train inspect {path}` lists them all")
