@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mstl.cli.export import app
-from mstl.formats import FORMATS, by_key
+from mstl.formats import FORMATS, MIN_INT8_MAC_SHARE, by_key
 
 runner = CliRunner()
 
@@ -22,10 +22,11 @@ def _swapped(model):
     return clone
 
 
-def test_every_int8_format_has_a_ladder_that_ends_exact():
+def test_every_int8_format_has_a_ladder_that_ends_in_mixed_precision():
     for f in FORMATS:
         if f.precision == "int8":
-            assert len(f.ladder) >= 2 and f.ladder[-1].prepared
+            assert len(f.ladder) >= 3 and f.ladder[-1].mixed and f.ladder[-2].prepared
+            assert not any(r.mixed for r in f.ladder[:-1])
             assert len({r.name for r in f.ladder}) == len(f.ladder)
     assert by_key("tflite-fp32").ladder[0].name == "default"
 
@@ -39,7 +40,7 @@ def test_onnx_ladder_follows_the_cpu_it_is_built_for():
     saturating = [(r, skip) for r, skip in f.ladder_for(False)]
     tried = [r for r, skip in saturating if not skip]
     assert exact[0] == "u8s8-minmax" and "u8s8-r7-minmax" not in exact
-    assert [r.name for r in tried] == ["u8s8-r7-minmax", "u8s8-r7-bias-corrected", "s8s8-bias-corrected"]
+    assert [r.name for r in tried] == ["u8s8-r7-minmax", "u8s8-r7-bias-corrected", "s8s8-bias-corrected", "mixed"]
     assert all(r.kwargs.get("reduce_range") for r in tried if r.kwargs.get("activations") == "uint8")
     assert all("AVX2" in skip for r, skip in saturating if skip)
     assert [r.name for r, skip in by_key("tflite-int8").ladder_for(False) if not skip] == \
@@ -94,6 +95,8 @@ def test_gate_failure_never_lands_under_the_default_name(smoke_run, tmp_path, mo
     import mstl.export.tflite as tfl
     real = tfl.build_int8
     monkeypatch.setattr(tfl, "build_int8", lambda model, workdir, opts: real(_swapped(model), workdir, opts))
+    mixed_init = tfl.MixedBuilder.__init__
+    monkeypatch.setattr(tfl.MixedBuilder, "__init__", lambda self, model, workdir, opts: mixed_init(self, _swapped(model), workdir, opts))
     out = tmp_path / "rejected"
     out.mkdir()
     (out / "classifier-int8.tflite").write_bytes(b"an earlier export's file")
@@ -104,7 +107,13 @@ def test_gate_failure_never_lands_under_the_default_name(smoke_run, tmp_path, mo
     assert (out / "classifier-int8-rejected.tflite").is_file()
     row = {a["key"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}["tflite-int8"]
     assert row["status"] == "failed" and row["path"] == "classifier-int8-rejected.tflite"
-    assert [t["recipe"] for t in row["recipes_tried"]] == [r.name for r in by_key("tflite-int8").ladder]
+    tried = row["recipes_tried"]
+    assert [t["recipe"] for t in tried[:-1]] == [r.name for r in by_key("tflite-int8").ladder][:-1]
+    # the mixed rung ran last and could not reach the gate without going under the int8 MAC floor
+    assert tried[-1]["recipe"].endswith("+mixed") and tried[-1]["int8_mac_share"] >= MIN_INT8_MAC_SHARE
+    card = json.loads((out / "classifier-int8-rejected.tflite.json").read_text())
+    assert card["mixed"]["steps"] and all(s["int8_mac_share"] >= MIN_INT8_MAC_SHARE for s in card["mixed"]["steps"])
+    assert not any(s["passes"] for s in card["mixed"]["steps"])
 
 
 def _tiny_net(seed=0):

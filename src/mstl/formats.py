@@ -21,6 +21,9 @@ class Recipe:
     options: tuple[tuple[str, object], ...] = ()  # builder keyword arguments, as pairs (hashable)
     prepared: bool = False
     refine: bool = False  # a second correction measured on the built int8 model itself (LiteRT or ONNX Runtime)
+    # The last rung: the best full-int8 rung above it, with the fewest layers kept in float that the
+    # gate needs (ranked by measured sensitivity: export/mixed.py).
+    mixed: bool = False
     note: str = ""
     # The CPUs the artifact is built for: "any"; "exact-u8s8", where ONNX Runtime's u8s8 products are
     # exact (VNNI, or not x86); "saturating-u8s8", x86 with AVX2 and no VNNI, where u8s8 byte pairs are
@@ -48,6 +51,7 @@ class BuildOptions:
     io: str = "uint8"  # int8 TFLite input/output type
     activations: str = "uint8"  # ONNX int8 activation type
     reduce_range: bool = False  # ONNX int8: 7-bit weights, so that u8s8 int16 pair sums cannot saturate
+    float_nodes: tuple[str, ...] = ()  # int8 forms: these layers (node / tensor names) stay in float
 
     def __post_init__(self):
         if self.io not in IO_TYPES:
@@ -92,7 +96,9 @@ class Format:
         out = []
         for r in self.ladder:
             skip = None
-            if r.cpus == "exact-u8s8" and not exact_u8s8:
+            if r.mixed:
+                pass  # builds on whichever full-int8 rung was tried and measured best
+            elif r.cpus == "exact-u8s8" and not exact_u8s8:
                 skip = ("8-bit weights: u8s8 int16 pair sums can saturate on x86 with AVX2 and no VNNI, "
                         "which this export is built for")
             elif r.cpus == "saturating-u8s8" and exact_u8s8:
@@ -119,6 +125,9 @@ class Format:
 
 
 U8 = (("activations", "uint8"),)
+MIXED = Recipe("mixed", mixed=True, note="the best full-int8 rung above, with the fewest most sensitive layers "
+               "kept in float that the gate needs (at least MIN_INT8_MAC_SHARE of multiply-accumulates in int8)")
+MIN_INT8_MAC_SHARE = 0.8  # below this an artifact is not called int8
 U8_R7 = (("activations", "uint8"), ("reduce_range", True))
 
 FORMATS: tuple[Format, ...] = (
@@ -138,7 +147,8 @@ FORMATS: tuple[Format, ...] = (
                            note="int8-ready model whose linear offsets are corrected again for the int8 model's "
                                 "own activation rounding"),
                     Recipe("bias-corrected", prepared=True,
-                           note="int8-ready model: kernels pre-rounded, channel ranges equalized, biases corrected"))),
+                           note="int8-ready model: kernels pre-rounded, channel ranges equalized, biases corrected"),
+                    MIXED)),
     Format("onnx-fp32", "onnx", "fp32", None, (), "mstl.export.onnx:build_fp32", "onnxruntime", 0.999),
     Format("onnx-int8", "onnx", "int8", "int8", ("calibration",), "mstl.export.onnx:build_int8", "onnxruntime", 0.99,
            "static QDQ, int8 per-channel weights",
@@ -159,7 +169,8 @@ FORMATS: tuple[Format, ...] = (
                     Recipe("u8s8-r7-bias-corrected", U8_R7, prepared=True, cpus="saturating-u8s8",
                            note="uint8 activations and 7-bit weights on the int8-ready model"),
                     Recipe("s8s8-bias-corrected", (("activations", "int8"),), prepared=True,
-                           note="int8 activations: more exact on some models, about 2x slower on x86"))),
+                           note="int8 activations: more exact on some models, about 2x slower on x86"),
+                    MIXED)),
 )
 
 FORMAT_NAMES = ("tflite", "onnx")

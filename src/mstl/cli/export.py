@@ -35,6 +35,11 @@ def export(
     min_int8: Optional[float] = typer.Option(None, help="agreement threshold for full-int8 forms (default: the table's, 0.99)"),
     explain: bool = typer.Option(False, "--explain", help="after export, compare each quantized artifact with its "
                                  "fp32 sibling tensor by tensor and print the layers that lose the most (SQNR)"),
+    gate_images: Optional[int] = typer.Option(None, "--gate-images", help="confirmation images the gate asks for "
+                                              "(default 2000; the demo draws extra generated images to reach it)"),
+    gate_extra: Optional[list[Path]] = typer.Option(None, "--gate-extra", help="more images of the same kind for the "
+                                                    "gate, labels not needed (a dataset folder in any layout mstl "
+                                                    "reads, e.g. the bridge when it is the same modality); repeatable"),
     portable_int8: bool = typer.Option(False, "--portable-int8", help="build ONNX int8 exact on every x86 CPU "
                                        "(7-bit u8s8 weights), not only on this one: for artifacts that will run "
                                        "on CPUs with AVX2 and no VNNI"),
@@ -43,21 +48,26 @@ def export(
     if io is not None and io not in IO_TYPES:
         raise UserError(f"--io must be one of {', '.join(IO_TYPES)}, got {io!r}")
     check_at_least("--calibration", calibration, 1)
+    check_at_least("--gate-images", gate_images, 1)
     check_fraction("--min-float", min_float)
     check_fraction("--min-int8", min_int8)
     flags = {f for f, on in (("int8", int8), ("fp16", fp16), ("dynamic", dynamic)) if on}
     formats = select([f.strip() for f in format.split(",") if f.strip()], flags,
                      {"io": io, "calibration": calibration})
     thresholds = table_thresholds({"fp32": min_float, "fp16": min_float, "int8": min_int8})
+    from ..export.gate import CONFIRM_WANTED
     from ..export.run import job_from_run, run_export
+    extra = _extra_sources(gate_extra or [])
+    confirm = gate_images or CONFIRM_WANTED
     if run_dir.name == "latest" and run_dir.is_symlink():
         say(f"run dir: {run_dir} -> {run_dir.resolve()}")
     if (run_dir / "config.json").exists() and data is None:
-        job = job_from_run(run_dir, formats, out, model, calibration or 200, io or "uint8", thresholds, explain)
+        job = job_from_run(run_dir, formats, out, model, calibration or 200, io or "uint8", thresholds, explain,
+                           confirm, extra)
     else:
         job = _standalone_job(run_dir, model, data, labels, image_size, formats, out, calibration or 200,
-                              io or "uint8", thresholds)
-        job.explain = explain
+                              io or "uint8", thresholds, len(extra))
+        job.explain, job.gate_extra_sources, job.gate_confirm = explain, extra, confirm
     job.portable_int8 = portable_int8
     manifest = run_export(job)
     say("")
@@ -81,7 +91,7 @@ def export(
         raise UserError("verification failed for " + "; ".join(failed))
 
 
-def _standalone_job(run_dir, model, data, labels, image_size, formats, out, calibration, io, thresholds):
+def _standalone_job(run_dir, model, data, labels, image_size, formats, out, calibration, io, thresholds, n_extra=0):
     from ..data.filelist import labelled_folder
     from ..export.run import ExportJob
     from ..model import load_classifier
@@ -92,6 +102,7 @@ def _standalone_job(run_dir, model, data, labels, image_size, formats, out, cali
     if data is None:
         raise UserError("--model outside a run needs --data DIR: labelled images to calibrate and verify on")
     sources, y, classes = labelled_folder(data)
+    cal_src, cal_y, ver_src, ver_y = _calibration_apart(sources, y, calibration, formats, data, n_extra)
     m = load_classifier(model)
     names = [s.strip() for s in labels.split(",")] if labels else None
     n_out = int(m.output_shape[-1])
@@ -100,9 +111,44 @@ def _standalone_job(run_dir, model, data, labels, image_size, formats, out, cali
     size = image_size or int(m.input_shape[1])
     return ExportJob(model_path=model, out_dir=out or model.parent / "exports", formats=formats, labels=names,
                      image_size=size, resize_method="bilinear", scaling="inside the model",
-                     verify_sources=sources, calibration_sources=sources, calibration_labels=y,
+                     verify_sources=ver_src, verify_labels=ver_y, calibration_sources=cal_src, calibration_labels=cal_y,
                      calibration_n=calibration, io=io, thresholds=thresholds,
                      source={"model": str(model), "data": str(data)})
+
+
+MIN_GATE_IMAGES = 100
+
+
+def _calibration_apart(sources, y, calibration: int, formats, data, n_extra: int = 0):
+    """Calibration images and verification images drawn apart from one labelled folder: an artifact is
+    never verified on the images that calibrated it."""
+    import numpy as np
+    from ..data.splits import stratified_sample
+    if not any("calibration" in f.options for f in formats):
+        return [], None, sources, y
+    n_cal = min(calibration, len(sources))
+    pick = set(int(i) for i in stratified_sample(y, n_cal, 0))
+    rest = [i for i in range(len(sources)) if i not in pick]
+    if len(rest) + n_extra < MIN_GATE_IMAGES:
+        raise UserError(f"{data}: {len(sources)} images, {n_cal} of them to calibrate int8, leaves {len(rest)} to "
+                        f"verify on{f' (+{n_extra} from --gate-extra)' if n_extra else ''}; the gate needs at least {MIN_GATE_IMAGES} images that did not calibrate: "
+                        "add images, lower --calibration, or add unlabelled ones with --gate-extra DIR")
+    cal = sorted(pick)
+    return ([sources[i] for i in cal], np.asarray(y)[cal], [sources[i] for i in rest], np.asarray(y)[rest])
+
+
+def _extra_sources(paths: list[Path]) -> list[str]:
+    from ..data.filelist import labelled_folder
+    out: list[str] = []
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"--gate-extra {p}: no such file or folder")
+        try:
+            srcs, _, _ = labelled_folder(p)
+        except ValueError as e:
+            raise UserError(f"--gate-extra {p}: {e}") from None
+        out += srcs
+    return out
 
 
 def main() -> None:

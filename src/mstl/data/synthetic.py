@@ -163,3 +163,26 @@ def make_cxr_demo(root: str | Path, per_class: int, seed: int = 0, size: int = 1
         list(pool.map(write, jobs))
     _marker(root).write_text(json.dumps(spec))
     return root
+
+
+def make_cxr_pool(root: str | Path, n: int, seed: int = 1, size: int = 160) -> list[str]:
+    """``n`` more chest-X-ray-like images, unlabelled and drawn apart from the demo dataset (another
+    seed), for the export gate: agreement with the Keras model needs no labels, only images of the same
+    kind, and the demo's own target is too small for a verdict that is not noise. Written once as PNG
+    files (the gate decodes them as a device does); returns their paths."""
+    root = Path(root)
+    spec = {"kind": "cxr-pool", "n": n, "seed": seed, "size": size, "version": 1}
+    names = [root / f"pool-{i:05d}.png" for i in range(n)]
+    if _is_complete(root, spec):
+        return [str(p) for p in names]
+
+    def write(i):
+        cls = CXR_CLASSES[i % len(CXR_CLASSES)]
+        img, _ = cxr_image(cls, np.random.default_rng((seed, 1000 + i)), size)
+        Image.fromarray(img).save(names[i])
+
+    root.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(write, range(n)))
+    _marker(root).write_text(json.dumps(spec))
+    return [str(p) for p in names]

@@ -21,6 +21,7 @@ from ..progress import say
 from ..tf_env import keras
 
 INT8_MAX = 127
+INT7_MAX = 64  # ONNX Runtime's reduce_range grid for symmetric int8 weights: [-64, 64], scale max|w| / 64
 
 
 def conv_bn_pairs(net: "keras.Model") -> list[tuple["keras.layers.Layer", "keras.layers.Layer"]]:
@@ -47,18 +48,19 @@ def _folded_scale(bn) -> np.ndarray:
     return gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
 
 
-def round_kernel(conv, bn) -> float:
+def round_kernel(conv, bn, levels: int = INT8_MAX) -> float:
     """Round ``conv``'s kernel so that, once ``bn`` is folded into it, each output channel lies on the
-    symmetric int8 grid (scale = max|w| / 127). Returns the relative L2 change of the folded kernel."""
+    symmetric grid the converter will use (scale = max|w| / levels: 127 for int8, 64 for ONNX Runtime's
+    7-bit reduce_range). Returns the relative L2 change of the folded kernel."""
     w = conv.kernel.numpy()
     k = _folded_scale(bn)
     depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
     kk = k.reshape(1, 1, -1, 1) if depthwise else k.reshape(1, 1, 1, -1)
     folded = w * kk
     axes = (0, 1, 3) if depthwise else (0, 1, 2)
-    scale = np.abs(folded).max(axis=axes, keepdims=True) / INT8_MAX
+    scale = np.abs(folded).max(axis=axes, keepdims=True) / levels
     scale[scale == 0] = 1.0
-    rounded = np.clip(np.round(folded / scale), -INT8_MAX, INT8_MAX) * scale
+    rounded = np.clip(np.round(folded / scale), -levels, levels) * scale
     with np.errstate(divide="ignore", invalid="ignore"):
         new = np.where(kk != 0, rounded / kk, w)
     conv.kernel.assign(new.astype(w.dtype))
@@ -96,7 +98,7 @@ def _channel_means(net, bns, x: np.ndarray, batch: int = 32) -> list[np.ndarray]
 
 
 def int8_ready(model: "keras.Model", pixels: np.ndarray, equalize: bool = True,
-               targets: dict | None = None) -> dict:
+               targets: dict | None = None, levels: int = INT8_MAX) -> dict:
     """Turn ``model`` into its int8-ready form, in place.
 
     ``pixels``: calibration images, raw 0..255. Layer by layer in graph order, the copy's kernel is
@@ -116,15 +118,16 @@ def int8_ready(model: "keras.Model", pixels: np.ndarray, equalize: bool = True,
         targets.update({bn.name: want for (_, bn), want in zip(pairs, target)})
     changes, shifts = [], []
     for (conv, bn), want in zip(pairs, target):
-        changes.append(round_kernel(conv, bn))
+        changes.append(round_kernel(conv, bn, levels))
         shift = _channel_means(net, [bn], x)[0] - want
         shifts.append(float(np.abs(shift).max()))
         bn.beta.assign((bn.beta.numpy() - shift).astype(np.float32))
     worst = int(np.argmax(shifts))
-    say(f"  bias correction: {len(pairs)} convolutions rounded to the int8 grid (median kernel change "
+    say(f"  bias correction: {len(pairs)} convolutions rounded to the {levels}-level grid (median kernel change "
         f"{100 * float(np.median(changes)):.2f}%); largest channel-mean shift corrected {shifts[worst]:.3g} "
         f"at {pairs[worst][0].name}")
     return {"method": "int8-rounded folded kernels + empirical bias correction", "layers": len(pairs),
+            "weight_levels": levels,
             "calibration_images": int(len(pixels)), "median_kernel_change": round(float(np.median(changes)), 5),
             "largest_shift": {"layer": pairs[worst][0].name, "value": round(shifts[worst], 5)},
             "equalization": equalized}

@@ -42,7 +42,10 @@ def _short(name: str) -> str:
 def _litert_tensors(path: Path, pixels: np.ndarray) -> tuple[list[str], dict[str, np.ndarray], dict[str, list[str]]]:
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+    import warnings
+    with warnings.catch_warnings():  # its "for debugging only" warning: this is debugging
+        warnings.simplefilter("ignore", UserWarning)
+        it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
     it.allocate_tensors()
     inp = it.get_input_details()[0]
     details = it.get_tensor_details()
@@ -55,8 +58,8 @@ def _litert_tensors(path: Path, pixels: np.ndarray) -> tuple[list[str], dict[str
         it.set_tensor(inp["index"], x.astype(inp["dtype"]))
         it.invoke()
         for d in details:
-            if len(d["shape"]) != 4 or d["shape"][0] != 1:
-                continue  # activations only (kernels and biases are constants)
+            if len(d["shape"]) not in (2, 4) or d["shape"][0] != 1 or d["shape"][-1] < 2:
+                continue  # activations and logits only (kernels and biases are constants)
             try:
                 t = it.get_tensor(d["index"])
             except ValueError:
@@ -126,11 +129,28 @@ def onnx_layers(fp32: Path, quant: Path, pixels: np.ndarray) -> list[dict[str, A
             continue
         ref = np.concatenate([np.ravel(a) for a in m["float"]])
         got = np.concatenate([np.ravel(a) for a in m["post_qdq"]])
-        if ref.size != got.size or ref.size < 64 * len(pixels):
-            continue  # shapes and scalars, not activations
-        out.append({"layer": _short(tensor), "tensor": tensor, "sqnr_db": sqnr_db(ref, got),
-                    "inputs": inputs.get(tensor, [])})
+        if ref.size != got.size or ref.size < 2 * len(pixels) or not np.issubdtype(ref.dtype, np.floating):
+            continue  # shapes and scalars, not activations or logits
+        out.append({"layer": _short(tensor), "tensor": tensor, "sqnr_db": sqnr_db(ref, got)})
+    compared = {l["tensor"] for l in out}
+    for l in out:  # a Conv's own output is not quantized: its step is seen from the compared tensors around it
+        l["inputs"] = _nearest_compared(l["tensor"], inputs, compared)
     return out
+
+
+def _nearest_compared(tensor: str, inputs: dict[str, list[str]], compared: set[str]) -> list[str]:
+    """The compared tensors that ``tensor`` is computed from, walking back through the ones that were not."""
+    found, stack, seen = [], list(inputs.get(tensor, [])), set()
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in compared:
+            found.append(t)
+        else:
+            stack.extend(inputs.get(t, []))
+    return found
 
 
 def blame(layers: list[dict[str, Any]], show: int = SHOW) -> dict[str, Any]:

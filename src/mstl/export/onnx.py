@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 
 from ..formats import BuildOptions
 from ..tf_env import tf
@@ -32,20 +33,58 @@ def build_fp32(model, workdir: Path, opts: BuildOptions = BuildOptions()) -> byt
 def build_int8(model, workdir: Path, opts: BuildOptions) -> bytes:
     """``activations="int8"`` (s8s8) is the fallback: more exact on some models, about 2x slower on x86
     (measured on the chest X-ray model: 98.9% agreement at 3.08 ms against 97.7% at 1.66 ms for u8s8)."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    return quantize_qdq(float_graph(model, workdir), opts)
+
+
+def float_graph(model, workdir: Path) -> Path:
+    """The float graph that ONNX Runtime's quantizer reads (after its pre-processing); its node names
+    are the ones ``BuildOptions.float_nodes`` names."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32 = workdir / "model-fp32.onnx"
     fp32.write_bytes(build_fp32(model, workdir))
     pre = workdir / "model-pre.onnx"
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    return pre
+
+
+def quantize_qdq(pre: Path, opts: BuildOptions) -> bytes:
+    """Static QDQ quantization of a pre-processed float graph; the nodes in ``opts.float_nodes`` stay
+    in float. Activation ranges are calibrated once per graph and calibration set, and reused (ONNX
+    Runtime's calibration cache): the mixed-precision search rebuilds the same graph many times."""
+    import hashlib
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     opts.needs_calibration()
     from .diagnose import array_reader
-    out = workdir / "model-int8.onnx"
-    quantize_static(str(pre), str(out), array_reader(INPUT_NAME, opts.calibration), quant_format=QuantFormat.QDQ,
+    digest = hashlib.sha256(pre.read_bytes() + np.ascontiguousarray(opts.calibration).tobytes()).hexdigest()[:16]
+    cache = pre.with_name(f"calibration-{digest}.json")
+    out = pre.with_name("model-int8.onnx")
+    quantize_static(str(pre), str(out), None if cache.exists() else array_reader(INPUT_NAME, opts.calibration),
+                    quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8 if opts.activations == "int8" else QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, per_channel=True, reduce_range=opts.reduce_range)
+                    weight_type=QuantType.QInt8, per_channel=True, reduce_range=opts.reduce_range,
+                    nodes_to_exclude=list(opts.float_nodes), calibration_cache_path=str(cache))
     return out.read_bytes()
+
+
+class MixedBuilder:
+    """Rebuilds one model's int8 graph with chosen nodes in float (export/mixed.py), from one float
+    graph and one calibration."""
+
+    def __init__(self, model, workdir: Path, opts: BuildOptions):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.pre, self.opts = float_graph(model, workdir), opts
+
+    def build(self, float_nodes: tuple[str, ...]) -> bytes:
+        from dataclasses import replace
+        return quantize_qdq(self.pre, replace(self.opts, float_nodes=tuple(float_nodes)))
+
+    def rank(self, pixels: np.ndarray):
+        """Layers by sensitivity, measured on this builder's own full-int8 graph (its node names)."""
+        from .mixed import ranked_onnx
+        return ranked_onnx(self.pre, self.build(()), pixels)
 
 
 def embed_metadata(data: bytes, card: dict) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,13 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from ..bench.emulate import GATE_LIST, GATE_REFERENCE, SELECTION
+from ..data.filelist import write_list
 from ..data.splits import stratified_sample
-from ..formats import BuildOptions, Format
+from ..formats import MIN_INT8_MAC_SHARE, BuildOptions, Format, Recipe
 from ..progress import say
 from ..machine import cpu_flags, cpu_model, u8s8_may_saturate
 from ..preprocess import Preprocess
 from ..runtimes import load_runtime
-from .verify import verify
+from .gate import CONFIRM_WANTED, SELECTION_MARGIN, SELECTION_SHARE, SPLIT_SEED, Gate
+from .mixed import RANK_IMAGES
 
 CORRECTION_IMAGES = 200  # calibration images the bias correction measures channel means on
 EXPLAIN_IMAGES = 16
@@ -51,6 +55,9 @@ class ExportJob:
     stem: str = "classifier"
     # ONNX int8 for every x86 CPU (7-bit u8s8 weights) instead of for the exporting one
     portable_int8: bool = False
+    # unlabelled images of the same kind for the gate (the demo's generated ones, --gate-extra)
+    gate_extra_sources: list[str] = field(default_factory=list)
+    gate_confirm: int = CONFIRM_WANTED  # confirmation images the gate asks for
 
     @property
     def preprocess(self) -> Preprocess:
@@ -102,30 +109,42 @@ def _io_card(rt, labels, job: ExportJob) -> dict[str, Any]:
 
 
 class _Int8Ready:
-    """The int8-ready copy of the model (bias_correction.py), made once, when a recipe first asks."""
+    """Int8-ready copies of the model (bias_correction.py), one per weight grid (127 levels, or 64 for
+    ONNX Runtime's 7-bit weights), each made once, when a recipe first asks."""
 
     def __init__(self, model_path: Path, calibration: np.ndarray | None):
-        self.model_path, self.calibration, self.model, self.info = model_path, calibration, None, None
-        self.targets: dict = {}
+        self.model_path, self.calibration = model_path, calibration
+        self.copies: dict[int, tuple[Any, dict, dict]] = {}
 
-    def get(self):
-        if self.model is None:
+    @staticmethod
+    def levels(opts: BuildOptions) -> int:
+        from .bias_correction import INT7_MAX, INT8_MAX
+        return INT7_MAX if opts.reduce_range else INT8_MAX
+
+    def get(self, opts: BuildOptions):
+        levels = self.levels(opts)
+        if levels not in self.copies:
             from ..model import load_classifier
             from .bias_correction import int8_ready
-            self.model = load_classifier(self.model_path)
-            say("  preparing the int8-ready model (kernels rounded to the int8 grid, biases corrected)")
-            self.info = int8_ready(self.model, self.calibration[:CORRECTION_IMAGES], targets=self.targets)
-        return self.model
+            model, targets = load_classifier(self.model_path), {}
+            say(f"  preparing the int8-ready model (kernels rounded to the {levels}-level weight grid, biases corrected)")
+            info = int8_ready(model, self.calibration[:CORRECTION_IMAGES], targets=targets, levels=levels)
+            self.copies[levels] = (model, info, targets)
+        return self.copies[levels][0]
+
+    def info(self, opts: BuildOptions) -> dict:
+        return self.copies[self.levels(opts)][1]
 
     def refined_build(self, builder, work: Path, opts) -> bytes:
         """Build, correct the linear offsets for what the built int8 model's own activations do, build
         again; the shared int8-ready model is left as it was (other formats use it)."""
         from .bias_correction import activation_correct, restore_betas
-        model = self.get()
+        model = self.get(opts)
+        targets = self.copies[self.levels(opts)][2]
         for sub in ("refine-1", "refine-2"):  # fresh folders: the SavedModel cache is per folder and model
             (work / sub).mkdir(parents=True, exist_ok=True)
         first = builder(model, work / "refine-1", opts)
-        done = activation_correct(model, first, self.calibration[:CORRECTION_IMAGES], self.targets)
+        done = activation_correct(model, first, self.calibration[:CORRECTION_IMAGES], targets)
         try:
             return builder(model, work / "refine-2", opts)
         finally:
@@ -232,6 +251,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _gate_sources(job: ExportJob, pick: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Every image that did not calibrate: held-out target images (labelled), training images left
+    over, then the extra unlabelled ones. Returns (sources, labels or -1, held-out mask); no source
+    appears twice and none is a calibration image."""
+    used = {job.calibration_sources[int(i)] for i in pick}
+    seen = set(used)
+    sources: list[str] = []
+    labels: list[int] = []
+    heldout: list[bool] = []
+    groups = [(job.verify_sources, job.verify_labels, True),
+              (job.calibration_sources, job.calibration_labels, False),
+              (job.gate_extra_sources, None, False)]
+    for srcs, ys, held in groups:
+        for i, src in enumerate(srcs):
+            if src in seen:
+                continue
+            seen.add(src)
+            sources.append(src)
+            labels.append(-1 if ys is None else int(ys[i]))
+            heldout.append(held and ys is not None)
+    return sources, np.asarray(labels, int), np.asarray(heldout, bool)
+
+
 def _export_all(job: ExportJob, model) -> dict[str, Any]:
     calibration, pick = None, np.zeros(0, int)
     if any("calibration" in f.options for f in job.formats):
@@ -241,34 +283,39 @@ def _export_all(job: ExportJob, model) -> dict[str, Any]:
         say(f"decoding {n} calibration images (stratified from the training split)")
         calibration = job.preprocess.load_many([job.calibration_sources[i] for i in pick])
     # Agreement checks the conversion, so every image that did not calibrate it counts.
-    held = set(job.verify_sources)
-    used = set(int(i) for i in pick)
-    extra = [i for i, s in enumerate(job.calibration_sources) if i not in used and s not in held]
-    sources = list(job.verify_sources) + [job.calibration_sources[i] for i in extra]
-    labels = None
-    if job.verify_labels is not None and job.calibration_labels is not None:
-        labels = np.concatenate([np.asarray(job.verify_labels), np.asarray(job.calibration_labels)[extra]]).astype(int)
-    heldout = np.arange(len(sources)) < len(job.verify_sources)
-    say(f"decoding {len(sources)} verification images through the edge path (Pillow): "
-        f"{len(job.verify_sources)} held out, {len(extra)} training images not used for calibration")
+    sources, labels, heldout = _gate_sources(job, pick)
+    n_extra = sum(1 for s in job.gate_extra_sources if s in set(sources))
+    say(f"decoding {len(sources)} gate images through the edge path (Pillow): {int(heldout.sum())} held out, "
+        f"{len(sources) - int(heldout.sum()) - n_extra} training images not used for calibration, {n_extra} extra")
     pixels = job.preprocess.load_many(sources)
     reference = model.predict(pixels.astype(np.float32), batch_size=32, verbose=0)
-    check = _Check(pixels, reference, labels, heldout)
+    gate = Gate.build(pixels, reference, labels if heldout.any() else None, heldout)
+    n_conf = int(gate.confirmation.sum())
+    say(f"gate: {int(gate.selection.sum())} selection images (choose recipes and layers), {n_conf} confirmation "
+        f"images (the verdict){'' if n_conf >= job.gate_confirm else f' - fewer than the {job.gate_confirm} wanted'}")
+    write_list(job.out_dir / GATE_LIST, sources, np.where(gate.selection, SELECTION, labels))
+    np.save(job.out_dir / GATE_REFERENCE, reference.astype(np.float32))
     ready = _Int8Ready(job.model_path, calibration)
     machine = {"cpu": cpu_model(), "cpu_flags": cpu_flags()}
     rows = []
     with tempfile.TemporaryDirectory(prefix="mstl-export-") as tmp:
         work = Path(tmp)
         for fmt in job.formats:
-            rows.append(_export_one(fmt, model, ready, work, job, check, calibration, machine))
+            rows.append(_export_one(fmt, model, ready, work, job, gate, calibration, machine))
     if job.explain:
         from .diagnose import explain_exports
-        explain_exports(job.out_dir, rows, pixels[~heldout][:EXPLAIN_IMAGES] if (~heldout).any() else pixels[:EXPLAIN_IMAGES])
+        cal_like = ~heldout
+        explain_exports(job.out_dir, rows, pixels[cal_like][:EXPLAIN_IMAGES] if cal_like.any() else pixels[:EXPLAIN_IMAGES])
     (job.out_dir / "labels.txt").write_text("\n".join(job.labels) + "\n")
     manifest = {
         "artifacts": rows, "labels": job.labels, "source": job.source,
         "image_size": job.image_size, "resize_method": job.resize_method,
-        "verification_images": len(sources), "heldout_images": len(job.verify_sources),
+        "verification_images": len(sources), "heldout_images": int(heldout.sum()), "extra_images": n_extra,
+        "gate": {"selection_images": int(gate.selection.sum()), "confirmation_images": n_conf,
+                 "split": f"fixed seed {SPLIT_SEED}, {SELECTION_SHARE:.0%} selection",
+                 "list": f"{GATE_LIST}: every gate image; label -2 = selection, else confirmation "
+                         "(its label, -1 when unlabelled)",
+                 "selection_margin": SELECTION_MARGIN},
         "calibration": {"images": int(len(pick)), "from": "target training split, stratified by class, seed 0"},
         "machine": machine,
         "onnx_int8_built_for": "every x86 CPU (--portable-int8)" if job.portable_int8 else "this CPU",
@@ -279,98 +326,206 @@ def _export_all(job: ExportJob, model) -> dict[str, Any]:
 
 
 @dataclass
-class _Check:
-    pixels: np.ndarray
-    reference: np.ndarray
-    labels: np.ndarray | None
-    heldout: np.ndarray
+class _Attempt:
+    recipe: Recipe
+    opts: BuildOptions
+    data: bytes
+    rt: Any
+    choose: dict[str, Any]  # the gate's selection figures
+    mixed: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        c = self.choose
+        out = {"recipe": self.recipe.name, "status": "passes selection" if c["passes"] else "below the selection target",
+               "selection_agreement": c["agreement"], "flips": c["flips"], "n_compared": c["n_compared"],
+               "max_abs_diff": c["max_abs_diff"], "target": c["target"]}
+        if self.mixed:
+            out.update(float_layers=len(self.mixed["float_layers"]), int8_mac_share=self.mixed["int8_mac_share"])
+        return out
 
 
-def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJob, chk: _Check,
+def _build(fmt: Format, recipe: Recipe, model, ready: _Int8Ready, work: Path, job: ExportJob, calibration):
+    opts = BuildOptions(calibration, job.io).with_recipe(recipe)
+    if recipe.refine:
+        return opts, ready.refined_build(fmt.load_builder(), work, opts)
+    return opts, fmt.load_builder()(ready.get(opts) if recipe.prepared else model, work, opts)
+
+
+def _runtime(work: Path, name: str, data: bytes, threads: int = 2):
+    staged = work / name
+    staged.write_bytes(data)
+    return load_runtime(staged, threads=threads)
+
+
+def _try_recipe(fmt, recipe, model, ready, work, job, gate: Gate, calibration, threshold) -> _Attempt | str:
+    """The recipe built and measured on the selection images, or the reason it could not be built."""
+    try:
+        opts, data = _build(fmt, recipe, model, ready, work, job, calibration)
+        rt = _runtime(work, fmt.filename(job.stem), data)
+    except Exception as e:  # a converter failure is reported per recipe; the next one may work
+        return f"conversion failed: {str(e).splitlines()[0][:300]}" if str(e) else type(e).__name__
+    return _Attempt(recipe, opts, data, rt, gate.choose(rt.predict(gate.pixels[gate.selection]), threshold))
+
+
+def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, threshold) -> _Attempt | str:
+    """The base rung with its most sensitive layers kept in float (export/mixed.py)."""
+    from .macs import layer_macs
+    from .mixed import fewest_float
+    try:
+        source = ready.get(base.opts) if base.recipe.prepared else model
+        builder = fmt.load_module().MixedBuilder(source, work / f"mixed-{fmt.key}", base.opts)
+        sel_pixels = gate.pixels[gate.selection]
+        candidates = builder.rank(sel_pixels)
+        total = sum(l.macs for l in layer_macs(base.data))
+    except Exception as e:
+        return f"mixed precision failed: {str(e).splitlines()[0][:300]}" if str(e) else type(e).__name__
+    built: dict[tuple[str, ...], tuple[bytes, Any, dict]] = {}
+
+    def attempt(names: tuple[str, ...]) -> dict[str, Any]:
+        data = builder.build(names)
+        rt = _runtime(work, f"k{len(names)}-{fmt.filename(job.stem)}", data)
+        built[names] = (data, rt, gate.choose(rt.predict(sel_pixels), threshold))
+        c = built[names][2]
+        say(f"  {len(names)} layer(s) in float: selection agreement {100 * (c['agreement'] or 0):.2f}% "
+            f"({c['flips']} flips of {c['n_compared']})")
+        return {k: c[k] for k in ("passes", "agreement", "flips", "n_compared", "max_abs_diff")}
+
+    say(f"{fmt.filename(job.stem)} [mixed on {base.recipe.name}]: {len(candidates)} layers ranked by SQNR drop; "
+        f"searching the fewest kept in float")
+    found = fewest_float(candidates, total, attempt)
+    if not found["chosen"]:
+        return "mixed precision: no layer can stay in float within the int8 MAC floor"
+    names = tuple(found["float_layers"])
+    data, rt, choose = built[names]
+    recipe = dataclasses.replace(base.recipe, name=f"{base.recipe.name}+mixed", mixed=True, refine=False,
+                                 note=f"{base.recipe.note}; {len(names)} most sensitive layer(s) kept in float")
+    mixed = {"base_recipe": base.recipe.name, "float_layers": list(found["float_labels"]), "float_nodes": list(names),
+             "int8_mac_share": found["chosen"]["int8_mac_share"], "min_int8_mac_share": MIN_INT8_MAC_SHARE,
+             "ranked_by": "SQNR lost by each layer's own step in the full-int8 build, on "
+                          f"{min(RANK_IMAGES, len(sel_pixels))} selection images",
+             "steps": found["steps"], "ranking": found["ranking"],
+             "cost": _cost({"full int8 (" + base.recipe.name + ")": base.data, "mixed": data}, work, fmt, job)}
+    return _Attempt(recipe, dataclasses.replace(base.opts, float_nodes=names), data, rt, choose, mixed)
+
+
+def _cost(builds: dict[str, bytes], work: Path, fmt: Format, job: ExportJob, runs: int = 60) -> dict[str, Any]:
+    """What keeping layers in float costs on this CPU: p50 latency at 1 thread, batch 1, of each build
+    (the bench measures the shipped artifact against fp32 again, on every device)."""
+    from ..bench.measure import latency
+    out: dict[str, Any] = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "threads": 1, "runs": runs}
+    x = np.zeros((1, job.image_size, job.image_size, 3), np.uint8)
+    for label, data in builds.items():
+        rt = _runtime(work, f"cost-{fmt.filename(job.stem)}", data, threads=1)
+        out[f"p50_ms {label}"] = round(latency(rt, rt.prepare(x), runs, 10)["p50"], 3)
+    return out
+
+
+def _ladder(fmt, model, ready, work, job, gate, calibration, threshold, machine) -> tuple[_Attempt | None, list]:
+    """Try the format's recipes in order (fastest first) until one clears the selection target; the
+    mixed rung builds on the best full-int8 rung when none did."""
+    tried: list[dict[str, Any]] = []
+    best: _Attempt | None = None
+    searched: dict[str, Any] | None = None  # the mixed rung's search, shipped or not
+    exact_u8s8 = not job.portable_int8 and not u8s8_may_saturate(machine["cpu_flags"])
+    name = fmt.filename(job.stem)
+    for recipe, skip in fmt.ladder_for(exact_u8s8):
+        if skip:
+            tried.append({"recipe": recipe.name, "status": "skipped", "reason": skip})
+            continue
+        if recipe.mixed:
+            if best is None or best.choose["passes"]:
+                continue
+            got = _try_mixed(fmt, best, model, ready, work, job, gate, threshold)
+        else:
+            got = _try_recipe(fmt, recipe, model, ready, work, job, gate, calibration, threshold)
+        if isinstance(got, str):
+            tried.append({"recipe": recipe.name, "status": "failed", "reason": got})
+            say(f"{name} [{recipe.name}]: {got}")
+            continue
+        tried.append(got.summary())
+        searched = got.mixed or searched
+        if len(fmt.ladder) > 1:
+            c = got.choose
+            say(f"{name} [{got.recipe.name}]: selection agreement {100 * (c['agreement'] or 0):.2f}% ({c['flips']} flips "
+                f"of {c['n_compared']}; target {100 * c['target']:.2f}%)")
+        if best is None or got.choose["passes"] or (got.choose["agreement"] or 0) > (best.choose["agreement"] or 0):
+            best = got
+        if got.choose["passes"]:
+            break
+    if best is not None and searched is not None and best.mixed is None:
+        best.mixed = {**searched, "shipped": False}
+    return best, tried
+
+
+def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJob, gate: Gate,
                 calibration, machine: dict[str, Any]) -> dict[str, Any]:
-    """Try the format's recipes in order (fastest first) and keep the first that passes the gate. A
-    format none of whose recipes passes is written under a '-rejected' name, never the default one."""
+    """The ladder chooses on the selection images; the confirmation images give the verdict. A format
+    whose chosen build fails it is written under a '-rejected' name, never the default one."""
     name = fmt.filename(job.stem)
     t0 = time.monotonic()
     row: dict[str, Any] = {"name": name, "format": fmt.format, "precision": fmt.precision, "path": name,
                            "key": fmt.key, "size_bytes": None, "status": "failed", "agreement": None,
                            "max_abs_diff": None, "n_compared": 0}
     threshold = job.thresholds.get(fmt.precision, fmt.min_agreement)
-    tried: list[dict[str, Any]] = []
-    best = None
-    exact_u8s8 = not job.portable_int8 and not u8s8_may_saturate(machine["cpu_flags"])
-    for recipe, skip in fmt.ladder_for(exact_u8s8):
-        if skip:
-            tried.append({"recipe": recipe.name, "status": "skipped", "reason": skip})
-            continue
-        try:
-            opts = BuildOptions(calibration, job.io).with_recipe(recipe)
-            if recipe.refine:
-                data = ready.refined_build(fmt.load_builder(), work, opts)
-            else:
-                data = fmt.load_builder()(ready.get() if recipe.prepared else model, work, opts)
-            staged = work / name
-            staged.write_bytes(data)
-            rt = load_runtime(staged, threads=2)
-        except Exception as e:  # a converter failure is reported per recipe; the next one may work
-            reason = f"conversion failed: {str(e).splitlines()[0][:300]}" if str(e) else type(e).__name__
-            tried.append({"recipe": recipe.name, "status": "failed", "reason": reason})
-            say(f"{name} [{recipe.name}]: {reason}")
-            continue
-        check = verify(rt, chk.pixels, chk.reference, threshold, chk.labels, chk.heldout)
-        tried.append({"recipe": recipe.name, "status": check["status"], "agreement": check["agreement"],
-                      "flips": check["flips"], "n_compared": check["n_compared"],
-                      "max_abs_diff": check["max_abs_diff"], **({"reason": check["reason"]} if "reason" in check else {})})
-        if len(tried) > 1 or len(fmt.ladder) > 1:
-            agree = "-" if check["agreement"] is None else f"{100 * check['agreement']:.2f}%"
-            say(f"{name} [{recipe.name}]: agreement {agree} ({check['flips']} flips of {check['n_compared']}) -> {check['status']}")
-        if best is None or check["status"] == "ok" or (check["agreement"] or 0) > (best[2]["agreement"] or 0):
-            best = (recipe, data, check, rt)
-        if check["status"] == "ok":
-            break
+    best, tried = _ladder(fmt, model, ready, work, job, gate, calibration, threshold, machine)
     if best is None:
-        row["error"] = "; ".join(t["reason"] for t in tried)
+        row["error"] = "; ".join(t.get("reason", t["status"]) for t in tried)
         row["recipes_tried"] = tried
         return row
-    recipe, data, check, rt = best
+    check = gate.judge(best.rt.predict(gate.pixels), threshold)
     if check["status"] != "ok":
         name = fmt.rejected_filename(job.stem)
         row.update({"name": name, "path": name})
-    card = {"name": name, "format": fmt.format, "precision": fmt.precision, "labels": job.labels,
-            **_io_card(rt, job.labels, job), "source": job.source, "intended_use": INTENDED_USE,
-            "data_licence": job.data_licence, "note": fmt.note, "recipe": recipe.name,
-            "recipe_note": recipe.note, "builder_options": recipe.kwargs, "recipes_tried": tried,
-            "built_for_cpus": recipe.cpus}
-    if recipe.prepared:
-        card["int8_ready"] = ready.info
-    if calibration is not None and "calibration" in fmt.options:
-        card["calibration"] = {"images": int(len(calibration)), "from": "target training split, stratified, seed 0"}
-    card["machine"] = machine
-    data = fmt.load_module().embed_metadata(data, card)
+    card = _card(fmt, name, best, tried, job, calibration, machine, ready)
+    data = fmt.load_module().embed_metadata(best.data, card)
     seconds = round(time.monotonic() - t0, 2)
     card.update({"sha256": _sha256(data), "size_bytes": len(data), "verification": check,
-                 "runtime": f"{rt.name} {rt.version}", "export_seconds": seconds})
+                 "runtime": f"{best.rt.name} {best.rt.version}", "export_seconds": seconds})
     path = job.out_dir / name
     _atomic_write(path, data)
     _atomic_write(path.with_name(name + ".json"), json.dumps(card, indent=2).encode())
     row.update({"size_bytes": len(data), "status": check["status"], "agreement": check["agreement"],
                 "agreement_ci95": check["agreement_ci95"], "flips": check["flips"],
                 "max_abs_diff": check["max_abs_diff"], "n_compared": check["n_compared"],
-                "export_seconds": seconds, "sha256": card["sha256"], "recipe": recipe.name, "recipes_tried": tried})
-    if "heldout" in check:
-        row["heldout"] = check["heldout"]
-    for key in ("reason", "warning"):
+                "selection": check["selection"], "provisional": check["provisional"],
+                "export_seconds": seconds, "sha256": card["sha256"], "recipe": best.recipe.name, "recipes_tried": tried})
+    if "int8_mac_share" in card:
+        row["int8_mac_share"] = card["int8_mac_share"]
+    for key in ("heldout", "reason", "warning"):
         if key in check:
             row[key] = check[key]
     agree = "-" if check["agreement"] is None else f"{100 * check['agreement']:.2f}%"
-    say(f"{name}: {len(data) / 1e6:.2f} MB, {seconds:.1f}s, recipe {recipe.name}, agreement {agree} on "
-        f"{check['n_compared']} images, max |diff| {check['max_abs_diff']:.4f} -> {check['status']}"
-        + (f" ({check['reason']})" if "reason" in check else ""))
+    say(f"{name}: {len(data) / 1e6:.2f} MB, {seconds:.1f}s, recipe {best.recipe.name}, agreement {agree} on "
+        f"{check['n_compared']} confirmation images, max |diff| {check['max_abs_diff']:.4f} -> {check['status']}"
+        + (f" ({check['reason']})" if "reason" in check else "")
+        + (" [provisional]" if check["provisional"] else ""))
     return row
 
 
+def _card(fmt: Format, name: str, best: _Attempt, tried: list, job: ExportJob, calibration, machine, ready) -> dict:
+    recipe = best.recipe
+    card = {"name": name, "format": fmt.format, "precision": fmt.precision, "labels": job.labels,
+            **_io_card(best.rt, job.labels, job), "source": job.source, "intended_use": INTENDED_USE,
+            "data_licence": job.data_licence, "note": fmt.note, "recipe": recipe.name,
+            "recipe_note": recipe.note, "builder_options": recipe.kwargs, "recipes_tried": tried,
+            "built_for_cpus": recipe.cpus}
+    if recipe.prepared:
+        card["int8_ready"] = ready.info(best.opts)
+    if calibration is not None and "calibration" in fmt.options:
+        card["calibration"] = {"images": int(len(calibration)), "from": "target training split, stratified, seed 0"}
+    if fmt.precision == "int8":
+        from .macs import summary
+        macs = summary(best.data)
+        card["int8_mac_share"], card["float_layers"] = macs["int8_mac_share"], macs["float_layers"]
+        if best.mixed:
+            card["mixed"] = {"shipped": True, **best.mixed}
+    card["machine"] = machine
+    return card
+
+
 def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, model_path: Path | None,
-                 calibration_n: int, io: str, thresholds: dict[str, float], explain: bool = False) -> ExportJob:
+                 calibration_n: int, io: str, thresholds: dict[str, float], explain: bool = False,
+                 gate_confirm: int = CONFIRM_WANTED, gate_extra: list[str] | None = None) -> ExportJob:
     """An export job for a run dir: the deployable stage-2 classifier, its test split for verification
     and its training split for calibration."""
     from ..train.store import RunStore
@@ -393,14 +548,32 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
     cal_src, cal_y = read_split(store.dir, "train")
     labels = (store.dir / "labels.txt").read_text().split("\n")[:-1]
     demo = cfg.target is None
+    extra = list(gate_extra or [])
+    if demo and any("calibration" in f.options for f in formats):
+        extra += _demo_gate_pool(cfg, gate_confirm, len(verify_src) + len(cal_src) - calibration_n + len(extra))
     return ExportJob(
         model_path=Path(model_path), out_dir=out_dir or store.dir / "exports", formats=formats, labels=labels,
         image_size=cfg.data.image_size, resize_method=cfg.data.resize_method, scaling=cfg.data.scaling,
         verify_sources=verify_src, verify_labels=np.concatenate([test_y, val_y]).astype(int),
         calibration_sources=cal_src, calibration_labels=cal_y,
         calibration_n=calibration_n, io=io, thresholds=thresholds, explain=explain,
+        gate_extra_sources=extra, gate_confirm=gate_confirm,
         source={"run_dir": str(store.dir.resolve()), "config_hash": store.config_hash(), "model": str(model_path),
                 "preset": cfg.preset, "weights": cfg.model.weights},
         data_licence=("synthetic demo data generated by mstl: no licence restrictions, no medical meaning" if demo
                       else f"as the licence of the training data ({cfg.bridge}, {cfg.target}); mstl does not record it"),
     )
+
+
+def _demo_gate_pool(cfg, confirm: int, have: int) -> list[str]:
+    """Generated target-like images enough for ``confirm`` confirmation images (the demo target holds
+    a few hundred; a verdict on 2,000 is not noise)."""
+    from ..data.cache import default_cache_root
+    from ..data.synthetic import make_cxr_pool
+    from .gate import images_needed
+    n = max(0, images_needed(confirm) - have)
+    n = -(-n // 250) * 250  # one pool for nearby needs
+    if not n:
+        return []
+    say(f"drawing {n} extra demo X-ray-like images for the gate (once; cached)")
+    return make_cxr_pool(default_cache_root() / "demo-data" / f"cxr-gate-{n}", n)

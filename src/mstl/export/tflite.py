@@ -43,7 +43,7 @@ def build_dynamic(model, workdir: Path, opts: BuildOptions = BuildOptions()) -> 
     return _convert(model, workdir, cfg)
 
 
-def build_int8(model, workdir: Path, opts: BuildOptions) -> bytes:
+def _int8_config(opts: BuildOptions, calibrate_only: bool = False):
     """Full integer. Scaling lives inside the graph and calibration uses raw 0..255 pixels, so a uint8
     input takes raw pixels directly (scale 1, zero point 0)."""
     opts.needs_calibration()
@@ -60,11 +60,40 @@ def build_int8(model, workdir: Path, opts: BuildOptions) -> bytes:
     def cfg(c):
         c.optimizations = [tf.lite.Optimize.DEFAULT]
         c.representative_dataset = representative
+        if calibrate_only:  # ranges only; quantized afterwards with some layers left out (MixedBuilder)
+            c._experimental_calibrate_only = True
+            return
         c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if opts.io != "float":
             c.inference_input_type = tf.uint8 if opts.io == "uint8" else tf.int8
             c.inference_output_type = tf.uint8 if opts.io == "uint8" else tf.int8
-    return _convert(model, workdir, cfg)
+    return cfg
+
+
+def build_int8(model, workdir: Path, opts: BuildOptions) -> bytes:
+    return _convert(model, workdir, _int8_config(opts))
+
+
+class MixedBuilder:
+    """One calibration, then int8 builds with chosen layers kept in float: the converter's own MLIR
+    quantizer with ``denylisted_nodes`` (the layer's full output tensor name; a name it does not know
+    is ignored silently, so export/macs.py checks afterwards which layers really are float)."""
+
+    def __init__(self, model, workdir: Path, opts: BuildOptions):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.opts = opts
+        self.fp32 = _convert(model, workdir)
+        self.calibrated = _convert(model, workdir, _int8_config(opts, calibrate_only=True))
+
+    def build(self, float_nodes: tuple[str, ...]) -> bytes:
+        from tensorflow.lite.python.convert import mlir_quantize
+        io = {"uint8": tf.uint8, "int8": tf.int8, "float": tf.float32}[self.opts.io]
+        return bytes(mlir_quantize(self.calibrated, disable_per_channel=False, fully_quantize=False,
+                                   input_data_type=io, output_data_type=io, denylisted_nodes=list(float_nodes)))
+
+    def rank(self, pixels: np.ndarray):
+        from .mixed import ranked_tflite
+        return ranked_tflite(self.fp32, self.build(()), pixels)
 
 
 def embed_metadata(data: bytes, card: dict) -> bytes:

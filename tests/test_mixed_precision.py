@@ -1,0 +1,129 @@
+"""The gate's selection/confirmation split and the mixed-precision rung: a planted sensitive layer is
+found and kept in float; the int8 share of multiply-accumulates is read from the artifact itself."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mstl.cli.export import app
+from mstl.export.gate import SELECTION_SHARE, Gate, selection_target, split
+from mstl.export.mixed import Candidate, fewest_float
+
+runner = CliRunner()
+
+
+def test_split_is_fixed_and_disjoint():
+    a, b = split(3000), split(3000)
+    assert (a == b).all() and a.sum() == 1000 and 0.3 < SELECTION_SHARE < 0.5
+    g = Gate.build(np.zeros((3000, 1)), np.zeros((3000, 2)), None, np.zeros(3000, bool))
+    assert not (g.selection & g.confirmation).any() and (g.selection | g.confirmation).all()
+    assert selection_target(0.99) == pytest.approx(0.995) and selection_target(0.999) < 1
+
+
+def test_confirmation_judges_and_selection_only_chooses():
+    """The verdict comes from the confirmation images: flips planted in the selection part alone
+    leave it ok, in the confirmation part alone make it fail."""
+    rng = np.random.default_rng(0)
+    ref = np.stack([p := rng.uniform(0.7, 1, 3000), 1 - p], 1)
+    g = Gate.build(np.zeros((3000, 1)), ref, None, np.zeros(3000, bool))
+    on_sel, on_conf = ref.copy(), ref.copy()
+    on_sel[np.flatnonzero(g.selection)[:50]] = ref[np.flatnonzero(g.selection)[:50]][:, ::-1]
+    on_conf[np.flatnonzero(g.confirmation)[:50]] = ref[np.flatnonzero(g.confirmation)[:50]][:, ::-1]
+    a, b = g.judge(on_sel, 0.99), g.judge(on_conf, 0.99)
+    assert a["status"] == "ok" and not a["selection"]["passes"] and a["n_compared"] == 2000
+    assert b["status"] == "failed" and b["selection"]["passes"] and b["flips"] == 50
+    assert not a["provisional"]
+    small = Gate.build(np.zeros((300, 1)), ref[:300], None, np.zeros(300, bool)).judge(ref[:300], 0.99)
+    assert small["provisional"] and "provisional" in small["warning"]
+
+
+def test_gate_sources_never_overlap_calibration():
+    from mstl.export.run import ExportJob, _gate_sources
+    job = ExportJob(model_path=None, out_dir=None, formats=[], labels=["a", "b"], image_size=8,
+                    resize_method="bilinear", scaling="x", verify_sources=["t1", "t2", "c1"],
+                    verify_labels=np.array([0, 1, 0]), calibration_sources=["c0", "c1", "c2", "t1"],
+                    calibration_labels=np.array([0, 0, 1, 1]), gate_extra_sources=["e1", "c0", "e1", "t2"])
+    sources, labels, held = _gate_sources(job, np.array([0, 1]))  # c0, c1 calibrate
+    assert sources == ["t1", "t2", "c2", "e1"]
+    assert labels.tolist() == [0, 1, 1, -1] and held.tolist() == [True, True, False, False]
+
+
+def _cands(n, macs=10):
+    return [Candidate(f"l{i}", macs, float(n - i)) for i in range(n)]
+
+
+def test_search_finds_the_fewest_float_layers():
+    calls = []
+
+    def attempt(names):
+        calls.append(len(names))
+        return {"passes": len(names) >= 5, "agreement": 0.9 + 0.01 * len(names)}
+    found = fewest_float(_cands(20), 1000, attempt)
+    assert found["chosen"]["float_layers"] == 5 and found["float_layers"] == [f"l{i}" for i in range(5)]
+    assert calls == [1, 2, 4, 8, 6, 5] and found["chosen"]["int8_mac_share"] == pytest.approx(0.95)
+
+
+def test_search_never_goes_under_the_mac_floor():
+    seen = []
+
+    def attempt(names):
+        seen.append(len(names))
+        return {"passes": False, "agreement": 0.5}
+    found = fewest_float(_cands(40, macs=50), 1000, attempt)  # 4 layers = 20% of the MACs
+    assert max(seen) == 4 and not found["chosen"]["passes"]
+    assert all(s["int8_mac_share"] >= 0.8 for s in found["steps"])
+
+
+def _planted_classifier(path, pixels=None, size=32):
+    """A small MobileNet-like classifier with a planted sensitive layer: the 1x1 convolution "planted"
+    has, on an input channel that is always 0, weights 300x its others. The float model ignores them;
+    per-channel int8 sets every output channel's scale by them and rounds the real weights to 0. The
+    head reads a random direction of the pooled features, scaled so that answers are decisive."""
+    from mstl.tf_env import keras
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scaling")(inp)
+    for i, (ch, stride) in enumerate(((8, 2), (16, 1), (16, 2))):
+        x = keras.layers.Conv2D(ch, 3, strides=stride, padding="same", use_bias=False, name=f"c{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"c{i}_BN")(x)
+        x = keras.layers.ReLU(6.0, name=f"c{i}_relu")(x)
+        x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"d{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"d{i}_BN")(x)
+        x = keras.layers.ReLU(6.0, name=f"d{i}_relu")(x)
+    x = keras.layers.Conv2D(16, 1, name="planted")(x)
+    x = keras.layers.ReLU(6.0, name="planted_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    out = keras.layers.Dense(2, activation="softmax", name="target_head")(x)
+    model = keras.Model(inp, out, name="classifier")
+    bn = model.get_layer("d2_BN")
+    g, b = bn.gamma.numpy(), bn.beta.numpy()
+    g[0], b[0] = 0.0, -1.0  # ReLU6 of a negative constant: input channel 0 of "planted" is always 0
+    bn.gamma.assign(g)
+    bn.beta.assign(b)
+    conv = model.get_layer("planted")
+    k = conv.kernel.numpy()
+    conv.bias.assign(np.full(16, 0.5, np.float32))
+    k[0, 0, 0, :] = 300 * np.abs(k).max()
+    conv.kernel.assign(k)
+    head = model.get_layer("target_head")
+    if pixels is not None:
+        feats = np.asarray(keras.Model(inp, model.get_layer("pool").output)(pixels.astype(np.float32)))
+        v = np.random.default_rng(0).normal(size=feats.shape[1])
+        proj = (feats - feats.mean(0)) @ v
+        v *= 3.0 / proj.std()  # logit differences of about +-6
+        head.kernel.assign(np.stack([v / 2, -v / 2], 1).astype(np.float32))
+        head.bias.assign(np.array([-(feats.mean(0) @ v) / 2, (feats.mean(0) @ v) / 2], np.float32))
+    model.save(path)
+    return model
+
+
+def test_standalone_export_refuses_too_few_images_to_keep_calibration_apart(demo_data, tmp_path):
+    model_path = tmp_path / "m.keras"
+    _planted_classifier(model_path)
+    res = runner.invoke(app, [str(tmp_path / "no-run"), "--model", str(model_path), "--data", str(demo_data["cxr"]),
+                              "--int8", "--out", str(tmp_path / "e")])
+    assert res.exit_code != 0
+    assert "the gate needs at least 100 images that did not calibrate" in res.output
+    assert "60 images, 60 of them to calibrate" in res.output
