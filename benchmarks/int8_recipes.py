@@ -2,9 +2,12 @@
 sibling on this CPU. Prints one name=value line per figure.
 
     .venv/bin/python benchmarks/int8_recipes.py runs/xray [--runs 200] [--threads 1] [--reuse] [--portable-int8]
+                                                          [--emulate N] [--gate-extra DIR]
 
 --reuse takes RUN/exports as it is instead of exporting again into RUN/exports; --portable-int8
-exports ONNX int8 as for an x86 CPU without VNNI (what such a CPU's export would ship).
+exports ONNX int8 as for an x86 CPU without VNNI (what such a CPU's export would ship); --emulate N
+re-runs N of the gate's confirmation images through each int8 artifact under qemu-x86_64-static -cpu
+Haswell (AVX2, no AVX-512/VNNI; Debian's qemu-user-static) and prints its agreement there.
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--portable-int8", action="store_true")
+    ap.add_argument("--emulate", type=int, default=0, help="confirmation images to re-run on an emulated AVX2 CPU")
+    ap.add_argument("--gate-extra", action="append", default=[], help="passed to mstl-export --gate-extra")
     args = ap.parse_args()
     exports = args.run_dir / "exports"
     if not args.reuse:
         cli = Path(sys.executable).with_name("mstl-export")
-        res = subprocess.run([str(cli), str(args.run_dir), "--int8"] + (["--portable-int8"] if args.portable_int8 else []), capture_output=True, text=True)
+        extra = [a for d in args.gate_extra for a in ("--gate-extra", d)]
+        res = subprocess.run([str(cli), str(args.run_dir), "--int8"] + (["--portable-int8"] if args.portable_int8 else [])
+                             + extra, capture_output=True, text=True)
         if res.returncode not in (0, 2):  # 2: a gate failed; the figures still say by how much
             print(res.stdout[-2000:] + res.stderr[-2000:], file=sys.stderr)
             return res.returncode
@@ -45,12 +52,16 @@ def main() -> int:
         q, f = rows.get(f"{fmt}-int8"), rows.get(f"{fmt}-fp32")
         if not q or not f:
             continue
-        print(f"{fmt}_int8_agreement={q['agreement']:.4f}")
-        print(f"{fmt}_int8_flips={q.get('flips')}/{q['n_compared']}")
+        print(f"{fmt}_int8_confirm_agreement={q['agreement']:.4f}")
+        print(f"{fmt}_int8_confirm_ci95={q['agreement_ci95'][0]:.4f},{q['agreement_ci95'][1]:.4f}")
+        print(f"{fmt}_int8_confirm_flips={q.get('flips')}/{q['n_compared']}")
+        print(f"{fmt}_int8_selection_agreement={q['selection']['agreement']:.4f}")
+        print(f"{fmt}_int8_mac_share={q.get('int8_mac_share')}")
+        print(f"{fmt}_int8_provisional={int(q.get('provisional', True))}")
         print(f"{fmt}_int8_status={q['status']}")
         print(f"{fmt}_int8_recipe={q.get('recipe')}")
         print(f"{fmt}_int8_recipes_tried=" + ";".join(
-            f"{t['recipe']}:{t['status']}:{t.get('agreement') if t.get('agreement') is None else round(t['agreement'], 4)}"
+            f"{t['recipe']}:{t['status']}:{'-' if t.get('selection_agreement') is None else round(t['selection_agreement'], 4)}"
             for t in q.get("recipes_tried", [])))
         if "heldout" in q:
             h = q["heldout"]
@@ -64,6 +75,13 @@ def main() -> int:
             p50[key] = r["latency"][str(args.threads)]["p50"]
             print(f"{fmt}_{key}_p50_ms={p50[key]:.3f}")
         print(f"{fmt}_int8_speedup={p50['fp32'] / p50['int8']:.3f}")
+    if args.emulate:
+        from mstl.bench.emulate import check
+        emu = check(exports, args.emulate)
+        for r in emu["artifacts"].values():
+            print(f"{r['format']}_int8_emulated_avx2_agreement={r['agreement']:.4f}")
+            print(f"{r['format']}_int8_emulated_avx2_max_abs_diff_vs_native={r['max_abs_diff_vs_native']:.6f}")
+        print(f"emulated_images={emu['images']}")
     print(f"threads={args.threads}")
     print(f"int8_hint={int8_speed_hint(cpu_flags())}")
     return 0

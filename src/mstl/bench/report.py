@@ -86,6 +86,8 @@ def recommendations(report: dict[str, Any]) -> list[str]:
         speed = fp32["latency"][t]["p50"] / q["latency"][t]["p50"]
         smaller = (fp32.get("size_mb") or 0) / (q.get("size_mb") or 1)
         acc = "" if q.get("delta_vs_fp32") is None else f", accuracy {100 * q['delta_vs_fp32']:+.1f} pt vs fp32"
+        if q.get("int8_mac_share") is not None:
+            acc += f" (mixed precision: {100 * q['int8_mac_share']:.0f}% of MACs in int8)"
         if speed >= 1 + SAME_SPEED:
             out.append(f"{fmt}: deploy {q['artifact']} - {speed:.2f}x faster than fp32 at {t} thread(s), "
                        f"{smaller:.1f}x smaller{acc}")

@@ -126,6 +126,9 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
             note = _portability_note(card, a.format)
             if note:
                 r.setdefault("notes", []).append(note)
+            if card.get("int8_mac_share") is not None and card["int8_mac_share"] < 1:
+                r["int8_mac_share"] = card["int8_mac_share"]
+                r.setdefault("notes", []).append(_mixed_note(card))
         if r["status"] != "ok":
             say(f"  failed: {r['error']}")
         results.append(r)
@@ -197,3 +200,13 @@ def _compare_with_fp32(results: list[dict]) -> None:
             from ..machine import cpu_flags, int8_speed_hint
             why = f" ({int8_speed_hint(cpu_flags())})" if r.get("precision") in ("int8", "dynamic") else ""
             r["notes"].append(f"SLOWER than {r['format']} fp32 on this CPU at {','.join(slower)} thread(s){why}")
+
+
+def _mixed_note(card: dict) -> str:
+    """What a mixed-precision artifact keeps in float and what that cost where it was exported."""
+    mixed = card.get("mixed") or {}
+    cost = mixed.get("cost") or {}
+    timed = ", ".join(f"{k.removeprefix('p50_ms ')} {v} ms" for k, v in cost.items() if k.startswith("p50_ms"))
+    return (f"mixed precision: {len(card.get('float_layers') or [])} layer(s) in float "
+            f"({', '.join(mixed.get('float_layers') or [])}), {100 * card['int8_mac_share']:.1f}% of MACs in int8"
+            + (f"; at export on {cost.get('cpu')}, p50 1 thread: {timed}" if timed else ""))
