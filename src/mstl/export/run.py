@@ -575,5 +575,7 @@ def _demo_gate_pool(cfg, confirm: int, have: int) -> list[str]:
     n = -(-n // 250) * 250  # one pool for nearby needs
     if not n:
         return []
-    say(f"drawing {n} extra demo X-ray-like images for the gate (once; cached)")
-    return make_cxr_pool(default_cache_root() / "demo-data" / f"cxr-gate-{n}", n)
+    root = default_cache_root() / "demo-data" / f"cxr-gate-{n}"
+    if not root.is_dir():
+        say(f"drawing {n} extra demo X-ray-like images for the gate (once; cached in {root})")
+    return make_cxr_pool(root, n)
