@@ -284,7 +284,8 @@ def _export_all(job: ExportJob, model) -> dict[str, Any]:
         calibration = job.preprocess.load_many([job.calibration_sources[i] for i in pick])
     # Agreement checks the conversion, so every image that did not calibrate it counts.
     sources, labels, heldout = _gate_sources(job, pick)
-    n_extra = sum(1 for s in job.gate_extra_sources if s in set(sources))
+    kept = set(sources)
+    n_extra = sum(1 for s in job.gate_extra_sources if s in kept)
     say(f"decoding {len(sources)} gate images through the edge path (Pillow): {int(heldout.sum())} held out, "
         f"{len(sources) - int(heldout.sum()) - n_extra} training images not used for calibration, {n_extra} extra")
     pixels = job.preprocess.load_many(sources)
@@ -332,6 +333,7 @@ class _Attempt:
     data: bytes
     rt: Any
     choose: dict[str, Any]  # the gate's selection figures
+    selection_probs: np.ndarray  # what they were computed from (the verdict reuses them)
     mixed: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -364,7 +366,8 @@ def _try_recipe(fmt, recipe, model, ready, work, job, gate: Gate, calibration, t
         rt = _runtime(work, fmt.filename(job.stem), data)
     except Exception as e:  # a converter failure is reported per recipe; the next one may work
         return f"conversion failed: {str(e).splitlines()[0][:300]}" if str(e) else type(e).__name__
-    return _Attempt(recipe, opts, data, rt, gate.choose(rt.predict(gate.pixels[gate.selection]), threshold))
+    probs = rt.predict(gate.pixels[gate.selection])
+    return _Attempt(recipe, opts, data, rt, gate.choose(probs, threshold), probs)
 
 
 def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, threshold) -> _Attempt | str:
@@ -379,12 +382,13 @@ def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, thresho
         total = sum(l.macs for l in layer_macs(base.data))
     except Exception as e:
         return f"mixed precision failed: {str(e).splitlines()[0][:300]}" if str(e) else type(e).__name__
-    built: dict[tuple[str, ...], tuple[bytes, Any, dict]] = {}
+    built: dict[tuple[str, ...], tuple[bytes, Any, dict, np.ndarray]] = {}
 
     def attempt(names: tuple[str, ...]) -> dict[str, Any]:
         data = builder.build(names)
         rt = _runtime(work, f"k{len(names)}-{fmt.filename(job.stem)}", data)
-        built[names] = (data, rt, gate.choose(rt.predict(sel_pixels), threshold))
+        probs = rt.predict(sel_pixels)
+        built[names] = (data, rt, gate.choose(probs, threshold), probs)
         c = built[names][2]
         say(f"  {len(names)} layer(s) in float: selection agreement {100 * (c['agreement'] or 0):.2f}% "
             f"({c['flips']} flips of {c['n_compared']})")
@@ -396,7 +400,7 @@ def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, thresho
     if not found["chosen"]:
         return "mixed precision: no layer can stay in float within the int8 MAC floor"
     names = tuple(found["float_layers"])
-    data, rt, choose = built[names]
+    data, rt, choose, probs = built[names]
     recipe = dataclasses.replace(base.recipe, name=f"{base.recipe.name}+mixed", mixed=True, refine=False,
                                  note=f"{base.recipe.note}; {len(names)} most sensitive layer(s) kept in float")
     mixed = {"base_recipe": base.recipe.name, "float_layers": list(found["float_labels"]), "float_nodes": list(names),
@@ -405,7 +409,7 @@ def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, thresho
                           f"{min(RANK_IMAGES, len(sel_pixels))} selection images",
              "steps": found["steps"], "ranking": found["ranking"],
              "cost": _cost({"full int8 (" + base.recipe.name + ")": base.data, "mixed": data}, work, fmt, job)}
-    return _Attempt(recipe, dataclasses.replace(base.opts, float_nodes=names), data, rt, choose, mixed)
+    return _Attempt(recipe, dataclasses.replace(base.opts, float_nodes=names), data, rt, choose, probs, mixed)
 
 
 def _cost(builds: dict[str, bytes], work: Path, fmt: Format, job: ExportJob, runs: int = 60) -> dict[str, Any]:
@@ -472,7 +476,10 @@ def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJo
         row["error"] = "; ".join(t.get("reason", t["status"]) for t in tried)
         row["recipes_tried"] = tried
         return row
-    check = gate.judge(best.rt.predict(gate.pixels), threshold)
+    probs = np.zeros_like(gate.reference)
+    probs[gate.selection] = best.selection_probs
+    probs[gate.confirmation] = best.rt.predict(gate.pixels[gate.confirmation])
+    check = gate.judge(probs, threshold)
     if check["status"] != "ok":
         name = fmt.rejected_filename(job.stem)
         row.update({"name": name, "path": name})
