@@ -93,7 +93,7 @@ def export(
 
 def _standalone_job(run_dir, model, data, labels, image_size, formats, out, calibration, io, thresholds, n_extra=0):
     from ..data.filelist import labelled_folder
-    from ..export.run import ExportJob
+    from ..export.run import ExportJob, calibration_apart
     from ..model import load_classifier
     if model is None:
         if not run_dir.exists():
@@ -102,7 +102,7 @@ def _standalone_job(run_dir, model, data, labels, image_size, formats, out, cali
     if data is None:
         raise UserError("--model outside a run needs --data DIR: labelled images to calibrate and verify on")
     sources, y, classes = labelled_folder(data)
-    cal_src, cal_y, ver_src, ver_y = _calibration_apart(sources, y, calibration, formats, data, n_extra)
+    cal_src, cal_y, ver_src, ver_y = calibration_apart(sources, y, calibration, formats, data, n_extra)
     m = load_classifier(model)
     names = [s.strip() for s in labels.split(",")] if labels else None
     n_out = int(m.output_shape[-1])
@@ -114,27 +114,6 @@ def _standalone_job(run_dir, model, data, labels, image_size, formats, out, cali
                      verify_sources=ver_src, verify_labels=ver_y, calibration_sources=cal_src, calibration_labels=cal_y,
                      calibration_n=calibration, io=io, thresholds=thresholds,
                      source={"model": str(model), "data": str(data)})
-
-
-MIN_GATE_IMAGES = 100
-
-
-def _calibration_apart(sources, y, calibration: int, formats, data, n_extra: int = 0):
-    """Calibration images and verification images drawn apart from one labelled folder: an artifact is
-    never verified on the images that calibrated it."""
-    import numpy as np
-    from ..data.splits import stratified_sample
-    if not any("calibration" in f.options for f in formats):
-        return [], None, sources, y
-    n_cal = min(calibration, len(sources))
-    pick = set(int(i) for i in stratified_sample(y, n_cal, 0))
-    rest = [i for i in range(len(sources)) if i not in pick]
-    if len(rest) + n_extra < MIN_GATE_IMAGES:
-        raise UserError(f"{data}: {len(sources)} images, {n_cal} of them to calibrate int8, leaves {len(rest)} to "
-                        f"verify on{f' (+{n_extra} from --gate-extra)' if n_extra else ''}; the gate needs at least {MIN_GATE_IMAGES} images that did not calibrate: "
-                        "add images, lower --calibration, or add unlabelled ones with --gate-extra DIR")
-    cal = sorted(pick)
-    return ([sources[i] for i in cal], np.asarray(y)[cal], [sources[i] for i in rest], np.asarray(y)[rest])
 
 
 def _extra_sources(paths: list[Path]) -> list[str]:

@@ -530,6 +530,26 @@ def _card(fmt: Format, name: str, best: _Attempt, tried: list, job: ExportJob, c
     return card
 
 
+MIN_GATE_IMAGES = 100
+
+
+def calibration_apart(sources, y, calibration: int, formats, data, n_extra: int = 0):
+    """Calibration images and verification images drawn apart from one labelled folder: an artifact is
+    never verified on the images that calibrated it."""
+    if not any("calibration" in f.options for f in formats):
+        return [], None, sources, y
+    n_cal = min(calibration, len(sources))
+    pick = set(int(i) for i in stratified_sample(y, n_cal, 0))
+    rest = [i for i in range(len(sources)) if i not in pick]
+    if len(rest) + n_extra < MIN_GATE_IMAGES:
+        extra = f" (+{n_extra} from --gate-extra)" if n_extra else ""
+        raise ValueError(f"{data}: {len(sources)} images, {n_cal} of them to calibrate int8, leaves {len(rest)} to "
+                         f"verify on{extra}; the gate needs at least {MIN_GATE_IMAGES} images that did not calibrate: "
+                         "add images, lower --calibration, or add unlabelled ones with --gate-extra DIR")
+    cal = sorted(pick)
+    return ([sources[i] for i in cal], np.asarray(y)[cal], [sources[i] for i in rest], np.asarray(y)[rest])
+
+
 def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, model_path: Path | None,
                  calibration_n: int, io: str, thresholds: dict[str, float], explain: bool = False,
                  gate_confirm: int = CONFIRM_WANTED, gate_extra: list[str] | None = None) -> ExportJob:
