@@ -77,42 +77,43 @@ def test_search_never_goes_under_the_mac_floor():
 
 
 def _planted_classifier(path, pixels=None, size=32):
-    """A small MobileNet-like classifier with a planted sensitive layer: the 1x1 convolution "planted"
+    """A small convolutional classifier with a planted sensitive layer: the 1x1 convolution "planted"
     has, on an input channel that is always 0, weights 300x its others. The float model ignores them;
-    per-channel int8 sets every output channel's scale by them and rounds the real weights to 0. The
-    head reads a random direction of the pooled features, scaled so that answers are decisive."""
+    per-channel int8 sets every output channel's scale by them and rounds the real weights to 0. With
+    ``pixels``, BatchNorm takes their statistics and the head reads the pooled features' first
+    principal direction, scaled so that answers are decisive: everything else survives int8."""
     from mstl.tf_env import keras
     keras.utils.set_random_seed(3)
     inp = keras.Input((size, size, 3), name="image")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scaling")(inp)
-    for i, (ch, stride) in enumerate(((8, 2), (16, 1), (16, 2))):
-        x = keras.layers.Conv2D(ch, 3, strides=stride, padding="same", use_bias=False, name=f"c{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"c{i}_BN")(x)
-        x = keras.layers.ReLU(6.0, name=f"c{i}_relu")(x)
-        x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"d{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"d{i}_BN")(x)
-        x = keras.layers.ReLU(6.0, name=f"d{i}_relu")(x)
-    x = keras.layers.Conv2D(16, 1, name="planted")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="c0")(x)
+    x = keras.layers.BatchNormalization(name="c0_BN")(x)
+    x = keras.layers.ReLU(6.0, name="c0_relu")(x)
+    x = keras.layers.Conv2D(4, 1, name="planted")(x)  # 13% of the MACs: within the int8 floor
     x = keras.layers.ReLU(6.0, name="planted_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     out = keras.layers.Dense(2, activation="softmax", name="target_head")(x)
     model = keras.Model(inp, out, name="classifier")
-    bn = model.get_layer("d2_BN")
+    bn = model.get_layer("c0_BN")
+    if pixels is not None:  # the images' own statistics, so that activations are not tiny
+        a = np.asarray(keras.Model(inp, bn.input)(pixels.astype(np.float32)))
+        bn.moving_mean.assign(a.mean((0, 1, 2)))
+        bn.moving_variance.assign(a.var((0, 1, 2)) + 1e-3)
     g, b = bn.gamma.numpy(), bn.beta.numpy()
     g[0], b[0] = 0.0, -1.0  # ReLU6 of a negative constant: input channel 0 of "planted" is always 0
     bn.gamma.assign(g)
     bn.beta.assign(b)
     conv = model.get_layer("planted")
     k = conv.kernel.numpy()
-    conv.bias.assign(np.full(16, 0.5, np.float32))
+    conv.bias.assign(np.full(4, 0.5, np.float32))
     k[0, 0, 0, :] = 300 * np.abs(k).max()
     conv.kernel.assign(k)
     head = model.get_layer("target_head")
     if pixels is not None:
         feats = np.asarray(keras.Model(inp, model.get_layer("pool").output)(pixels.astype(np.float32)))
-        v = np.random.default_rng(0).normal(size=feats.shape[1])
-        proj = (feats - feats.mean(0)) @ v
-        v *= 3.0 / proj.std()  # logit differences of about +-6
+        centred = feats - feats.mean(0)
+        v = np.linalg.svd(centred, full_matrices=False)[2][0]
+        v *= 30.0 / (centred @ v).std()  # logit differences of about +-30
         head.kernel.assign(np.stack([v / 2, -v / 2], 1).astype(np.float32))
         head.bias.assign(np.array([-(feats.mean(0) @ v) / 2, (feats.mean(0) @ v) / 2], np.float32))
     model.save(path)
@@ -127,3 +128,47 @@ def test_standalone_export_refuses_too_few_images_to_keep_calibration_apart(demo
     assert res.exit_code != 0
     assert "the gate needs at least 100 images that did not calibrate" in res.output
     assert "60 images, 60 of them to calibrate" in res.output
+
+
+def _plain_images(root, n, seed=0, size=32):
+    """Noise images of varied brightness and contrast (what the planted model's features read), split
+    into two labelled class folders and a flat folder of unlabelled extras for the gate."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for i in range(n):
+        a = np.clip(rng.uniform(30, 225) + rng.normal(0, rng.uniform(5, 60), (size, size, 3)), 0, 255).astype(np.uint8)
+        folder = root / "data" / "ab"[i % 2] if i < n // 2 else root / "extra"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(folder / f"{i:04d}.png")
+        arrays.append(a)
+    return np.stack(arrays).astype(np.float32)
+
+
+def test_a_planted_sensitive_layer_is_found_and_kept_in_float(tmp_path):
+    """Every full-int8 rung loses about half the answers; the mixed rung ranks the planted layer first,
+    keeps it (and nothing it need not) in float, and ships under the default name in both formats -
+    in ONNX Runtime too, whose session optimizer would otherwise quantize the excluded layer again."""
+    pixels = _plain_images(tmp_path, 600)
+    model_path = tmp_path / "m.keras"
+    _planted_classifier(model_path, pixels[:200])
+    res = runner.invoke(app, [str(tmp_path / "no-run"), "--model", str(model_path), "--data", str(tmp_path / "data"),
+                              "--labels", "a,b", "--int8", "--calibration", "100", "--gate-extra",
+                              str(tmp_path / "extra"), "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    for name in ("classifier-int8.tflite", "classifier-int8.onnx"):
+        card = json.loads((tmp_path / "e" / f"{name}.json").read_text())
+        assert card["recipe"].endswith("+mixed"), (name, card["recipe"])
+        full = [r for r in card["recipes_tried"] if "selection_agreement" in r and not r["recipe"].endswith("+mixed")]
+        assert full and all(r["selection_agreement"] < 0.7 for r in full), full
+        mixed = card["mixed"]
+        assert mixed["ranking"][0]["layer"].startswith("planted")
+        assert mixed["float_layers"][0].startswith("planted") and len(mixed["float_layers"]) <= 2
+        assert card["int8_mac_share"] >= 0.8 and card["verification"]["agreement"] >= 0.99
+    import onnx
+    from onnx import numpy_helper
+    g = onnx.load(str(tmp_path / "e" / "classifier-int8.onnx")).graph
+    init = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    q_in = [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == "input"]
+    # pixels are integers 0-255 whatever the calibration images held: quantized exactly
+    assert q_in and float(init[q_in[0].input[1]]) == 1.0 and int(init[q_in[0].input[2]]) == 0

@@ -38,8 +38,8 @@ def export(
     gate_images: Optional[int] = typer.Option(None, "--gate-images", help="confirmation images the gate asks for "
                                               "(default 2000; the demo draws extra generated images to reach it)"),
     gate_extra: Optional[list[Path]] = typer.Option(None, "--gate-extra", help="more images of the same kind for the "
-                                                    "gate, labels not needed (a dataset folder in any layout mstl "
-                                                    "reads, e.g. the bridge when it is the same modality); repeatable"),
+                                                    "gate, labels not needed (a folder of images, or a dataset folder "
+                                                    "in any layout mstl reads, e.g. the bridge when it is the same modality); repeatable"),
     portable_int8: bool = typer.Option(False, "--portable-int8", help="build ONNX int8 exact on every x86 CPU "
                                        "(7-bit u8s8 weights), not only on this one: for artifacts that will run "
                                        "on CPUs with AVX2 and no VNNI"),
@@ -117,15 +117,21 @@ def _standalone_job(run_dir, model, data, labels, image_size, formats, out, cali
 
 
 def _extra_sources(paths: list[Path]) -> list[str]:
+    """Agreement needs no labels, so besides every labelled layout a plain folder of images will do."""
     from ..data.filelist import labelled_folder
+    from ..data.images import is_image_name
     out: list[str] = []
     for p in paths:
         if not p.exists():
             raise UserError(f"--gate-extra {p}: no such file or folder")
+        flat = sorted(str(f) for f in p.iterdir() if f.is_file() and is_image_name(f.name)) if p.is_dir() else []
+        if flat and not any(f.is_dir() for f in p.iterdir()):
+            out += flat
+            continue
         try:
             srcs, _, _ = labelled_folder(p)
         except ValueError as e:
-            raise UserError(f"--gate-extra {p}: {e}") from None
+            raise UserError(f"--gate-extra {p}: {e}; or a folder of image files") from None
         out += srcs
     return out
 

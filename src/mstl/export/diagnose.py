@@ -23,9 +23,18 @@ from ..progress import say
 SHOW = 8
 
 
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
-    signal = float(np.sum(ref.astype(np.float64) ** 2))
+def sqnr_db(ref: np.ndarray, got: np.ndarray, channel_axis: int | None = -1) -> float:
+    """Signal is each channel's variation across images and positions, not its raw power: a channel's
+    constant offset is carried by any bias, and counting it hides a layer whose quantized output lost
+    everything but that offset (every real weight rounded to 0 leaves the bias: raw-power SQNR reads
+    that as good, and blames the layer after it)."""
+    ref = ref.astype(np.float64)
+    noise = float(np.sum((ref - got) ** 2))
+    if channel_axis is None or ref.ndim < 2:
+        signal = float(np.sum((ref - ref.mean()) ** 2))
+    else:
+        axes = tuple(a for a in range(ref.ndim) if a != channel_axis % ref.ndim)
+        signal = float(np.sum((ref - ref.mean(axis=axes, keepdims=True)) ** 2))
     if noise == 0:
         return float("inf")
     return 10 * np.log10(max(signal, 1e-30) / noise)
@@ -72,9 +81,10 @@ def _litert_tensors(path: Path, pixels: np.ndarray) -> tuple[list[str], dict[str
     names = {d["index"]: d["name"] for d in details}
     inputs = {names[int(o)]: [names[int(i)] for i in op["inputs"] if int(i) in names]
               for op in it._get_ops_details() for o in op["outputs"] if int(o) in names}
-    acts = {k: np.concatenate(v) for k, v in acts.items()}
-    if len(pixels) > 1:  # kernels are constant across images: keep activations only
-        acts = {k: v for k, v in acts.items() if not np.all(v == v[:1])}
+    # Activations are what some op computes; kernels and biases are what none does. (Not "what varies
+    # across images": a quantized layer whose real weights all round to 0 has a constant output, and
+    # it is the one most worth reporting.)
+    acts = {k: np.concatenate(v) for k, v in acts.items() if k in inputs}
     return [n for n in order if n in acts], acts, inputs
 
 
@@ -127,11 +137,11 @@ def onnx_layers(fp32: Path, quant: Path, pixels: np.ndarray) -> list[dict[str, A
         m = match.get(tensor)
         if not m or not m.get("float") or not m.get("post_qdq"):
             continue
-        ref = np.concatenate([np.ravel(a) for a in m["float"]])
-        got = np.concatenate([np.ravel(a) for a in m["post_qdq"]])
-        if ref.size != got.size or ref.size < 2 * len(pixels) or not np.issubdtype(ref.dtype, np.floating):
+        ref, got = np.concatenate(m["float"]), np.concatenate(m["post_qdq"])
+        if ref.shape != got.shape or ref.size < 2 * len(pixels) or not np.issubdtype(ref.dtype, np.floating):
             continue  # shapes and scalars, not activations or logits
-        out.append({"layer": _short(tensor), "tensor": tensor, "sqnr_db": sqnr_db(ref, got)})
+        out.append({"layer": _short(tensor), "tensor": tensor,
+                    "sqnr_db": sqnr_db(ref, got, 1 if ref.ndim == 4 else -1)})  # NCHW
     compared = {l["tensor"] for l in out}
     for l in out:  # a Conv's own output is not quantized: its step is seen from the compared tensors around it
         l["inputs"] = _nearest_compared(l["tensor"], inputs, compared)
