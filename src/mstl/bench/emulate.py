@@ -105,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=None, help="confirmation images to run (default: all)")
     ap.add_argument("--cpu", default="Haswell", help="QEMU CPU model (Haswell: AVX2 + FMA, no AVX-512, no VNNI)")
     args = ap.parse_args(argv)
-    res = check(args.exports, args.images, args.cpu)
+    try:
+        res = check(args.exports, args.images, args.cpu)
+    except (FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     ok = True
     for name, r in res["artifacts"].items():
         fam = r["format"]
