@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 WEIGHTS ?= $(wildcard ../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5)
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test install clean browser web
+.PHONY: demo test install clean browser emulator web
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,18 @@ browser:
 	      echo "chromium could not be installed: the browser tests will be skipped"; \
 	    else echo "no chromium and no root apt-get: the browser tests will be skipped"; fi; }
 
-test: $(STAMP) web browser
+# The int8 artifacts' answers on another x86 CPU kind (AVX2 without VNNI) come from Debian's QEMU
+# user-mode emulator; installed here, once, never by a test.
+emulator:
+	@command -v qemu-x86_64-static >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      echo "installing Debian's qemu-user-static for the emulated-CPU test (once)"; \
+	      DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-user-static >/dev/null || \
+	      echo "qemu-user-static could not be installed: the emulated-CPU test will be skipped"; \
+	    else echo "no qemu-x86_64-static and no root apt-get: the emulated-CPU test will be skipped"; fi; }
+
+test: $(STAMP) web browser emulator
 	$(BIN)/python -m pytest -q -ra
 
 clean:
