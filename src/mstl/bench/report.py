@@ -47,8 +47,9 @@ def header_lines(report: dict[str, Any]) -> list[str]:
     m = report["machine"]
     rts = ", ".join(f"{k} {v}" for k, v in m["runtimes"].items())
     xnn = {r.get("xnnpack") for r in report["results"] if r.get("format") == "tflite" and r.get("status") == "ok"}
-    return [
-        f"machine: {m['cpu']} ({m['arch']}, {m['cores']} cores), {m['os']}, Python {m['python']}",
+    lines = [
+        f"machine: {m['cpu']} ({m['arch']}, {m['cores']} cores), {m['os']}, Python {m['python']}"
+        + (f"; board: {m['board']}" if m.get("board") else ""),
         f"cpu flags (int8-relevant): {' '.join(m.get('cpu_flags') or []) or 'none detected'}",
         f"runtimes: {rts}",
         f"threads: {report['threads']}; {report['runs']} timed runs after {report['warmup']} warm-up, batch 1; "
@@ -56,6 +57,10 @@ def header_lines(report: dict[str, Any]) -> list[str]:
         f"accuracy on: {report['data'] or 'NO labelled data (accuracy not measured)'}"
         + (f" ({report['n_images']} images)" if report["n_images"] else ""),
     ]
+    if m.get("emulated"):
+        lines.insert(1, f"EMULATED: this {m['arch']} process runs under an emulator on another CPU - timings are not "
+                        "this device's and no speed recommendation is made; answers (accuracy, agreement) still count")
+    return lines
 
 
 SAME_SPEED = 0.10  # within 10% counts as the same speed on these noisy machines
@@ -64,6 +69,8 @@ SAME_SPEED = 0.10  # within 10% counts as the same speed on these noisy machines
 def recommendations(report: dict[str, Any]) -> list[str]:
     """One line per format: which artifact to deploy on this device, and why (speed, size, accuracy)."""
     from ..machine import int8_speed_hint
+    if report["machine"].get("emulated"):
+        return ["none: measured under emulation, so the timings say nothing about a real device of this kind"]
     hint = int8_speed_hint(report["machine"].get("cpu_flags", []))
     out = []
     local = [r for r in report["results"] if measured_here(r)]
