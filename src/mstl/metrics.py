@@ -7,6 +7,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+# Near-ties (top-1 minus top-2 probability below this) say nothing about whether two models agree:
+# the export gate, the verification bundle and the device page compare only the images above it.
+DECISIVE_MARGIN = 0.05
+
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """95% Wilson score interval for a proportion, clamped to [0, 1]."""

@@ -19,13 +19,14 @@ def measured_here(row: dict[str, Any]) -> bool:
 def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     threads = [str(t) for t in report["threads"]]
     tcol = "/".join(threads)
-    head = ["artifact", "format", "precision", "status", "size MB", "accuracy %", "Δ vs fp32", f"p50 ms @{tcol}t",
+    head = ["artifact", "format", "precision", "status", "size MB", "accuracy %", "Δ vs fp32", "agree vs export %",
+            f"p50 ms @{tcol}t",
             f"p90 ms @{tcol}t", f"img/s @{tcol}t", f"e2e p50 ms @{threads[-1]}t", "init ms", "peak MB", "notes"]
     out = []
     for r in report["results"]:
         if r.get("status") != "ok":
             out.append([r["artifact"], r.get("format", "?"), r.get("precision", "?"), "FAILED", "-", "-", "-", "-", "-", "-",
-                        "-", "-", "-", r.get("error", "")])
+                        "-", "-", "-", "-", r.get("error", "")])
             continue
         lat = r["latency"]
         ts = [t for t in threads if t in lat] or list(lat)
@@ -35,12 +36,21 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         out.append([
             r["artifact"] + (" [browser]" if r.get("measured_in") == "browser" else ""), r["format"], r["precision"], "ok", _fmt(r.get("size_mb")), acc,
             _fmt(r.get("delta_vs_fp32"), "+.1f", 100) + (" pt" if r.get("delta_vs_fp32") is not None else ""),
+            _bundle_cell(r.get("bundle_agreement")),
             "/".join(_fmt(lat[t].get("p50")) for t in ts), "/".join(_fmt(lat[t].get("p90")) for t in ts),
             "/".join(_fmt(lat[t].get("images_per_s"), ".0f") for t in ts),
             _fmt((r.get("e2e_ms") or {}).get("p50")), _fmt(r.get("init_ms"), ".0f"), _fmt(r.get("peak_rss_mb"), ".0f"),
             "; ".join(r.get("notes", [])) + (f" [{r['source']}]" if r.get("source") else ""),
         ])
     return head, out
+
+
+def _bundle_cell(b: dict[str, Any] | None) -> str:
+    """Top-1 agreement with the export's Keras answers (95% interval) and the largest probability gap."""
+    if not b or b.get("agreement") is None:
+        return "-"
+    return (f"{100 * b['agreement']:.1f} [{100 * b['ci95'][0]:.1f}, {100 * b['ci95'][1]:.1f}] "
+            f"max|Δ| {b['max_abs_diff']:.3f}" + ("" if b.get("same_build") else " (other build)"))
 
 
 def header_lines(report: dict[str, Any]) -> list[str]:

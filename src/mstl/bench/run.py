@@ -64,16 +64,28 @@ def _map_labels(folder_classes: list[str], y: np.ndarray, model_labels: list[str
                      "give a folder whose class folders are named as the labels")
 
 
-def labelled_data(artifacts: list[Artifact], data: Path | None) -> tuple[list[str], np.ndarray, str] | None:
+def labelled_data(artifacts: list[Artifact], data: Path | None
+                  ) -> tuple[list[str], np.ndarray, str, dict | None] | None:
+    """The images accuracy is measured on: ``--data``; else the exports' verification bundle (with the
+    Keras model's answers to check agreement against); else the run's target test split."""
     labels = next((a.labels for a in artifacts if a.labels), None)
     if data is not None:
         sources, y, classes = labelled_folder(data)
-        return sources, _map_labels(classes, y, labels, data), str(data)
+        return sources, _map_labels(classes, y, labels, data), str(data), None
+    from ..bundle import BundleError, find, read
+    for folder in dict.fromkeys(a.path.parent for a in artifacts):
+        if find(folder):
+            try:
+                b = read(folder)
+            except BundleError as e:
+                raise BenchError(str(e)) from None
+            return (b["paths"], b["labels_array"], f"verification bundle of {folder} ({len(b['paths'])} held-out "
+                    "images; agreement against the Keras model's answers on the exporting machine)", b)
     from ..train.store import read_split  # the run-dir schema (no TensorFlow)
     for a in artifacts:
         found = read_split(a.run_dir, "test") if a.run_dir else None
         if found:
-            return found[0], found[1], f"target test split of {a.run_dir}"
+            return found[0], found[1], f"target test split of {a.run_dir}", None
     return None
 
 
@@ -100,7 +112,7 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
             continue
         prep = _preprocess(a.path, card)
         if labelled and prep is not None:
-            sources, y_all, _ = labelled
+            sources, y_all, _, _ = labelled
             if prep not in decoded:
                 say(f"  decoding {len(sources)} labelled images at {prep.size} px ({prep.resize}, from the card)")
                 decoded[prep] = str(Path(scratch.name) / f"pixels-{len(decoded)}.npy")
@@ -129,6 +141,8 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
             if card.get("int8_mac_share") is not None and card["int8_mac_share"] < 1:
                 r["int8_mac_share"] = card["int8_mac_share"]
                 r.setdefault("notes", []).append(_mixed_note(card))
+        if labelled and labelled[3] and r["status"] == "ok" and "probs" in r:
+            _against_bundle(r, labelled[3], card)
         if r["status"] != "ok":
             say(f"  failed: {r['error']}")
         results.append(r)
@@ -140,6 +154,25 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
     return {"machine": machine_info(), "threads": threads, "runs": runs, "warmup": warmup,
             "data": labelled[2] if labelled else None, "n_images": int(len(labelled[1])) if labelled else 0,
             "results": results}
+
+
+def _against_bundle(r: dict, bundle: dict, card: dict | None) -> None:
+    """Agreement with the Keras model's answers that the exporting machine saved: this device's runtime
+    and CPU against the computation the export gate verified. Judged by the artifact's own gate."""
+    from ..bundle import agreement
+    got = agreement(np.asarray(r["probs"]), bundle["reference_array"])
+    want = bundle["artifacts"].get(r["artifact"])
+    got["same_build"] = want is not None and card is not None and card.get("sha256") == want
+    threshold = ((card or {}).get("verification") or {}).get("threshold")
+    got["threshold"] = threshold
+    r["bundle_agreement"] = got
+    if not got["same_build"]:
+        r.setdefault("notes", []).append("bundle answers were saved for another build of this artifact: "
+                                         "agreement compares different models")
+    elif threshold is not None and got["agreement"] is not None and got["agreement"] < threshold:
+        r.setdefault("notes", []).append(
+            f"DISAGREES with the export: {100 * got['agreement']:.1f}% top-1 agreement with the Keras answers on "
+            f"this device ({got['flips']} flips of {got['n_compared']}), below its gate of {100 * threshold:.1f}%")
 
 
 def _portability_note(card: dict, fmt: str) -> str | None:

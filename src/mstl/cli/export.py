@@ -40,6 +40,10 @@ def export(
     gate_extra: Optional[list[Path]] = typer.Option(None, "--gate-extra", help="more images of the same kind for the "
                                                     "gate, labels not needed (a folder of images, or a dataset folder "
                                                     "in any layout mstl reads, e.g. the bridge when it is the same modality); repeatable"),
+    bundle_samples: Optional[int] = typer.Option(None, "--bundle-samples", help="held-out images copied, with "
+                                                 "their labels and the Keras model's answers, into exports/bundle "
+                                                 "for mstl-bench on any device (default 100; 0: none - they are "
+                                                 "dataset images)"),
     portable_int8: bool = typer.Option(False, "--portable-int8", help="build ONNX int8 exact on every x86 CPU "
                                        "(7-bit u8s8 weights), not only on this one: for artifacts that will run "
                                        "on CPUs with AVX2 and no VNNI"),
@@ -69,6 +73,9 @@ def export(
                               io or "uint8", thresholds, len(extra))
         job.explain, job.gate_extra_sources, job.gate_confirm = explain, extra, confirm
     job.portable_int8 = portable_int8
+    if bundle_samples is not None:
+        check_at_least("--bundle-samples", bundle_samples, 0)
+        job.bundle_samples = bundle_samples
     manifest = run_export(job)
     say("")
     say(f"{'artifact':<32} {'size MB':>8} {'agreement':>10} {'flips':>9} {'max|diff|':>10} {'Δacc pt (95% CI)':>22} "

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..bench.emulate import GATE_LIST, GATE_REFERENCE, SELECTION
+from ..bundle import DEFAULT_SAMPLES
 from ..data.filelist import write_list
 from ..data.splits import stratified_sample
 from ..formats import MIN_INT8_MAC_SHARE, BuildOptions, Format, Recipe
@@ -58,6 +59,7 @@ class ExportJob:
     # unlabelled images of the same kind for the gate (the demo's generated ones, --gate-extra)
     gate_extra_sources: list[str] = field(default_factory=list)
     gate_confirm: int = CONFIRM_WANTED  # confirmation images the gate asks for
+    bundle_samples: int = DEFAULT_SAMPLES  # held-out images copied into the verification bundle (0: none)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -308,6 +310,7 @@ def _export_all(job: ExportJob, model) -> dict[str, Any]:
         cal_like = ~heldout
         explain_exports(job.out_dir, rows, pixels[cal_like][:EXPLAIN_IMAGES] if cal_like.any() else pixels[:EXPLAIN_IMAGES])
     (job.out_dir / "labels.txt").write_text("\n".join(job.labels) + "\n")
+    bundle = _bundle(job, rows, sources, labels, heldout, reference)
     manifest = {
         "artifacts": rows, "labels": job.labels, "source": job.source,
         "image_size": job.image_size, "resize_method": job.resize_method,
@@ -322,8 +325,28 @@ def _export_all(job: ExportJob, model) -> dict[str, Any]:
         "onnx_int8_built_for": "every x86 CPU (--portable-int8)" if job.portable_int8 else "this CPU",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if bundle:
+        manifest["bundle"] = bundle
     _atomic_write(job.out_dir / "manifest.json", json.dumps(manifest, indent=2).encode())
     return manifest
+
+
+def _bundle(job: ExportJob, rows: list[dict], sources: list[str], labels: np.ndarray, heldout: np.ndarray,
+            reference: np.ndarray) -> dict[str, Any] | None:
+    """Up to ``job.bundle_samples`` held-out images, stratified by class, with the Keras model's answers:
+    what mstl-bench checks each artifact against on any device (src/mstl/bundle.py)."""
+    from ..bundle import write
+    held = np.flatnonzero(heldout)
+    if job.bundle_samples <= 0 or not len(held):
+        if job.bundle_samples > 0:
+            say("verification bundle: no held-out labelled images, none written")
+        return None
+    take = held[stratified_sample(labels[held], min(job.bundle_samples, len(held)), 0)]
+    entry = write(job.out_dir, [sources[i] for i in take], labels[take], reference[take], job.labels,
+                  job.image_size, job.resize_method, {r["name"]: r["sha256"] for r in rows if r.get("sha256")})
+    say(f"verification bundle: {entry['images']} held-out images, their labels and the Keras model's answers in "
+        f"{entry['path']} (mstl-bench checks every artifact against them on any device; --bundle-samples 0 for none)")
+    return entry
 
 
 @dataclass

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import roc_auc, wilson_interval
+from ..metrics import DECISIVE_MARGIN, roc_auc, wilson_interval
 from ..runtimes import Runtime
 
-MARGIN = 0.05  # near-ties (top-1 minus top-2 below this) say nothing about agreement
+MARGIN = DECISIVE_MARGIN
 CONSTANT_STD = 1e-3
 MIN_DECISIVE_FLIPS = 3  # fewer images than this many flips' worth below the threshold: verdict is noise
 BOOTSTRAP = 2000

@@ -1,0 +1,109 @@
+"""The verification bundle: held-out images, their labels and the Keras model's answers for them,
+written beside the exports so that any device can check an artifact against what the exporting
+machine verified - natively with ``mstl-bench``, as the ``/device`` page does in a browser.
+
+Images are copied byte for byte (the device decodes them as it decodes a camera's file); each file's
+sha256 is in ``bundle.json``, whose own sha256 is in the manifest, and ``bundle.json`` names the sha256
+of every artifact its answers were checked with: a changed image, a changed list or another build is
+refused, never silently compared. No TensorFlow here: a board reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .metrics import DECISIVE_MARGIN, wilson_interval
+
+FOLDER = "bundle"
+INDEX = "bundle.json"
+DEFAULT_SAMPLES = 100
+VERSION = 1
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be trusted, with the file and what to do."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write(out_dir: Path, sources: list[str], labels: np.ndarray, reference: np.ndarray, class_names: list[str],
+          image_size: int, resize_method: str, artifacts: dict[str, str]) -> dict[str, Any]:
+    """``artifacts``: file name -> sha256 of the artifacts whose agreement the bundle checks. Returns the
+    manifest's entry (path, sha256, images)."""
+    from .data.images import load_image
+    folder = out_dir / FOLDER
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "images").mkdir(parents=True)
+    entries = []
+    for i, (src, y, p) in enumerate(zip(sources, labels, reference)):
+        stem = f"{i:04d}-{class_names[int(y)]}"
+        if src.startswith("npz:") or not Path(src).is_file():  # an array in a .npz: as the PNG it decodes to
+            from PIL import Image
+            name = f"images/{stem}.png"
+            Image.fromarray(load_image(src, image_size, resize_method)).save(folder / name)
+        else:
+            name = f"images/{stem}{Path(src).suffix.lower()}"
+            shutil.copyfile(src, folder / name)
+        entries.append({"file": name, "sha256": _sha256(folder / name), "label": int(y),
+                        "reference": [float(v) for v in p]})
+    index = {"version": VERSION, "labels": list(class_names), "image_size": image_size,
+             "resize_method": resize_method, "reference": "the Keras model's probabilities, on the exporting machine",
+             "artifacts": dict(sorted(artifacts.items())), "images": entries}
+    data = json.dumps(index, indent=1).encode()
+    (folder / INDEX).write_bytes(data)
+    return {"path": f"{FOLDER}/{INDEX}", "sha256": hashlib.sha256(data).hexdigest(), "images": len(entries)}
+
+
+def find(exports: Path) -> Path | None:
+    path = exports / FOLDER / INDEX
+    return path if path.is_file() else None
+
+
+def read(exports: Path) -> dict[str, Any]:
+    """The bundle, checked: its index against the manifest, every image against its index. Returns the
+    index with absolute ``paths``, ``labels`` and ``reference`` arrays."""
+    path = exports / FOLDER / INDEX
+    try:
+        raw = path.read_bytes()
+        index = json.loads(raw)
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{path}: unreadable verification bundle ({e}); export again, or pass --data DIR") from None
+    manifest = exports / "manifest.json"
+    if manifest.is_file():
+        want = (json.loads(manifest.read_text()).get("bundle") or {}).get("sha256")
+        if want and hashlib.sha256(raw).hexdigest() != want:
+            raise BundleError(f"{path}: its sha256 differs from the one in {manifest.name} - the bundle was changed "
+                              "after export; export again (or copy the exports folder whole), or pass --data DIR")
+    if index.get("version") != VERSION:
+        raise BundleError(f"{path}: bundle version {index.get('version')!r}, this mstl reads {VERSION}; export again")
+    paths = []
+    for e in index["images"]:
+        f = path.parent / e["file"]
+        if not f.is_file() or _sha256(f) != e["sha256"]:
+            raise BundleError(f"{f}: {'missing' if not f.is_file() else 'its sha256 differs from bundle.json'} - "
+                              "the bundle was changed after export; export again (or copy the exports folder whole), "
+                              "or pass --data DIR")
+        paths.append(str(f))
+    return {**index, "paths": paths, "labels_array": np.asarray([e["label"] for e in index["images"]], np.int64),
+            "reference_array": np.asarray([e["reference"] for e in index["images"]], np.float64)}
+
+
+def agreement(probs: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """Top-1 agreement with the reference on the images it answers decisively (margin over
+    ``DECISIVE_MARGIN``), its 95% interval, and the largest probability difference on all of them."""
+    probs, reference = np.asarray(probs, np.float64), np.asarray(reference, np.float64)
+    ranked = np.sort(reference, axis=1)
+    clear = ranked[:, -1] - ranked[:, -2] > DECISIVE_MARGIN
+    n = int(clear.sum())
+    same = int(np.sum(probs[clear].argmax(1) == reference[clear].argmax(1)))
+    return {"agreement": same / n if n else None, "n_compared": n, "flips": n - same,
+            "ci95": list(wilson_interval(same, n)) if n else None,
+            "max_abs_diff": float(np.abs(probs - reference).max()) if len(probs) else None}
