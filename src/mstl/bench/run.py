@@ -166,6 +166,8 @@ def _against_bundle(r: dict, bundle: dict, card: dict | None) -> None:
     threshold = ((card or {}).get("verification") or {}).get("threshold")
     got["threshold"] = threshold
     r["bundle_agreement"] = got
+    # the answers themselves, so that runs on two devices can be compared image by image later
+    r["bundle_probs"] = np.round(np.asarray(r["probs"], np.float64), 6).tolist()
     if not got["same_build"]:
         r.setdefault("notes", []).append("bundle answers were saved for another build of this artifact: "
                                          "agreement compares different models")
