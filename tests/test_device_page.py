@@ -71,6 +71,12 @@ def test_posted_rows_are_checked_not_trusted(bench_app):
     deep = client.post("/device/results", content=b"[" * 100_000 + b"]" * 100_000,
                        headers={"content-type": "application/json"})
     assert deep.status_code == 400 and "expected a JSON body" in deep.json()["error"]  # was a 500
+    # the card's operating point travels to the page and judges the browser's decisions there too
+    assert onnx["decision"]["chosen_on"] and "threshold" in onnx["decision"]
+    same = client.post("/device/results", json=_post(m, onnx["name"], onnx["reference"])).json()
+    at = same["agreement"]["at_operating_point"]
+    assert at["decision_agreement"] == 1.0 and at["threshold"] == onnx["decision"]["threshold"]
+    assert any("operating point" in n for n in same["notes"])
 
 
 def test_batch_one_copy_of_a_tflite_gives_the_same_answers(smoke_exports):

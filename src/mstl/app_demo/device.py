@@ -84,7 +84,7 @@ class DeviceBench:
                 "name": name, "url": f"/device/models/{name}", "format": a["format"],
                 "precision": a["precision"], "bytes": a["path"].stat().st_size,
                 "sha256": card.get("sha256"), "input": card.get("input"), "output": card.get("output"),
-                "labels": card.get("labels"),
+                "labels": card.get("labels"), "decision": card.get("decision"),
                 "reference": np.round(self.reference(name), 6).tolist(),
             })
         return {"models": models,
@@ -198,6 +198,13 @@ def to_row(posted: dict[str, Any], bench: DeviceBench) -> dict[str, Any]:
                      "low": bool(same.mean() < LOW_AGREEMENT)}
         notes.append(f"agreement with the server {100 * agreement['rate']:.1f}% on {len(ref)} images"
                      + (" - LOW: the browser's preprocessing or runtime differs" if agreement["low"] else ""))
+        decision = (bench.artifacts[name]["card"].get("decision") or {}) if ref.shape[1] == 2 else {}
+        if decision.get("chosen_on"):
+            agreement["at_operating_point"] = _at_operating_point(got, ref, labels, decision)
+            at = agreement["at_operating_point"]
+            notes.append(f"decisions at the card's operating point (threshold {at['threshold']:.3f}): "
+                         f"{100 * at['decision_agreement']:.1f}% the server's; sensitivity "
+                         f"{_pct(at['sensitivity'])}, specificity {_pct(at['specificity'])} in the browser")
     else:
         notes.append("agreement not measured (no held-out samples)")
     runtime = _text(posted, "runtime", 80)
@@ -240,3 +247,21 @@ def fixed_batch_tflite(data: bytes) -> bytes:
     builder = flatbuffers.Builder(len(data) + 1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def _at_operating_point(got: np.ndarray, ref: np.ndarray, labels: np.ndarray, decision: dict) -> dict[str, Any]:
+    """The browser's decisions at the card's threshold (calibrated probability) against the server's,
+    and its sensitivity and specificity there."""
+    from ..decision import calibrate, decide, rates
+    pos = int(decision.get("positive_index", 1))
+    mine = np.array([d["label_index"] for d in decide(got, decision)])
+    theirs = np.array([d["label_index"] for d in decide(ref, decision)])
+    r = rates(calibrate(got, float(decision.get("temperature", 1.0)))[:, pos], (labels == pos).astype(int),
+              float(decision["threshold"]))
+    return {"threshold": float(decision["threshold"]), "temperature": float(decision.get("temperature", 1.0)),
+            "decision_agreement": float(np.mean(mine == theirs)), "sensitivity": r["sensitivity"],
+            "specificity": r["specificity"]}
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"

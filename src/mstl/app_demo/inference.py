@@ -55,8 +55,9 @@ def _give_back_memory() -> None:
 
 class Classifier:
     def __init__(self, model_path: str | os.PathLike, workers: int | None = None, threads_per_worker: int = 1,
-                 max_pixels: int = 40_000_000, allow_unverified: bool = False):
+                 max_pixels: int = 40_000_000, allow_unverified: bool = False, uncertain_band: float = 0.0):
         self.path = Path(model_path)
+        self.uncertain_band = uncertain_band
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such model file; pass --model with an exported .tflite or .onnx")
         self.card: dict[str, Any] = card_of(self.path) or {}
@@ -107,6 +108,34 @@ class Classifier:
             card["unverified_reason"] = self.problem
         return card
 
+    def operating_point(self) -> dict[str, Any] | None:
+        """The card's decision when it chose one (an older card, or one without, decides at 0.5)."""
+        d = self.card.get("decision") or {}
+        return d if d.get("chosen_on") and len(self.labels) == 2 else None
+
+    def decision(self, probs: np.ndarray) -> dict[str, Any]:
+        """The label at the card's operating point, the calibrated probability, which side of the
+        threshold it falls, and "uncertain - refer" inside the band around it."""
+        from ..decision import decide
+        op = self.operating_point()
+        (d,) = decide(probs[None, :], op, self.uncertain_band if op else 0.0)
+        out: dict[str, Any] = {"label": self.labels[d["label_index"]]}
+        if not op:
+            out["operating_point"] = {"threshold": 0.5, "chosen": False,
+                                      "text": "no operating point in the model card: the most probable class (0.5)"}
+            return out
+        sens = op.get("validation_sensitivity")
+        what = f"{op.get('target')}" + (f", sensitivity {100 * sens:.0f}% on validation" if sens is not None else "")
+        pos = op.get("positive_class", self.labels[int(op.get("positive_index", 1))])
+        out.update({"calibrated_probability": {pos: d["positive_probability"]}, "uncertain": d["uncertain"],
+                    "operating_point": {"threshold": d["threshold"], "temperature": op.get("temperature"),
+                                        "chosen": True, "side": d["side"], "band": self.uncertain_band,
+                                        "text": f"{d['side']} the operating point ({what})"}})
+        if d["uncertain"]:
+            out["label"] = "uncertain - refer"
+            out["operating_point"]["text"] += f"; within {self.uncertain_band} of the threshold"
+        return out
+
     def classify(self, data: bytes, name: str = "<upload>") -> dict[str, Any]:
         with self._slots:
             return self._classify(data, name)
@@ -125,9 +154,8 @@ class Classifier:
         probs = np.clip(probs.astype(np.float64), 0, None)
         total = probs.sum()
         probs = probs / total if total > 0 else np.full_like(probs, 1 / len(probs))
-        best = int(np.argmax(probs))
         return {
-            "label": self.labels[best],
+            **self.decision(probs),
             "probabilities": {lab: float(p) for lab, p in zip(self.labels, probs)},
             "latency_ms": round((t2 - t0) * 1000, 3),
             "timing_ms": {"decode_resize": round((t1 - t0) * 1000, 3), "inference": round((t2 - t1) * 1000, 3)},

@@ -143,6 +143,8 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
                 r.setdefault("notes", []).append(_mixed_note(card))
         if labelled and labelled[3] and r["status"] == "ok" and "probs" in r:
             _against_bundle(r, labelled[3], card)
+        if card and y is not None and r["status"] == "ok" and "probs" in r:
+            _at_operating_point(r, card, y)
         if r["status"] != "ok":
             say(f"  failed: {r['error']}")
         results.append(r)
@@ -175,6 +177,32 @@ def _against_bundle(r: dict, bundle: dict, card: dict | None) -> None:
         r.setdefault("notes", []).append(
             f"DISAGREES with the export: {100 * got['agreement']:.1f}% top-1 agreement with the Keras answers on "
             f"this device ({got['flips']} flips of {got['n_compared']}), below its gate of {100 * threshold:.1f}%")
+
+
+def _at_operating_point(r: dict, card: dict, y) -> None:
+    """Sensitivity and specificity at the card's threshold (calibrated probability) beside those at 0.5."""
+    from ..decision import calibrate, rates
+    d = card.get("decision") or {}
+    probs = np.asarray(r["probs"])
+    if probs.shape[1] != 2:
+        return
+    pos = int(d.get("positive_index", 1))
+    truth = (np.asarray(y) == pos).astype(int)
+    at = rates(calibrate(probs, float(d.get("temperature", 1.0)))[:, pos], truth, float(d.get("threshold", 0.5)))
+    half = rates(probs[:, pos], truth, 0.5)
+    r["operating_point"] = {"threshold": at["threshold"], "temperature": float(d.get("temperature", 1.0)),
+                            "chosen": bool(d.get("chosen_on")), "at_threshold": at, "at_0.5": half}
+    if d.get("chosen_on"):
+        r.setdefault("notes", []).append(
+            f"at the card's operating point ({d.get('target')}, threshold {at['threshold']:.3f}): sensitivity "
+            f"{_p(at['sensitivity'])}, specificity {_p(at['specificity'])}; at 0.5: {_p(half['sensitivity'])} / "
+            f"{_p(half['specificity'])}")
+    else:
+        r.setdefault("notes", []).append("no operating point in the card: decides at 0.5")
+
+
+def _p(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _portability_note(card: dict, fmt: str) -> str | None:

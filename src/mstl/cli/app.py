@@ -29,6 +29,8 @@ def serve(
     ssl_keyfile: Optional[Path] = typer.Option(None, help="the certificate's private key (PEM)"),
     device_samples: int = typer.Option(100, help="held-out test images the /device bench serves to browsers to check "
                                        "agreement (0: none; they are your dataset's images)"),
+    uncertain_band: float = typer.Option(0.05, help="answer 'uncertain - refer' when the calibrated probability is "
+                                         "within this of the card's operating point (0: always a label)"),
 ):
     """Serve the model: open http://HOST:PORT on a phone or a laptop."""
     try:
@@ -46,6 +48,8 @@ def serve(
     if model.suffix not in (".tflite", ".onnx"):
         raise UserError(f"{model}: the app serves .tflite or .onnx artifacts")
     check_at_least("--device-samples", device_samples, 0)
+    if not 0 <= uncertain_band < 0.5:
+        raise UserError(f"--uncertain-band must be in [0, 0.5), got {uncertain_band}")
     check_at_least("--workers", workers, 1)
     if not 0 < max_upload_mb < float("inf"):
         raise UserError(f"--max-upload-mb must be a positive size, got {max_upload_mb}")
@@ -59,7 +63,7 @@ def serve(
     from ..app_demo.inference import UnverifiedModel
     from ..runtimes import RuntimeError_
     try:
-        clf = Classifier(model, workers=workers, allow_unverified=allow_unverified)
+        clf = Classifier(model, workers=workers, allow_unverified=allow_unverified, uncertain_band=uncertain_band)
     except (UnverifiedModel, RuntimeError_, FileNotFoundError) as e:
         raise UserError(str(e)) from None
     if clf.problem:
@@ -70,6 +74,10 @@ def serve(
         if f and not f.is_file():
             raise UserError(f"{f}: no such file")
     scheme = "https" if ssl_certfile else "http"
+    op = clf.operating_point()
+    say(f"decision: {op['target']} operating point, threshold {op['threshold']:.4f} on the calibrated "
+        f"{op.get('positive_class')} probability (T {op['temperature']:.3f}); 'uncertain - refer' within {uncertain_band}"
+        if op else "decision: no operating point in the model card - the most probable class (0.5)")
     say(f"serving {clf.path.name} ({clf.runtime}, labels {clf.labels}) on {scheme}://{host}:{port}; "
         f"the in-browser bench is at {scheme}://{host}:{port}/device")
     from ..app_demo.device import DeviceBench

@@ -179,9 +179,17 @@ ENGINE_FLAGS = (
 ENGINE_KEYS = tuple(name for name, _, _ in ENGINE_FLAGS)
 
 
+OPERATING_HELP = ("the deployed model's decision threshold, chosen on the target's validation split: sensitivity=S "
+                  "(default sensitivity=0.95), specificity=S, youden or threshold=T")
+OPERATING_FLAG = (("operating_point", str, typer.Option("sensitivity=0.95", "--operating-point", help=OPERATING_HELP)),)
+
+
 def _full(**o):
     """Stage-1 sweep, stage 2 and report, end to end (resumable: rerun to continue)."""
     t0 = time.monotonic()
+    rule = o.pop("operating_point")
+    from ..decision import parse_rule
+    parse_rule(rule)  # a typo fails now, not after the sweep
     eng = _engine(*(o.pop(k) for k in ENGINE_KEYS))
     run_dir, restart = o.pop("run_dir"), o.pop("restart")
     o["preset"] = o.pop("preset_name")
@@ -191,7 +199,31 @@ def _full(**o):
     run_stage1(store, data, eng)
     run_stage2(store, data, eng)
     _run_draws(cfg, store, restart, eng)
+    _fit_operating_point(store.dir, rule)
     _finish(store, t0)
+
+
+def _fit_operating_point(run_dir: Path, rule: str) -> None:
+    from ..train.operating import NoValidationSplit, fit
+    try:
+        fit(run_dir, rule)
+    except NoValidationSplit as e:
+        say(f"operating point: not chosen - {e}; the deployed model decides at 0.5")
+
+
+def _operating_point(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing run dir"),
+                     operating_point: str = typer.Option("sensitivity=0.95", "--operating-point", help=OPERATING_HELP)):
+    """Choose (again) the deployed model's decision threshold and temperature on the validation split,
+    measure the test split at that threshold, and regenerate the report."""
+    from ..decision import parse_rule
+    from ..report.build import build_report
+    from ..train.operating import fit
+    parse_rule(operating_point)
+    fit(run_dir, operating_point)
+    say(f"report: {build_report(run_dir)}")
+
+
+app.command("operating-point")(friendly(_operating_point))
 
 
 def _run_draws(cfg: RunConfig, store, restart: bool, eng=None) -> None:
@@ -246,7 +278,7 @@ def _with_flags(fn, extra: tuple = ()):
     return fn
 
 
-app.command("full")(friendly(_with_flags(_full, ENGINE_FLAGS)))
+app.command("full")(friendly(_with_flags(_full, ENGINE_FLAGS + OPERATING_FLAG)))
 app.command("config")(friendly(_with_flags(_config, JSON_FLAG)))
 
 

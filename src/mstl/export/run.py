@@ -60,6 +60,7 @@ class ExportJob:
     gate_extra_sources: list[str] = field(default_factory=list)
     gate_confirm: int = CONFIRM_WANTED  # confirmation images the gate asks for
     bundle_samples: int = DEFAULT_SAMPLES  # held-out images copied into the verification bundle (0: none)
+    decision: dict[str, Any] | None = None  # the run's operating point and temperature (selection.json)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -503,6 +504,8 @@ def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJo
     probs[gate.selection] = best.selection_probs
     probs[gate.confirmation] = best.rt.predict(gate.pixels[gate.confirmation])
     check = gate.judge(probs, threshold)
+    if job.decision:
+        check["decision_agreement"] = _decision_agreement(gate, probs, job.decision)
     if check["status"] != "ok":
         name = fmt.rejected_filename(job.stem)
         row.update({"name": name, "path": name})
@@ -529,7 +532,30 @@ def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJo
         f"{check['n_compared']} confirmation images, max |diff| {check['max_abs_diff']:.4f} -> {check['status']}"
         + (f" ({check['reason']})" if "reason" in check else "")
         + (" [provisional]" if check["provisional"] else ""))
+    if "decision_agreement" in check:
+        d = check["decision_agreement"]
+        row["decision_agreement"] = d
+        say(f"  decisions at the operating point (threshold {d['threshold']:.4f}, T {d['temperature']:.3f}): "
+            f"{100 * d['agreement']:.2f}% the Keras model's ({d['flips']} differ of {d['n_compared']})")
     return row
+
+
+def _decision_agreement(gate: Gate, probs: np.ndarray, decision: dict[str, Any]) -> dict[str, Any]:
+    """How often the artifact's decision at the card's operating point (threshold on the calibrated
+    positive probability) is the Keras model's, on the confirmation images."""
+    from ..decision import decide
+    from ..metrics import DECISIVE_MARGIN, wilson_interval
+    conf = gate.confirmation
+    ref_d, got_d = decide(gate.reference[conf], decision), decide(probs[conf], decision)
+    # as for top-1 agreement, images the Keras model itself puts at the threshold say nothing: a binary
+    # top-1 margin of DECISIVE_MARGIN is a distance of half that from 0.5
+    clear = np.array([abs(d["positive_probability"] - d["threshold"]) > DECISIVE_MARGIN / 2 for d in ref_d], bool)
+    ref = np.array([d["label_index"] for d in ref_d])[clear]
+    got = np.array([d["label_index"] for d in got_d])[clear]
+    same, n = int(np.sum(ref == got)), int(clear.sum())
+    return {"agreement": same / n if n else None, "ci95": list(wilson_interval(same, n)) if n else None,
+            "flips": n - same, "n_compared": n, "n_at_threshold": int((~clear).sum()),
+            "threshold": decision["threshold"], "temperature": decision["temperature"]}
 
 
 def _card(fmt: Format, name: str, best: _Attempt, tried: list, job: ExportJob, calibration, machine, ready) -> dict:
@@ -539,6 +565,9 @@ def _card(fmt: Format, name: str, best: _Attempt, tried: list, job: ExportJob, c
             "data_licence": job.data_licence, "note": fmt.note, "recipe": recipe.name,
             "recipe_note": recipe.note, "builder_options": recipe.kwargs, "recipes_tried": tried,
             "built_for_cpus": recipe.cpus}
+    card["decision"] = (_card_decision(job.decision) if job.decision else
+                        {"threshold": 0.5, "temperature": 1.0, "chosen_on": None,
+                         "note": "no operating point chosen (the run had no validation split): argmax at 0.5"})
     if recipe.prepared:
         card["int8_ready"] = ready.info(best.opts)
     if calibration is not None and "calibration" in fmt.options:
@@ -551,6 +580,16 @@ def _card(fmt: Format, name: str, best: _Attempt, tried: list, job: ExportJob, c
             card["mixed"] = {"shipped": True, **best.mixed}
     card["machine"] = machine
     return card
+
+
+def _card_decision(d: dict[str, Any]) -> dict[str, Any]:
+    keep = ("positive_class", "positive_index", "threshold", "target", "chosen_on", "temperature", "applies_to")
+    out = {k: d[k] for k in keep if k in d}
+    v = d.get("validation") or {}
+    out["validation_sensitivity"], out["validation_specificity"] = v.get("sensitivity"), v.get("specificity")
+    if d.get("test"):
+        out["test_sensitivity"], out["test_specificity"] = d["test"]["sensitivity"], d["test"]["specificity"]
+    return out
 
 
 MIN_GATE_IMAGES = 100
@@ -582,11 +621,13 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
 
     store = RunStore(run_dir)
     cfg = store.config()
+    decision = None  # an operating point belongs to the run's own deployed model, not to --model FILE
     if model_path is None:
         sel_path = store.dir / "selection.json"
         if not sel_path.exists():
             raise FileNotFoundError(f"{run_dir}: no selection.json - stage 2 has not finished (run `mstl-train stage2`)")
         sel = json.loads(sel_path.read_text())
+        decision = sel.get("decision")
         model_path = store.dir / sel["model"]
         say(f"model: {model_path} (stage 2 on the bridge size {sel['size']} model, seed {sel['seed']}: {sel['why']})")
     # Held out: the test and validation splits (neither trained the model); the gate adds the training
@@ -607,7 +648,7 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
         verify_sources=verify_src, verify_labels=np.concatenate([test_y, val_y]).astype(int),
         calibration_sources=cal_src, calibration_labels=cal_y,
         calibration_n=calibration_n, io=io, thresholds=thresholds, explain=explain,
-        gate_extra_sources=extra, gate_confirm=gate_confirm,
+        gate_extra_sources=extra, gate_confirm=gate_confirm, decision=decision,
         source={"run_dir": str(store.dir.resolve()), "config_hash": store.config_hash(), "model": str(model_path),
                 "preset": cfg.preset, "weights": cfg.model.weights},
         data_licence=("synthetic demo data generated by mstl: no licence restrictions, no medical meaning" if demo

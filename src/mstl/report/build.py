@@ -182,6 +182,40 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def _rate(r: dict, key: str) -> str:
+    if r.get(key) is None:
+        return "-"
+    lo, hi = r[f"{key}_ci95"]
+    return f"{100 * r[key]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _operating_point_section(d: dict | None) -> list[str]:
+    """Threshold, validation and test rates at it, calibration before and after (the paper reports
+    accuracy only, so claims.json has nothing of this)."""
+    L = ["## Operating point", ""]
+    if not d:
+        return L + ["None chosen (this run has no target validation split): the deployed model decides at 0.5. "
+                    "`mstl-train operating-point RUN_DIR` chooses one on a run that has one. The paper reports "
+                    "accuracy only.", ""]
+    L += [f"Target `{d['target']}` for the positive class `{d['positive_class']}`, chosen on the {d['chosen_on']}: "
+          f"threshold **{d['threshold']:.4f}** on its probability after temperature scaling (T = "
+          f"{d['temperature']:.3f}, fitted by NLL on the same images). The test split never chose anything.", "",
+          "| split | threshold | sensitivity (95% CI) | specificity (95% CI) |", "|---|---|---|---|",
+          f"| validation | {d['threshold']:.4f} | {_rate(d['validation'], 'sensitivity')} | "
+          f"{_rate(d['validation'], 'specificity')} |"]
+    if "test" in d:
+        L += [f"| test | {d['threshold']:.4f} | {_rate(d['test'], 'sensitivity')} | {_rate(d['test'], 'specificity')} |",
+              f"| test, argmax at 0.5 (before) | 0.5 | {_rate(d['test_at_0.5'], 'sensitivity')} | "
+              f"{_rate(d['test_at_0.5'], 'specificity')} |"]
+        c = d["calibration_test"]
+        L += ["", f"Calibration on the test split ({c['ece_bins']} bins): ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}, "
+              f"Brier {c['brier_before']:.3f} -> {c['brier_after']:.3f}. Figures: `figures/reliability.png`, "
+              "`figures/roc.png` (the operating point marked).", "",
+              "![reliability](figures/reliability.png) ![roc](figures/roc.png)"]
+    L += ["", "The paper reports accuracy only; claims.json tests nothing of this.", ""]
+    return L
+
+
 def build_report(run_dir: str | Path) -> Path:
     store = RunStore(run_dir)
     cfg = store.config()
@@ -285,6 +319,7 @@ def build_report(run_dir: str | Path) -> Path:
             L.append(f"**Note:** {selection['warning']}.")
         L.append("Whether the bridge beats the control is the third claim above: read its verdict, not this choice.")
         L.append("")
+        L += _operating_point_section(selection.get("decision"))
     L += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + ["", "All trials: `trials.csv`."]
     out = store.dir / "report.md"
     out.write_text("\n".join(L) + "\n")

@@ -261,6 +261,12 @@ async function benchOne(model, samples) {
   return { runner, loadMs, downloadMs, firstMs, lat: stats(times), e2e: e2e.length ? stats(e2e) : null, probs };
 }
 
+// The card's operating point, when it has one: how often this browser decides as the server does there.
+function opText(row) {
+  const at = row && row.agreement && row.agreement.at_operating_point;
+  return at ? `; at the operating point (${at.threshold.toFixed(3)}) ${(100 * at.decision_agreement).toFixed(1)}%` : "";
+}
+
 function agreementOf(probs, reference) {
   if (!reference.length) return null;
   let same = 0;
@@ -309,7 +315,7 @@ async function main() {
       const low = a != null && a < manifest.low_agreement;
       const tr = addRow([[model.name], [`${r.runner.runtime} ${r.runner.backend}`], [fmt(r.loadMs, 0), "num"],
         [`${fmt(r.lat.p50)} / ${fmt(r.lat.p90)} / ${fmt(r.lat.p99)}`, "num"], [fmt(r.e2e && r.e2e.p50), "num"],
-        [a == null ? "n/a" : `${(100 * a).toFixed(1)}%${low ? " LOW" : ""}`, low ? "low" : "num"]]);
+        [a == null ? "n/a" : `${(100 * a).toFixed(1)}%${low ? " LOW" : ""}` + opText(row), low ? "low" : "num"]]);
       tr.dataset.artifact = model.name;
       tr.dataset.p50 = r.lat.p50;
       tr.dataset.agrees = String(a != null && !low);

@@ -1,0 +1,152 @@
+"""A clinical operating point and calibrated probabilities for a binary classifier.
+
+Temperature scaling (Guo et al. 2017) rescales the log-probabilities by one scalar fitted by negative
+log-likelihood; it leaves every argmax as it was. It works on probabilities as well as on logits
+(a softmax's log-probabilities differ from its logits by a constant per image), so it applies to any
+artifact's output - the exported graph stays the one the export gate verified, and the temperature
+travels in the card. The decision threshold is then chosen on the calibrated probability of the
+positive class, on data the test never sees, for a stated target: a sensitivity, a specificity,
+Youden's J, or a fixed value. numpy only: the bench, the app and a board use it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .metrics import expected_calibration_error, wilson_interval
+
+RULES = ("sensitivity", "specificity", "youden", "threshold")
+DEFAULT_RULE = "sensitivity=0.95"
+ECE_BINS = 15
+T_RANGE = (0.05, 20.0)
+
+
+def parse_rule(text: str) -> tuple[str, float | None]:
+    """'sensitivity=0.95' -> ('sensitivity', 0.95); 'youden' -> ('youden', None). ValueError says why."""
+    name, _, value = text.strip().partition("=")
+    name = name.strip().lower()
+    if name not in RULES:
+        raise ValueError(f"--operating-point {text!r}: use sensitivity=S, specificity=S, youden or threshold=T")
+    if name == "youden":
+        if value:
+            raise ValueError(f"--operating-point {text!r}: youden takes no value")
+        return name, None
+    try:
+        v = float(value)
+    except ValueError:
+        raise ValueError(f"--operating-point {text!r}: {name} needs a number, e.g. {name}=0.95") from None
+    if not 0 < v < 1 if name != "threshold" else not 0 <= v <= 1:
+        raise ValueError(f"--operating-point {text!r}: {name} must be {'in [0, 1]' if name == 'threshold' else 'between 0 and 1'}")
+    return name, v
+
+
+def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T), row by row."""
+    logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0)) / temperature
+    logp -= logp.max(axis=1, keepdims=True)
+    e = np.exp(logp)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(probs: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(np.asarray(probs, np.float64)[np.arange(len(y)), np.asarray(y)], 1e-12, 1.0)
+    return float(-np.mean(np.log(p)))
+
+
+def fit_temperature(probs: np.ndarray, y: np.ndarray, iters: int = 80) -> float:
+    """The T in ``T_RANGE`` minimising the NLL of ``calibrate(probs, T)`` (golden-section search on
+    log T: the NLL is unimodal in it for one scalar)."""
+    lo, hi = math.log(T_RANGE[0]), math.log(T_RANGE[1])
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(calibrate(probs, math.exp(a)), y), nll(calibrate(probs, math.exp(b)), y)
+    for _ in range(iters):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(calibrate(probs, math.exp(a)), y)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(calibrate(probs, math.exp(b)), y)
+    return float(math.exp((lo + hi) / 2))
+
+
+def rates(score: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Sensitivity and specificity of ``score >= threshold`` with their 95% Wilson intervals."""
+    y = np.asarray(y).astype(bool)
+    pos = np.asarray(score) >= threshold
+    tp, fn = int(np.sum(pos & y)), int(np.sum(~pos & y))
+    tn, fp = int(np.sum(~pos & ~y)), int(np.sum(pos & ~y))
+    out: dict[str, Any] = {"threshold": float(threshold), "n_positive": tp + fn, "n_negative": tn + fp}
+    for key, k, n in (("sensitivity", tp, tp + fn), ("specificity", tn, tn + fp)):
+        out[key] = k / n if n else None
+        out[f"{key}_ci95"] = list(wilson_interval(k, n)) if n else None
+    return out
+
+
+def choose_threshold(score: np.ndarray, y: np.ndarray, rule: tuple[str, float | None]) -> float:
+    """The threshold the rule picks on this data. sensitivity=S: the highest threshold whose sensitivity
+    here is at least S (the most specific such point); specificity=S: the lowest whose specificity is at
+    least S; youden: the one maximising sensitivity + specificity - 1."""
+    name, value = rule
+    if name == "threshold":
+        return float(value)
+    score, y = np.asarray(score, np.float64), np.asarray(y).astype(bool)
+    if y.all() or not y.any():
+        raise ValueError("an operating point needs positive and negative images; this split has one class only")
+    candidates = np.unique(np.concatenate([score, [0.0, 1.0 + 1e-9]]))
+    sens = np.array([np.mean(score[y] >= t) for t in candidates])
+    spec = np.array([np.mean(score[~y] < t) for t in candidates])
+    if name == "sensitivity":
+        return float(candidates[np.flatnonzero(sens >= value).max()])
+    if name == "specificity":
+        return float(candidates[np.flatnonzero(spec >= value).min()])
+    return float(candidates[int(np.argmax(sens + spec - 1))])
+
+
+def brier(probs: np.ndarray, y: np.ndarray, positive: int = 1) -> float:
+    return float(np.mean((np.asarray(probs, np.float64)[:, positive] - (np.asarray(y) == positive)) ** 2))
+
+
+def calibration_report(probs: np.ndarray, y: np.ndarray, temperature: float) -> dict[str, float]:
+    """ECE (15 bins) and Brier score before and after temperature scaling."""
+    after = calibrate(probs, temperature)
+    return {"ece_before": expected_calibration_error(y, probs, ECE_BINS),
+            "ece_after": expected_calibration_error(y, after, ECE_BINS),
+            "brier_before": brier(probs, y), "brier_after": brier(after, y), "ece_bins": ECE_BINS}
+
+
+def operating_point(val_probs: np.ndarray, val_y: np.ndarray, rule_text: str = DEFAULT_RULE,
+                    positive: int = 1) -> dict[str, Any]:
+    """Temperature and threshold fitted on validation answers (``val_y``: class indices; ``positive``:
+    the positive class's index)."""
+    rule = parse_rule(rule_text)
+    t = fit_temperature(val_probs, np.asarray(val_y))
+    y = (np.asarray(val_y) == positive).astype(int)
+    score = calibrate(val_probs, t)[:, positive]
+    threshold = choose_threshold(score, y, rule)
+    return {"rule": rule_text, "temperature": t, "threshold": threshold, "validation": rates(score, y, threshold)}
+
+
+def decide(probs: np.ndarray, decision: dict[str, Any] | None, band: float = 0.0) -> list[dict[str, Any]]:
+    """Per image: the calibrated positive probability and the decision at the card's operating point;
+    inside ``band`` of the threshold, 'uncertain'. Without a ``decision`` (an older card), argmax at 0.5."""
+    probs = np.asarray(probs, np.float64)
+    if not decision:
+        return [{"positive_probability": float(p[1]) if len(p) == 2 else None, "side": None,
+                 "label_index": int(np.argmax(p)), "uncertain": False, "threshold": 0.5, "calibrated": False}
+                for p in probs]
+    pos = int(decision.get("positive_index", 1))
+    cal = calibrate(probs, float(decision.get("temperature", 1.0)))
+    t = float(decision["threshold"])
+    out = []
+    for p in cal:
+        s = float(p[pos])
+        out.append({"positive_probability": s, "side": "above" if s >= t else "below",
+                    "label_index": pos if s >= t else 1 - pos, "uncertain": bool(band and abs(s - t) < band),
+                    "threshold": t, "calibrated": True})
+    return out
