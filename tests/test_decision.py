@@ -23,11 +23,18 @@ def test_a_threshold_chosen_for_sensitivity_s_gives_at_least_s_where_it_was_chos
     t = choose_threshold(probs[:, 1], y, ("sensitivity", target))
     r = rates(probs[:, 1], y, t)
     assert r["sensitivity"] >= target
-    # and it is the most specific such point: the next candidate up loses the sensitivity
-    above = np.sort(np.unique(probs[:, 1]))
-    nxt = above[above > t]
-    if len(nxt):
-        assert rates(probs[:, 1], y, nxt[0])["sensitivity"] < target
+    # and no higher threshold is better: past the first score above it the sensitivity is lost or the
+    # specificity gains nothing; it sits inside a gap between scores, not on one image's score
+    edge = probs[:, 1][probs[:, 1] >= t].min()
+    up = rates(probs[:, 1], y, edge + 1e-9)
+    assert up["sensitivity"] < target or up["specificity"] <= r["specificity"]
+    assert t not in set(probs[:, 1].tolist())
+    # a perfectly separated set: the threshold between the classes, nobody missed for nothing
+    sep = np.r_[np.linspace(0.1, 0.4, 20), np.linspace(0.6, 0.9, 20)]
+    ys = np.r_[np.zeros(20, int), np.ones(20, int)]
+    t2 = choose_threshold(sep, ys, ("sensitivity", target))
+    assert rates(sep, ys, t2)["sensitivity"] == 1.0 and rates(sep, ys, t2)["specificity"] == 1.0
+    assert t2 == pytest.approx(0.5)
     s = choose_threshold(probs[:, 1], y, ("specificity", target))
     assert rates(probs[:, 1], y, s)["specificity"] >= target
 
@@ -41,6 +48,11 @@ def test_a_planted_miscalibration_is_undone_by_temperature_scaling():
     assert (calibrate(probs, t).argmax(1) == probs.argmax(1)).all()  # argmax unchanged
     good, yg = _answers(seed=1)
     assert 0.8 < fit_temperature(good, yg) < 1.25
+    # all answers right: no temperature can be fitted (the likelihood falls towards T = 0); say so
+    right = probs.argmax(1)
+    assert fit_temperature(probs, right) is None
+    op = operating_point(probs, right, "youden")
+    assert op["temperature"] == 1.0 and "not fitted" in op["temperature_note"]
 
 
 def test_operating_point_fits_on_validation_and_decide_applies_it_with_a_band():

@@ -56,9 +56,12 @@ def nll(probs: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(p)))
 
 
-def fit_temperature(probs: np.ndarray, y: np.ndarray, iters: int = 80) -> float:
+def fit_temperature(probs: np.ndarray, y: np.ndarray, iters: int = 80) -> float | None:
     """The T in ``T_RANGE`` minimising the NLL of ``calibrate(probs, T)`` (golden-section search on
-    log T: the NLL is unimodal in it for one scalar)."""
+    log T: the NLL is unimodal in it for one scalar). None when the answers are all right: the NLL
+    then falls as T goes to 0, so no temperature is identifiable from them."""
+    if np.all(np.asarray(probs).argmax(1) == np.asarray(y)):
+        return None
     lo, hi = math.log(T_RANGE[0]), math.log(T_RANGE[1])
     g = (math.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
@@ -89,9 +92,9 @@ def rates(score: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, Any]:
 
 
 def choose_threshold(score: np.ndarray, y: np.ndarray, rule: tuple[str, float | None]) -> float:
-    """The threshold the rule picks on this data. sensitivity=S: the highest threshold whose sensitivity
-    here is at least S (the most specific such point); specificity=S: the lowest whose specificity is at
-    least S; youden: the one maximising sensitivity + specificity - 1."""
+    """The threshold the rule picks on this data. sensitivity=S: the most specific point whose sensitivity
+    here is at least S (and of those, the most sensitive); specificity=S: the most sensitive point whose
+    specificity is at least S; youden: the one maximising sensitivity + specificity - 1."""
     name, value = rule
     if name == "threshold":
         return float(value)
@@ -101,11 +104,22 @@ def choose_threshold(score: np.ndarray, y: np.ndarray, rule: tuple[str, float | 
     candidates = np.unique(np.concatenate([score, [0.0, 1.0 + 1e-9]]))
     sens = np.array([np.mean(score[y] >= t) for t in candidates])
     spec = np.array([np.mean(score[~y] < t) for t in candidates])
-    if name == "sensitivity":
-        return float(candidates[np.flatnonzero(sens >= value).max()])
-    if name == "specificity":
-        return float(candidates[np.flatnonzero(spec >= value).min()])
-    return float(candidates[int(np.argmax(sens + spec - 1))])
+    if name == "sensitivity":  # the most specific point that keeps the sensitivity; then the most sensitive
+        ok = sens >= value
+        best = ok & (spec == spec[ok].max())
+        best &= sens == sens[best].max()
+    elif name == "specificity":
+        ok = spec >= value
+        best = ok & (sens == sens[ok].max())
+        best &= spec == spec[best].max()
+    else:
+        j = sens + spec - 1
+        best = j == j.max()
+    k = np.flatnonzero(best)
+    lo, hi = int(k.min()), int(k.max())
+    # Every threshold in (the candidate below the first, the last] decides these images alike: take the
+    # middle of that gap, not its edge at one image's score, so the next image like it is not a coin toss.
+    return float(min(((candidates[lo - 1] if lo else 0.0) + candidates[hi]) / 2, 1.0))
 
 
 def brier(probs: np.ndarray, y: np.ndarray, positive: int = 1) -> float:
@@ -125,11 +139,18 @@ def operating_point(val_probs: np.ndarray, val_y: np.ndarray, rule_text: str = D
     """Temperature and threshold fitted on validation answers (``val_y``: class indices; ``positive``:
     the positive class's index)."""
     rule = parse_rule(rule_text)
-    t = fit_temperature(val_probs, np.asarray(val_y))
+    fitted = fit_temperature(val_probs, np.asarray(val_y))
+    t = 1.0 if fitted is None else fitted
     y = (np.asarray(val_y) == positive).astype(int)
     score = calibrate(val_probs, t)[:, positive]
     threshold = choose_threshold(score, y, rule)
-    return {"rule": rule_text, "temperature": t, "threshold": threshold, "validation": rates(score, y, threshold)}
+    out = {"rule": rule_text, "temperature": t, "threshold": threshold, "validation": rates(score, y, threshold)}
+    if fitted is None:
+        out["temperature_note"] = ("not fitted: every validation image is classified right, so the likelihood "
+                                   "has no minimum (it falls as T goes to 0); T = 1, the model's own probabilities")
+    elif min(abs(math.log(fitted / b)) for b in T_RANGE) < 1e-3:
+        out["temperature_note"] = f"at the edge of the searched range {T_RANGE}: the validation set can hardly fix it"
+    return out
 
 
 def decide(probs: np.ndarray, decision: dict[str, Any] | None, band: float = 0.0) -> list[dict[str, Any]]:

@@ -56,6 +56,8 @@ def fit(run_dir: Path, rule: str = DEFAULT_RULE) -> dict[str, Any]:
         "temperature": op["temperature"], "chosen_on": f"target validation split ({len(val_y)} images)",
         "applies_to": "the positive class's probability after temperature scaling: softmax(log(p) / temperature)",
         "validation": op["validation"]}
+    if "temperature_note" in op:
+        decision["temperature_note"] = op["temperature_note"]
     if test is not None and len(test[0]):
         test_p, test_y = answers(test)
         cal = calibrate(test_p, op["temperature"])
@@ -75,6 +77,8 @@ def _say(d: dict[str, Any]) -> None:
         return "-" if r[key] is None else f"{100 * r[key]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
     say(f"operating point ({d['target']}, on the {d['chosen_on']}): threshold {d['threshold']:.4f} on the calibrated "
         f"{d['positive_class']} probability, temperature {d['temperature']:.3f}")
+    if d.get("temperature_note"):
+        say(f"  temperature {d['temperature_note']}")
     say(f"  validation: sensitivity {pct(d['validation'], 'sensitivity')}, specificity {pct(d['validation'], 'specificity')}")
     if "test" in d:
         c = d["calibration_test"]
