@@ -50,7 +50,14 @@ def test_predict(client, classifier):
     out = r.json()
     assert set(out["probabilities"]) == set(classifier.labels) and out["label"] in classifier.labels
     assert abs(sum(out["probabilities"].values()) - 1) < 1e-9 and out["latency_ms"] > 0
-    assert out["label"] == max(out["probabilities"], key=out["probabilities"].get)
+    op = out["operating_point"]
+    if op["chosen"]:  # decided at the card's threshold on the calibrated positive probability
+        (pos, p), = out["calibrated_probability"].items()
+        other = next(lab for lab in classifier.labels if lab != pos)
+        assert out["label"] == (pos if p >= op["threshold"] else other)
+        assert op["text"].startswith(("above the operating point", "below the operating point"))
+    else:
+        assert out["label"] == max(out["probabilities"], key=out["probabilities"].get)
 
 
 def test_exif_orientation_applied_before_inference(classifier):
