@@ -66,3 +66,20 @@ def test_bundle_samples_sets_how_many_images_leave_with_the_exports(smoke_run, t
                                   ["artifacts"][0]["sha256"]}
     res = runner.invoke(export_app, [str(smoke_run), "--format", "onnx", "--bundle-samples", "-1", "--out", str(five)])
     assert res.exit_code != 0 and "--bundle-samples must be 0 or more" in res.output
+
+
+def test_an_artifact_without_its_card_is_unverified_and_a_replaced_one_is_refused(copied):
+    """Issue 23: a missing card is not a pass. Without the card the manifest's sha256 still binds the file."""
+    from mstl.bench.report import recommendations
+    fp32, int8 = copied / "classifier-fp32.tflite", copied / "classifier-int8.tflite"
+    (copied / "classifier-int8.tflite.json").unlink()
+    report = run_bench([fp32, int8], None, [1], 3, 1)
+    row = next(r for r in report["results"] if r["artifact"] == int8.name)
+    assert row["status"] == "ok" and row["verified"] is False
+    assert any(n.startswith("NOT VERIFIED: no model card") for n in row["notes"])
+    (line,) = recommendations(report)
+    assert "deploy classifier-fp32.tflite" in line and "no verified quantized form" in line
+    shutil.copyfile(fp32, int8)  # another file under the int8 name, still without a card
+    report = run_bench([fp32, int8], None, [1], 1, 0)
+    row = next(r for r in report["results"] if r["artifact"] == int8.name)
+    assert row["status"] == "failed" and "not the file manifest.json lists (sha256 differs)" in row["error"]

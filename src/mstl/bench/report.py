@@ -91,7 +91,7 @@ def recommendations(report: dict[str, Any]) -> list[str]:
         fp32 = next((r for r in ok if r["precision"] == "fp32"), None)
         # The export gate (agreement with Keras on hundreds of images) decides whether a quantized form
         # qualifies; a test-split accuracy delta on a few dozen images is reported, not used to decide.
-        quant = [r for r in ok if r["precision"] != "fp32" and r.get("verified", True)]
+        quant = [r for r in ok if r["precision"] != "fp32" and r.get("verified") is True]  # unverified by default
         if fp32 is None or not quant:
             if fp32 is not None:
                 out.append(f"{fmt}: deploy {fp32['artifact']} - no verified quantized form was measured")

@@ -105,6 +105,8 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         e2e = []
         card = card_of(a.path) if a.format != "keras" else None  # read once: sha256, preprocessing, gate
         problem = file_mismatch(a.path, card) if card and a.path.is_file() else None
+        if card is None and a.format != "keras" and a.path.is_file():
+            problem = _manifest_mismatch(a.path)
         if problem:
             say(f"  refused: {problem}")
             results.append({"artifact": a.path.name, "path": str(a.path), "format": a.format, "precision": a.precision,
@@ -128,6 +130,10 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         else:
             r = measure_isolated(str(a.path), threads, runs, warmup, pixels, y, names, e2e, prep=prep)
         r.update({"format": a.format, "precision": a.precision, "artifact": a.path.name, "path": str(a.path)})
+        if card is None and a.format != "keras":
+            r["verified"] = False  # unverified is the default: nothing says this file passed a gate
+            r.setdefault("notes", []).append(f"NOT VERIFIED: no model card ({a.path.name}.json) - the export gate's "
+                                             "verdict is unknown; re-export, or copy the card with the artifact")
         if card is not None:
             status = (card.get("verification") or {}).get("status")
             r["verified"] = status == "ok"
@@ -156,6 +162,23 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
     return {"machine": machine_info(), "threads": threads, "runs": runs, "warmup": warmup,
             "data": labelled[2] if labelled else None, "n_images": int(len(labelled[1])) if labelled else 0,
             "results": results}
+
+
+def _manifest_mismatch(path: Path) -> str | None:
+    """Without its card, an artifact is still checked against the sha256 its exports manifest lists."""
+    from ..cards import sha256_file
+    manifest = path.parent / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        rows = json.loads(manifest.read_text()).get("artifacts") or []
+    except ValueError:
+        return None
+    want = next((r.get("sha256") for r in rows if r.get("name") == path.name or r.get("path") == path.name), None)
+    if want and sha256_file(path) != want:
+        return (f"{path.name} is not the file {manifest.name} lists (sha256 differs) and has no card: it was replaced "
+                "after export; re-export it")
+    return None
 
 
 def _against_bundle(r: dict, bundle: dict, card: dict | None) -> None:
