@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import DECISIVE_MARGIN, wilson_interval
+from .cards import sha256_file
 
 FOLDER = "bundle"
 INDEX = "bundle.json"
@@ -28,10 +28,6 @@ VERSION = 1
 
 class BundleError(ValueError):
     """A bundle that cannot be trusted, with the file and what to do."""
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write(out_dir: Path, sources: list[str], labels: np.ndarray, reference: np.ndarray, class_names: list[str],
@@ -52,7 +48,7 @@ def write(out_dir: Path, sources: list[str], labels: np.ndarray, reference: np.n
         else:
             name = f"images/{stem}{Path(src).suffix.lower()}"
             shutil.copyfile(src, folder / name)
-        entries.append({"file": name, "sha256": _sha256(folder / name), "label": int(y),
+        entries.append({"file": name, "sha256": sha256_file(folder / name), "label": int(y),
                         "reference": [float(v) for v in p]})
     index = {"version": VERSION, "labels": list(class_names), "image_size": image_size,
              "resize_method": resize_method, "reference": "the Keras model's probabilities, on the exporting machine",
@@ -87,23 +83,10 @@ def read(exports: Path) -> dict[str, Any]:
     paths = []
     for e in index["images"]:
         f = path.parent / e["file"]
-        if not f.is_file() or _sha256(f) != e["sha256"]:
+        if not f.is_file() or sha256_file(f) != e["sha256"]:
             raise BundleError(f"{f}: {'missing' if not f.is_file() else 'its sha256 differs from bundle.json'} - "
                               "the bundle was changed after export; export again (or copy the exports folder whole), "
                               "or pass --data DIR")
         paths.append(str(f))
     return {**index, "paths": paths, "labels_array": np.asarray([e["label"] for e in index["images"]], np.int64),
             "reference_array": np.asarray([e["reference"] for e in index["images"]], np.float64)}
-
-
-def agreement(probs: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-    """Top-1 agreement with the reference on the images it answers decisively (margin over
-    ``DECISIVE_MARGIN``), its 95% interval, and the largest probability difference on all of them."""
-    probs, reference = np.asarray(probs, np.float64), np.asarray(reference, np.float64)
-    ranked = np.sort(reference, axis=1)
-    clear = ranked[:, -1] - ranked[:, -2] > DECISIVE_MARGIN
-    n = int(clear.sum())
-    same = int(np.sum(probs[clear].argmax(1) == reference[clear].argmax(1)))
-    return {"agreement": same / n if n else None, "n_compared": n, "flips": n - same,
-            "ci95": list(wilson_interval(same, n)) if n else None,
-            "max_abs_diff": float(np.abs(probs - reference).max()) if len(probs) else None}

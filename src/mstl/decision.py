@@ -38,8 +38,10 @@ def parse_rule(text: str) -> tuple[str, float | None]:
         v = float(value)
     except ValueError:
         raise ValueError(f"--operating-point {text!r}: {name} needs a number, e.g. {name}=0.95") from None
-    if not 0 < v < 1 if name != "threshold" else not 0 <= v <= 1:
-        raise ValueError(f"--operating-point {text!r}: {name} must be {'in [0, 1]' if name == 'threshold' else 'between 0 and 1'}")
+    if name == "threshold" and not 0 <= v <= 1:
+        raise ValueError(f"--operating-point {text!r}: threshold must be in [0, 1]")
+    if name != "threshold" and not 0 < v < 1:
+        raise ValueError(f"--operating-point {text!r}: {name} must be between 0 and 1")
     return name, v
 
 
@@ -89,6 +91,14 @@ def rates(score: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, Any]:
         out[key] = k / n if n else None
         out[f"{key}_ci95"] = list(wilson_interval(k, n)) if n else None
     return out
+
+
+def rates_at(probs: np.ndarray, y: np.ndarray, decision: dict[str, Any]) -> dict[str, Any]:
+    """``rates`` at a card's operating point: its threshold on the calibrated positive probability
+    (``y``: class indices)."""
+    pos = int(decision.get("positive_index", 1))
+    score = calibrate(probs, float(decision.get("temperature", 1.0)))[:, pos]
+    return rates(score, (np.asarray(y) == pos).astype(int), float(decision.get("threshold", 0.5)))
 
 
 def choose_threshold(score: np.ndarray, y: np.ndarray, rule: tuple[str, float | None]) -> float:

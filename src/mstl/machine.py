@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import platform
 import re
@@ -74,19 +76,29 @@ def parse_cpu(text: str, arch: str, board: str | None = None) -> dict[str, Any]:
             "host_cpu_flags": [f for f in INT8_FLAGS if f in have] if emulated else None}
 
 
-def this_cpu() -> dict[str, Any]:
+@functools.lru_cache(maxsize=1)
+def _this_cpu() -> dict[str, Any]:
+    text = _read("/proc/cpuinfo")
     board = _read("/proc/device-tree/model").strip("\x00\n ") or None
-    return parse_cpu(_read("/proc/cpuinfo"), platform.machine(), board)
+    cpu = parse_cpu(text, platform.machine(), board)
+    if not text:  # not Linux
+        cpu["cpu"] = platform.processor() or platform.machine()
+    return cpu
+
+
+def this_cpu() -> dict[str, Any]:
+    """This process's CPU (read once: the bench asks per artifact)."""
+    return copy.deepcopy(_this_cpu())
 
 
 def cpu_model() -> str:
-    return this_cpu()["cpu"] if _read("/proc/cpuinfo") else (platform.processor() or platform.machine())
+    return _this_cpu()["cpu"]
 
 
 def cpu_flags() -> list[str]:
     """The int8-relevant instruction-set flags of this CPU (Linux /proc/cpuinfo; empty elsewhere, and
     empty under emulation, where cpuinfo describes the host)."""
-    return this_cpu()["cpu_flags"]
+    return list(_this_cpu()["cpu_flags"])
 
 
 def int8_speed_hint(flags: list[str]) -> str:
@@ -137,7 +149,7 @@ def runtime_versions() -> dict[str, str]:
 def machine_info() -> dict[str, Any]:
     cpu = this_cpu()
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu["cpu"],
         "board": cpu["board"],
         "emulated": cpu["emulated"],
         "arch": platform.machine(),
@@ -146,7 +158,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "hostname": socket.gethostname(),
         "runtimes": runtime_versions(),
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": cpu["cpu_flags"],
     }
 
 

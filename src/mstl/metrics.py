@@ -12,6 +12,19 @@ import numpy as np
 DECISIVE_MARGIN = 0.05
 
 
+def top1_agreement(probs: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """Top-1 agreement with the reference on the images it answers decisively (margin over
+    ``DECISIVE_MARGIN``), its 95% interval, and the largest probability difference on all of them."""
+    probs, reference = np.asarray(probs, np.float64), np.asarray(reference, np.float64)
+    ranked = np.sort(reference, axis=1)
+    clear = ranked[:, -1] - ranked[:, -2] > DECISIVE_MARGIN
+    n = int(clear.sum())
+    same = int(np.sum(probs[clear].argmax(1) == reference[clear].argmax(1)))
+    return {"agreement": same / n if n else None, "n_compared": n, "flips": n - same,
+            "ci95": list(wilson_interval(same, n)) if n else None,
+            "max_abs_diff": float(np.abs(probs - reference).max()) if len(probs) else None}
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """95% Wilson score interval for a proportion, clamped to [0, 1]."""
     if n <= 0:

@@ -252,12 +252,10 @@ def fixed_batch_tflite(data: bytes) -> bytes:
 def _at_operating_point(got: np.ndarray, ref: np.ndarray, labels: np.ndarray, decision: dict) -> dict[str, Any]:
     """The browser's decisions at the card's threshold (calibrated probability) against the server's,
     and its sensitivity and specificity there."""
-    from ..decision import calibrate, decide, rates
-    pos = int(decision.get("positive_index", 1))
+    from ..decision import decide, rates_at
     mine = np.array([d["label_index"] for d in decide(got, decision)])
     theirs = np.array([d["label_index"] for d in decide(ref, decision)])
-    r = rates(calibrate(got, float(decision.get("temperature", 1.0)))[:, pos], (labels == pos).astype(int),
-              float(decision["threshold"]))
+    r = rates_at(got, labels, decision)
     return {"threshold": float(decision["threshold"]), "temperature": float(decision.get("temperature", 1.0)),
             "decision_agreement": float(np.mean(mine == theirs)), "sensitivity": r["sensitivity"],
             "specificity": r["specificity"]}

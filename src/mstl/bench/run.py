@@ -184,8 +184,8 @@ def _manifest_mismatch(path: Path) -> str | None:
 def _against_bundle(r: dict, bundle: dict, card: dict | None) -> None:
     """Agreement with the Keras model's answers that the exporting machine saved: this device's runtime
     and CPU against the computation the export gate verified. Judged by the artifact's own gate."""
-    from ..bundle import agreement
-    got = agreement(np.asarray(r["probs"]), bundle["reference_array"])
+    from ..metrics import top1_agreement
+    got = top1_agreement(np.asarray(r["probs"]), bundle["reference_array"])
     want = bundle["artifacts"].get(r["artifact"])
     got["same_build"] = want is not None and card is not None and card.get("sha256") == want
     threshold = ((card or {}).get("verification") or {}).get("threshold")
@@ -204,15 +204,13 @@ def _against_bundle(r: dict, bundle: dict, card: dict | None) -> None:
 
 def _at_operating_point(r: dict, card: dict, y) -> None:
     """Sensitivity and specificity at the card's threshold (calibrated probability) beside those at 0.5."""
-    from ..decision import calibrate, rates
+    from ..decision import rates_at
     d = card.get("decision") or {}
     probs = np.asarray(r["probs"])
     if probs.shape[1] != 2:
         return
-    pos = int(d.get("positive_index", 1))
-    truth = (np.asarray(y) == pos).astype(int)
-    at = rates(calibrate(probs, float(d.get("temperature", 1.0)))[:, pos], truth, float(d.get("threshold", 0.5)))
-    half = rates(probs[:, pos], truth, 0.5)
+    at = rates_at(probs, y, d)
+    half = rates_at(probs, y, {"positive_index": d.get("positive_index", 1)})  # T 1, threshold 0.5
     r["operating_point"] = {"threshold": at["threshold"], "temperature": float(d.get("temperature", 1.0)),
                             "chosen": bool(d.get("chosen_on")), "at_threshold": at, "at_0.5": half}
     if d.get("chosen_on"):

@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from ..config import PRESETS, RunConfig, apply_settings, override, preset
+from ..decision import DEFAULT_RULE
 from ..progress import say, warn
 from .common import friendly, parse_ints
 
@@ -180,8 +181,8 @@ ENGINE_KEYS = tuple(name for name, _, _ in ENGINE_FLAGS)
 
 
 OPERATING_HELP = ("the deployed model's decision threshold, chosen on the target's validation split: sensitivity=S "
-                  "(default sensitivity=0.95), specificity=S, youden or threshold=T")
-OPERATING_FLAG = (("operating_point", str, typer.Option("sensitivity=0.95", "--operating-point", help=OPERATING_HELP)),)
+                  f"(default {DEFAULT_RULE}), specificity=S, youden or threshold=T")
+OPERATING_FLAG = (("operating_point", str, typer.Option(DEFAULT_RULE, "--operating-point", help=OPERATING_HELP)),)
 
 
 def _full(**o):
@@ -212,7 +213,7 @@ def _fit_operating_point(run_dir: Path, rule: str) -> None:
 
 
 def _operating_point(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing run dir"),
-                     operating_point: str = typer.Option("sensitivity=0.95", "--operating-point", help=OPERATING_HELP)):
+                     operating_point: str = typer.Option(DEFAULT_RULE, "--operating-point", help=OPERATING_HELP)):
     """Choose (again) the deployed model's decision threshold and temperature on the validation split,
     measure the test split at that threshold, and regenerate the report."""
     from ..decision import parse_rule

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import DECISIVE_MARGIN, roc_auc, wilson_interval
+from ..metrics import DECISIVE_MARGIN, roc_auc, top1_agreement
 from ..runtimes import Runtime
 
 MARGIN = DECISIVE_MARGIN
@@ -26,19 +26,15 @@ def verify(rt: Runtime, pixels: np.ndarray, reference: np.ndarray, min_agreement
     """``labels`` (with the boolean mask ``heldout``) add accuracy and ROC AUC deltas against the Keras
     model on the held-out images, with paired-bootstrap 95% intervals."""
     probs = rt.predict(pixels) if probs is None else probs
-    ref_sorted = np.sort(reference, axis=1)
-    margin = ref_sorted[:, -1] - ref_sorted[:, -2]
-    clear = margin > MARGIN
-    n = int(clear.sum())
-    agreeing = int(np.sum(probs[clear].argmax(1) == reference[clear].argmax(1)))
-    agree = agreeing / n if n else None
+    top1 = top1_agreement(probs, reference)
+    n, agree, flips = top1["n_compared"], top1["agreement"], top1["flips"]
     constant = bool(reference.std(axis=0).max() < CONSTANT_STD)
     out: dict[str, Any] = {
-        "agreement": agree, "n_compared": n, "n_images": int(len(pixels)), "flips": n - agreeing,
-        "agreement_ci95": list(wilson_interval(agreeing, n)) if n else None,
+        "agreement": agree, "n_compared": n, "n_images": int(len(pixels)), "flips": flips,
+        "agreement_ci95": top1["ci95"],
         "agreement_all": float(np.mean(probs.argmax(1) == reference.argmax(1))) if len(pixels) else None,
         "n_near_ties": int(len(pixels) - n),
-        "max_abs_diff": float(np.abs(probs - reference).max()) if len(pixels) else None,
+        "max_abs_diff": top1["max_abs_diff"],
         "threshold": min_agreement, "reference_nearly_constant": constant,
     }
     if labels is not None:
@@ -49,7 +45,7 @@ def verify(rt: Runtime, pixels: np.ndarray, reference: np.ndarray, min_agreement
     elif agree < min_agreement:
         out["status"] = "failed"
         out["reason"] = (f"top-1 agreement {100 * agree:.2f}% is below the {100 * min_agreement:.1f}% threshold "
-                         f"by {100 * (min_agreement - agree):.2f} points ({n} images compared, {n - agreeing} flips)")
+                         f"by {100 * (min_agreement - agree):.2f} points ({n} images compared, {flips} flips)")
     else:
         out["status"] = "ok"
     if n and n * (1 - min_agreement) < MIN_DECISIVE_FLIPS:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..decision import DEFAULT_RULE, calibrate, calibration_report, operating_point, rates
+from ..decision import DEFAULT_RULE, calibrate, calibration_report, operating_point, rates, rates_at
 from ..progress import say
 
 
@@ -60,9 +60,8 @@ def fit(run_dir: Path, rule: str = DEFAULT_RULE) -> dict[str, Any]:
         decision["temperature_note"] = op["temperature_note"]
     if test is not None and len(test[0]):
         test_p, test_y = answers(test)
-        cal = calibrate(test_p, op["temperature"])
-        decision["test"] = rates(cal[:, pos], (test_y == pos).astype(int), op["threshold"])
-        decision["test_at_0.5"] = rates(test_p[:, pos], (test_y == pos).astype(int), 0.5)
+        decision["test"] = rates_at(test_p, test_y, decision)
+        decision["test_at_0.5"] = rates_at(test_p, test_y, {"positive_index": pos})  # T 1, threshold 0.5
         decision["calibration_test"] = calibration_report(test_p, test_y, op["temperature"])
         _figures(store.dir / "figures", test_p, test_y, pos, op["temperature"], op["threshold"])
     selection["decision"] = decision
