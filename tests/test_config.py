@@ -47,7 +47,10 @@ def test_every_config_value_can_be_set_by_name():
 def test_paper_preset_is_the_paper_and_corrected_departs_where_documented():
     from mstl.config import PAPER_READINGS, departures_from_paper
     paper = preset("paper")
-    assert paper.data.scaling == "unit" and paper.stage2.val_fraction == 0.0 and departures_from_paper(paper) == []
+    assert paper.data.scaling == "unit" and paper.stage2.val_fraction == 0.0
+    # the one departure: the operating point's carve-out, named, and gone when asked for
+    assert [d["setting"] for d in departures_from_paper(paper)] == ["stage2.operating_fraction"]
+    assert departures_from_paper(override(paper, **{"stage2.operating_fraction": 0.0})) == []
     moved = {d["setting"] for d in departures_from_paper(preset("corrected"))}
     assert moved == {"data.scaling", "data.patient_split", "model.bn_mode", "model.dropout", "stage2.val_fraction"}
     assert all(why.startswith(("stated:", "reading:")) for _, why in PAPER_READINGS.values())

@@ -132,3 +132,44 @@ def test_the_app_decides_at_the_cards_threshold_and_refers_inside_the_band(smoke
     far = _served(smoke_exports, tmp_path / "c", {**base, "threshold": 0.999 if p < 0.9 else 0.001}).classify(image)
     assert not far["uncertain"] and far["label"] == plain.labels[0 if p < 0.9 else 1]
     assert far["operating_point"]["side"] == ("below" if p < 0.9 else "above")
+
+
+def _source(n_per_class=100):
+    from mstl.data.sources import DatasetIndex
+    from mstl.train.prepare import Source
+    labels = np.repeat([0, 1], n_per_class)
+    index = DatasetIndex("root", "folders", ["NORMAL", "PNEUMONIA"], [f"img{i}.png" for i in range(len(labels))],
+                         labels, [None] * len(labels), [None] * len(labels))
+    return Source(index, np.zeros((len(labels), 1)), np.arange(len(labels)), labels, [None] * len(labels), [])
+
+
+def test_without_a_validation_split_the_operating_point_has_a_stratified_carve_out_held_out_of_training():
+    from mstl.config import override, preset
+    from mstl.train.prepare import target_splits
+    cfg = override(preset("paper"), **{"stage2.target_size": 200, "stage2.positive_class": "PNEUMONIA"})
+    t = target_splits(_source(), cfg)
+    assert len(t.val) == 0 and 15 <= len(t.operating) <= 20  # 10% of the 85% that is not test
+    assert not set(t.operating) & set(t.train) and not set(t.operating) & set(t.test)
+    assert len(t.train) + len(t.operating) + len(t.test) == 200  # nothing lost
+    assert abs(t.y_operating.mean() - 0.5) < 0.1  # both classes, in the target's proportions
+    literal = target_splits(_source(), override(cfg, **{"stage2.operating_fraction": 0.0}))
+    assert len(literal.operating) == 0 and len(literal.train) == len(t.train) + len(t.operating)
+    with_val = target_splits(_source(), override(cfg, **{"stage2.val_fraction": 0.15}))
+    assert len(with_val.val) and not len(with_val.operating)  # the validation split chooses; no carve-out
+
+
+def test_a_run_without_validation_chooses_on_its_carve_out_and_says_so(smoke_run, tmp_path):
+    """A paper-like run dir: the validation list is gone, the carve-out list holds those images."""
+    import json
+    import shutil
+    from mstl.train.operating import NoValidationSplit, fit
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run, ignore=shutil.ignore_patterns("exports", "cache", "bench*"))
+    (run / "target_val.tsv").rename(run / "target_operating.tsv")
+    d = fit(run)
+    assert d["chosen_on"].startswith("operating-point carve-out") and "held out of stage-2 training" in d["chosen_on"]
+    assert d["validation"]["sensitivity"] >= 0.95 and "test" in d
+    assert json.loads((run / "selection.json").read_text())["decision"]["chosen_on"] == d["chosen_on"]
+    (run / "target_operating.tsv").unlink()
+    with pytest.raises(NoValidationSplit, match="stage2.operating_fraction"):
+        fit(run)

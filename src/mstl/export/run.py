@@ -630,11 +630,13 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
         decision = sel.get("decision")
         model_path = store.dir / sel["model"]
         say(f"model: {model_path} (stage 2 on the bridge size {sel['size']} model, seed {sel['seed']}: {sel['why']})")
-    # Held out: the test and validation splits (neither trained the model); the gate adds the training
-    # images that do not calibrate.
+    # Held out: the test and validation splits and the operating-point carve-out (none trained the
+    # model); the gate adds the training images that do not calibrate.
     from ..train.store import read_split
     test_src, test_y = read_split(store.dir, "test")
     val_src, val_y = read_split(store.dir, "val") or ([], np.zeros(0, int))
+    op_src, op_y = read_split(store.dir, "operating") or ([], np.zeros(0, int))  # held out of training too
+    val_src, val_y = val_src + op_src, np.concatenate([val_y, op_y])
     verify_src = test_src + val_src
     cal_src, cal_y = read_split(store.dir, "train")
     labels = (store.dir / "labels.txt").read_text().split("\n")[:-1]

@@ -36,11 +36,8 @@ def fit(run_dir: Path, rule: str = DEFAULT_RULE) -> dict[str, Any]:
     if not sel_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no selection.json - stage 2 has not finished (run `mstl-train stage2`)")
     selection = json.loads(sel_path.read_text())
-    val, test = read_split(store.dir, "val"), read_split(store.dir, "test")
-    if val is None or not len(val[0]):
-        raise NoValidationSplit(
-            f"{run_dir}: no target validation split (preset {cfg.preset!r}); an operating point chosen on the test "
-            "split would be judged on the data that chose it - train with a preset that keeps one (e.g. corrected)")
+    val, chosen_on = _choosing_split(store, cfg)
+    test = read_split(store.dir, "test")
     labels = (store.dir / "labels.txt").read_text().split("\n")[:-1]
     pos = positive_index(labels, getattr(cfg.target, "positive_class", None) if cfg.target else None)
     prep = Preprocess(cfg.data.image_size, cfg.data.resize_method)
@@ -53,7 +50,7 @@ def fit(run_dir: Path, rule: str = DEFAULT_RULE) -> dict[str, Any]:
     op = operating_point(val_p, val_y, rule, pos)
     decision: dict[str, Any] = {
         "positive_class": labels[pos], "positive_index": pos, "target": rule, "threshold": op["threshold"],
-        "temperature": op["temperature"], "chosen_on": f"target validation split ({len(val_y)} images)",
+        "temperature": op["temperature"], "chosen_on": chosen_on,
         "applies_to": "the positive class's probability after temperature scaling: softmax(log(p) / temperature)",
         "validation": op["validation"]}
     if "temperature_note" in op:
@@ -68,6 +65,25 @@ def fit(run_dir: Path, rule: str = DEFAULT_RULE) -> dict[str, Any]:
     store.write_json("selection.json", selection)
     _say(decision)
     return decision
+
+
+def _choosing_split(store, cfg) -> tuple[tuple[list[str], np.ndarray], str]:
+    """The validation split, else the operating-point carve-out of the training split (presets without
+    validation), with the words the report and the card use for it."""
+    from .store import read_split
+    val = read_split(store.dir, "val")
+    if val is not None and len(val[0]):
+        return val, f"target validation split ({len(val[0])} images)"
+    carve = read_split(store.dir, "operating")
+    if carve is not None and len(carve[0]):
+        return carve, (f"operating-point carve-out: {len(carve[0])} images ({100 * cfg.stage2.operating_fraction:.0f}%) "
+                       "drawn stratified from the target's training split and held out of stage-2 training "
+                       "(the preset has no validation split)")
+    raise NoValidationSplit(
+        f"{store.dir}: no target validation split and no operating-point carve-out (preset {cfg.preset!r}, "
+        f"stage2.operating_fraction={cfg.stage2.operating_fraction}); an operating point chosen on the test split "
+        "would be judged on the data that chose it - train with stage2.operating_fraction > 0 (e.g. "
+        "--set stage2.operating_fraction=0.1) or a preset with a validation split (e.g. corrected)")
 
 
 def _say(d: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@ target's train / validation / test splits, all deterministic for the config's da
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,9 @@ class TargetSplits:
     y_val: np.ndarray
     y_test: np.ndarray
     mapping: ClassMapping
+    # Held out of stage-2 training to choose the operating point where there is no validation split.
+    operating: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    y_operating: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def demo_paths(cfg: RunConfig) -> tuple[str, str]:
@@ -124,11 +127,17 @@ def target_splits(src: Source, cfg: RunConfig) -> TargetSplits:
         tr, va = group_split(src.labels[rest_pos], [src.groups[i] for i in rest_pos], s2.val_fraction,
                              cfg.data_seed + 2, cfg.data.patient_split)
         tr_pos, va_pos = rest_pos[tr], rest_pos[va]
-    else:  # the paper: stage 2 trains on everything that is not test
-        tr_pos, va_pos = rest_pos, rest_pos[:0]
+        op_pos = rest_pos[:0]
+    else:  # the paper: stage 2 trains on everything that is not test, less the operating-point carve-out
+        tr_pos, va_pos, op_pos = rest_pos, rest_pos[:0], rest_pos[:0]
+        if s2.operating_fraction > 0:
+            tr, op = group_split(src.labels[rest_pos], [src.groups[i] for i in rest_pos], s2.operating_fraction,
+                                 cfg.data_seed + 3, cfg.data.patient_split)
+            tr_pos, op_pos = rest_pos[tr], rest_pos[op]
     y = mapping.apply(src.labels)
-    for split, part in (("training", tr_pos), ("validation", va_pos), ("test", test_pos)):
-        if split == "validation" and s2.val_fraction == 0:
+    for split, part in (("training", tr_pos), ("validation", va_pos), ("test", test_pos),
+                        ("operating-point carve-out", op_pos)):
+        if not len(part) and split in ("validation", "operating-point carve-out"):
             continue
         missing = [name for k, name in enumerate(mapping.names) if not np.any(y[part] == k)]
         if missing:
@@ -137,7 +146,8 @@ def target_splits(src: Source, cfg: RunConfig) -> TargetSplits:
                 "without both classes cannot measure a classifier; use more target images (--target-size), "
                 "another --positive-class, or a dataset with more of that class")
     return TargetSplits(
-        src.rows[tr_pos], src.rows[va_pos], src.rows[test_pos], y[tr_pos], y[va_pos], y[test_pos], mapping)
+        src.rows[tr_pos], src.rows[va_pos], src.rows[test_pos], y[tr_pos], y[va_pos], y[test_pos], mapping,
+        src.rows[op_pos], y[op_pos])
 
 
 def data_fingerprint(bridge: Source, target: Source) -> str:
@@ -149,6 +159,9 @@ def write_split_files(run_dir: Path, t: TargetSplits, src: Source) -> None:
     (calibration, verification) and bench (accuracy) use exactly the run's images."""
     from ..data.filelist import source_ref, write_list
     from .store import split_list_path
-    for split, rows, y in (("test", t.test, t.y_test), ("val", t.val, t.y_val), ("train", t.train, t.y_train)):
+    for split, rows, y in (("test", t.test, t.y_test), ("val", t.val, t.y_val), ("train", t.train, t.y_train),
+                           ("operating", t.operating, t.y_operating)):
+        if split == "operating" and not len(rows):
+            continue
         write_list(split_list_path(run_dir, split), [source_ref(src.index, int(r)) for r in rows], y)
     (run_dir / "labels.txt").write_text("\n".join(t.mapping.names) + "\n")

@@ -59,7 +59,8 @@ def prepare(cfg: RunConfig, quiet: bool = False) -> RunData:
     target = load_source(target_path, cfg, "target", quiet, target_index)
     splits = bridge_splits(bridge, cfg)
     t = target_splits(target, cfg)
-    say(f"target: positive class {t.mapping.positive!r}; train {len(t.train)}, val {len(t.val)}, test {len(t.test)}")
+    say(f"target: positive class {t.mapping.positive!r}; train {len(t.train)}, val {len(t.val)}, test {len(t.test)}"
+        + (f", operating-point carve-out {len(t.operating)} (held out of training)" if len(t.operating) else ""))
     return RunData(cfg, bridge, target, splits, t, used_demo)
 
 

@@ -79,7 +79,8 @@ OUTPUTS = ("results.jsonl", "stage2.jsonl", "selection.json", "claims.json", "re
 
 
 # The target's splits as labelled file lists (written by train, read by report, export, bench and the app).
-SPLIT_LISTS = {"test": "target_test.tsv", "val": "target_val.tsv", "train": "target_train.tsv"}
+SPLIT_LISTS = {"test": "target_test.tsv", "val": "target_val.tsv", "train": "target_train.tsv",
+               "operating": "target_operating.tsv"}  # the operating-point carve-out (presets without val)
 
 
 def split_list_path(run_dir: Path, split: str) -> Path:
