@@ -426,3 +426,11 @@ def test_head_answers_wherever_get_does(served, path):
         assert head.headers["content-length"] == get.headers["content-length"]
     assert head.headers["cross-origin-embedder-policy"] == "require-corp"
     assert client.head("/device/results").status_code == 405  # POST only, as GET is
+
+
+def test_a_bad_path_parameter_is_named_not_called_a_missing_upload(served):
+    """GET /device/samples/abc said "expected a multipart form with an image in field 'file'"."""
+    run, bench, client = served
+    r = client.get("/device/samples/abc")
+    assert r.status_code == 422 and "multipart" not in r.json()["error"]
+    assert "/device/samples/abc" in r.json()["error"] and "path.i" in r.json()["error"] and "integer" in r.json()["error"]

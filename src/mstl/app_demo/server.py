@@ -138,9 +138,9 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        missing = [".".join(str(p) for p in e.get("loc", [])) for e in exc.errors()]
-        return JSONResponse({"error": f"bad request: expected a multipart form with an image in field 'file' ({', '.join(missing)})"},
-                            status_code=422)
+        # only the routes with typed parameters get here (/device/samples/{i}); /predict reads its form itself
+        what = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', 'invalid')}" for e in exc.errors())
+        return JSONResponse({"error": f"bad request to {request.url.path}: {what}"}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
