@@ -434,3 +434,11 @@ def test_a_bad_path_parameter_is_named_not_called_a_missing_upload(served):
     r = client.get("/device/samples/abc")
     assert r.status_code == 422 and "multipart" not in r.json()["error"]
     assert "/device/samples/abc" in r.json()["error"] and "path.i" in r.json()["error"] and "integer" in r.json()["error"]
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_a_400(served):
+    run, bench, client = served
+    body = b"[" * 4_000 + b"]" * 4_000
+    assert len(body) < bench.max_body_bytes()
+    r = client.post("/device/results", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "nested thousands deep" in r.json()["error"]

@@ -1,7 +1,8 @@
 """FastAPI service: GET / (page), GET /health, GET /model, POST /predict (multipart field `file`);
 GET /device (the in-browser bench page), GET /device/manifest, /device/models/NAME, /device/samples/I,
-POST /device/results; HEAD wherever GET answers. Every response carries the cross-origin isolation headers that multi-threaded
-WebAssembly needs (SharedArrayBuffer), so the page's runtimes can use all of a phone's cores."""
+POST /device/results; HEAD wherever GET answers. Every response carries the cross-origin isolation
+headers that multi-threaded WebAssembly needs (SharedArrayBuffer), so the page's runtimes can use all
+of a phone's cores."""
 
 
 import json
@@ -29,7 +30,7 @@ class UploadLimit:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         limit = self.path_limits.get(scope.get("path", ""), self.limit)
-        what = "upload" if limit == self.limit else f"body for {scope.get('path')}"
+        what = f"body for {scope['path']}" if scope.get("path") in self.path_limits else "upload"
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
