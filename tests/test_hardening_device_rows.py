@@ -453,3 +453,21 @@ def test_json_nested_deeper_than_the_parser_goes_is_a_400(served):
     assert len(body) < bench.max_body_bytes()
     r = client.post("/device/results", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400 and "nested thousands deep" in r.json()["error"]
+
+
+def test_a_row_that_cannot_be_written_is_a_clear_507_and_leaves_nothing(served, monkeypatch):
+    """A full disk (ENOSPC) mid-write was a 500 'internal error'; no half-written row or temp file stays."""
+    import errno
+    run, bench, client = served
+    real_write = Path.write_text
+
+    def full(self, text, *a, **k):
+        real_write(self, text[:10], *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", full)
+    sid = _session(client)
+    r = client.post("/device/results", json=_body(sid, bench.reference(NAME).tolist()))
+    assert r.status_code == 507 and "No space left on device" in r.json()["error"] and "bench/device" in r.json()["error"]
+    monkeypatch.undo()
+    assert [p.name for p in (run / "bench" / "device").iterdir() if p.name != ".lock"] == []
+    assert client.post("/device/results", json=_body(sid, bench.reference(NAME).tolist())).status_code == 200

@@ -219,20 +219,28 @@ class DeviceBench:
         row = to_row(posted, self)
         text = json.dumps(row, indent=2, allow_nan=False)
         folder = device_dir(self.exports)
-        folder.mkdir(parents=True, exist_ok=True)
-        with self._store_lock, _folder_lock(folder):
-            problem = self.stale().get(row["artifact"])
-            if problem:
-                raise DeviceStale(f"{row['artifact']}: {problem} after this app loaded it; the row would describe a "
-                                  "file that is no longer there, so it is not stored - restart mstl-app and run the page again")
-            session = self._session(posted.get("session"), row["artifact"])
-            if sum(1 for _ in folder.glob("*.json")) >= self.max_rows:
-                raise DeviceFull(f"{folder} already holds {self.max_rows} device rows: read them with "
-                                 "`mstl-bench --include-device-results`, then move or delete them to record more")
-            stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{time.strftime('%Y%m%d-%H%M%S')}-{row['artifact']}-{row['backend']}")
-            path = folder / f"{stem}-{uuid.uuid4().hex[:12]}.json"
-            _write_new(path, text)
-            session["posted"].add(row["artifact"])  # spent only by a row that was stored
+        try:
+            with self._store_lock, _folder_lock(folder):
+                return self._store(row, text, folder, posted.get("session"))
+        except OSError as e:  # a full disk, a read-only run dir: the poster's row is lost, say so and where
+            raise DeviceFull(f"{folder}: the row could not be stored ({e.strerror or e}); free space or make "
+                             "the run dir writable, then run the page again") from None
+
+    def _store(self, row: dict[str, Any], text: str, folder: Path, token: Any) -> dict[str, Any]:
+        """Under the store lock: refuse a changed artifact, a foreign or spent session, a full folder; then
+        write under a name of its own."""
+        problem = self.stale().get(row["artifact"])
+        if problem:
+            raise DeviceStale(f"{row['artifact']}: {problem} after this app loaded it; the row would describe a "
+                              "file that is no longer there, so it is not stored - restart mstl-app and run the page again")
+        session = self._session(token, row["artifact"])
+        if sum(1 for _ in folder.glob("*.json")) >= self.max_rows:
+            raise DeviceFull(f"{folder} already holds {self.max_rows} device rows: read them with "
+                             "`mstl-bench --include-device-results`, then move or delete them to record more")
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{time.strftime('%Y%m%d-%H%M%S')}-{row['artifact']}-{row['backend']}")
+        path = folder / f"{stem}-{uuid.uuid4().hex[:12]}.json"
+        _write_new(path, text)
+        session["posted"].add(row["artifact"])  # spent only by a row that was stored
         row["saved_as"] = path.name
         return row
 
@@ -288,6 +296,7 @@ def _iso(t: float) -> str:
 @contextlib.contextmanager
 def _folder_lock(folder: Path):
     """An exclusive lock on the rows folder between processes (two apps over one run dir)."""
+    folder.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # Windows: the thread lock alone
