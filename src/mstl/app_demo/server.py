@@ -1,7 +1,8 @@
 """FastAPI service: GET / (page), GET /health, GET /model, POST /predict (multipart field `file`);
 GET /device (the in-browser bench page), GET /device/manifest, /device/models/NAME, /device/samples/I,
-POST /device/results. Every response carries the cross-origin isolation headers that multi-threaded
-WebAssembly needs (SharedArrayBuffer), so the page's runtimes can use all of a phone's cores."""
+POST /device/results; HEAD wherever GET answers. Every response carries the cross-origin isolation
+headers that multi-threaded WebAssembly needs (SharedArrayBuffer), so the page's runtimes can use all
+of a phone's cores."""
 
 
 import json
@@ -14,34 +15,42 @@ from .inference import Classifier
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
 
+OVER_LIMIT = "mstl.body_over_limit"  # set in the request's scope when UploadLimit cut its body short
+
+
 class UploadLimit:
     """ASGI middleware: refuse bodies over the limit before they are read whole - by Content-Length
-    when the client sends it, else by counting bytes as they arrive."""
+    when the client sends it, else by counting bytes as they arrive. ``path_limits``: smaller limits
+    for some paths (a JSON row needs far less than a picture)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, path_limits: dict[str, int] | None = None):
+        self.app, self.limit, self.path_limits = app, limit, dict(path_limits or {})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
+        limit = self.path_limits.get(scope.get("path", ""), self.limit)
+        what = f"body for {scope['path']}" if scope.get("path") in self.path_limits else "upload"
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await _json(send, 413, {"error": f"upload of {int(length):,} bytes is over the {self.limit:,}-byte limit"})
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await _json(send, 413, {"error": f"{what} of {int(length):,} bytes is over the {limit:,}-byte limit"})
         seen = 0
         over = False
 
         async def limited():
-            # Over the limit, the body is cut short here (the app sees an early end) instead of raising:
-            # an exception would meet the framework's error middleware first and become a 500.
+            # Over the limit, the body is cut short here (the app sees an early end, and OVER_LIMIT in
+            # its scope) instead of raising: an exception would meet the framework's error middleware
+            # first and become a 500.
             nonlocal seen, over
             if over:
                 return {"type": "http.request", "body": b"", "more_body": False}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     over = True
+                    scope[OVER_LIMIT] = True
                     return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
@@ -53,11 +62,31 @@ class UploadLimit:
                 return await send(message)
             if not answered:  # whatever the app made of a cut-short body, the client gets the 413
                 answered = True
-                await _json(send, 413, {"error": f"upload is over the {self.limit:,}-byte limit"})
+                await _json(send, 413, {"error": f"{what} is over the {limit:,}-byte limit"})
 
         await self.app(scope, limited, guarded)
         if over and not answered:
-            await _json(send, 413, {"error": f"upload is over the {self.limit:,}-byte limit"})
+            await _json(send, 413, {"error": f"{what} is over the {limit:,}-byte limit"})
+
+
+class HeadAsGet:
+    """ASGI middleware: HEAD wherever GET answers - the GET's status and headers (Content-Length
+    included), no body. FastAPI's routes answer only the methods they name."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 ISOLATION_HEADERS = [(b"cross-origin-opener-policy", b"same-origin"), (b"cross-origin-embedder-policy", b"require-corp"),
@@ -99,7 +128,7 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
-    from .device import DeviceBench, DeviceError, DeviceFull
+    from .device import DeviceBench, DeviceBodyError, DeviceError, DeviceFull, DeviceSession, DeviceStale
 
     app = FastAPI(title="mstl app demo", description="Research prototype - not a diagnostic device.")
     static = resources.files("mstl.app_demo").joinpath("static")
@@ -110,9 +139,9 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        missing = [".".join(str(p) for p in e.get("loc", [])) for e in exc.errors()]
-        return JSONResponse({"error": f"bad request: expected a multipart form with an image in field 'file' ({', '.join(missing)})"},
-                            status_code=422)
+        # only the routes with typed parameters get here (/device/samples/{i}); /predict reads its form itself
+        what = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', 'invalid')}" for e in exc.errors())
+        return JSONResponse({"error": f"bad request to {request.url.path}: {what}"}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -131,7 +160,9 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
 
     @app.get("/health")
     async def health():
-        return {"status": "ok"}
+        # stat calls only (a file that moved is re-hashed once): /health must stay instant
+        stale = bench.stale()
+        return {"status": "ok", **({"stale_exports": stale, "note": bench.stale_note(stale)} if stale else {})}
 
     @app.get("/model")
     async def model():
@@ -162,15 +193,20 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
 
     @app.post("/device/results")
     async def device_results(request: Request):
+        body = await request.body()  # at most bench.max_body_bytes(): UploadLimit cuts the rest
+        if request.scope.get(OVER_LIMIT):
+            return Response(status_code=413)  # UploadLimit answers it, unparsed
         try:
-            posted = await request.json()
-        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
-            return JSONResponse({"error": "expected a JSON body (an object, not nested thousands deep)"},
-                                status_code=400)
-        try:
-            return await run_in_threadpool(bench.record, posted)
+            # parsed, checked and written in a worker thread: a large body must not stall the event loop
+            return await run_in_threadpool(bench.record_body, body)
         except DeviceFull as e:
             return JSONResponse({"error": str(e)}, status_code=507)
+        except DeviceStale as e:
+            return JSONResponse({"error": str(e)}, status_code=409)
+        except DeviceSession as e:
+            return JSONResponse({"error": str(e)}, status_code=403)
+        except DeviceBodyError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
         except DeviceError as e:
             return JSONResponse({"error": str(e)}, status_code=422)
 
@@ -196,4 +232,4 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
             status = 413 if "too many pixels" in e.reason or "decompression bomb" in e.reason else 400
             return JSONResponse({"error": f"{name}: {e.reason}"}, status_code=status)
 
-    return Isolated(UploadLimit(app, max_upload))
+    return Isolated(HeadAsGet(UploadLimit(app, max_upload, {"/device/results": bench.max_body_bytes()})))

@@ -129,8 +129,10 @@ def to_markdown(report: dict[str, Any]) -> str:
     browser = [r for r in report["results"] if r.get("measured_in") == "browser"]
     if browser:
         lines += ["", "## Measured in a browser (mstl-app /device)", "",
-                  "Rows marked [browser] were measured in a web browser on the device it names, not on the machine "
-                  "above; their agreement is with the server's native run on the same held-out images.", ""]
+                  "Rows marked [browser] were posted to the app's /device page, not measured on the machine above. "
+                  "The app checked their answers (agreement: its own comparison with its native run on held-out "
+                  "images whose answers it never published), not who computed them: the timings and the device "
+                  "are the page's word.", ""]
         for r in browser:
             a = r.get("agreement") or {}
             d = r.get("device") or {}

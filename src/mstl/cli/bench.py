@@ -76,8 +76,9 @@ def bench(
         low = [r for r in report["results"] if r.get("status") == "ok" and r.get("accuracy") is not None
                and r["accuracy"] < min_accuracy]
         if low:
+            from ..bench.browser_rows import row_name
             raise UserError("below --min-accuracy " + f"{min_accuracy}: " + ", ".join(
-                f"{r['artifact']} {100 * r['accuracy']:.1f}%" for r in low))
+                f"{row_name(r)} {100 * r['accuracy']:.1f}%" for r in low))
     if failed:
         raise UserError(f"{len(failed)} artifact(s) could not be measured: " + "; ".join(r["error"] for r in failed))
 

@@ -1,7 +1,8 @@
 // The in-browser bench: every verified artifact of the server's exports folder, run in this browser
 // (ONNX with onnxruntime-web, .tflite with LiteRT.js; both WebAssembly with SIMD, multi-threaded when the
 // page is cross-origin isolated), timed as mstl-bench times natively, and checked against the server's
-// own answers on the run's held-out images. Results are posted to /device/results.
+// own answers on the run's held-out images: the page posts its answers to /device/results with the
+// session the manifest gave this page load, and the server (which never sends its answers) compares.
 //
 // URL options: ?runs=50 (timed runs), ?warmup=5, ?threads=N, ?models=a.onnx,b.tflite, ?samples=K.
 
@@ -267,20 +268,13 @@ function opText(row) {
   return at ? `; at the operating point (${at.threshold.toFixed(3)}) ${(100 * at.decision_agreement).toFixed(1)}%` : "";
 }
 
-function agreementOf(probs, reference) {
-  if (!reference.length) return null;
-  let same = 0;
-  const argmax = (p) => p.indexOf(Math.max(...p));
-  probs.forEach((p, i) => { if (argmax(p) === argmax(reference[i])) same++; });
-  return same / reference.length;
-}
-
 async function main() {
   $("run").disabled = true;
   $("env").textContent = `${CORES} logical core(s); cross-origin isolated: ${ISOLATED ? "yes" : "no (single-threaded WebAssembly)"}; `
     + `threads: ${THREADS}; ${RUNS} timed runs after ${WARMUP} warm-up, batch 1`;
   $("status").textContent = "Fetching the model list and the server's answers...";
   const manifest = await (await fetch("/device/manifest")).json();
+  if (manifest.stale) $("env").textContent += `; ${manifest.stale}`;
   if (!manifest.runtimes) {
     throw new Error("this installation has no in-browser runtimes: it was built without npm "
       + "(run `make web`, or scripts/fetch_web_assets.py, where the package is built)");
@@ -294,12 +288,12 @@ async function main() {
     $("status").textContent = `Running ${model.name} (${i + 1} of ${models.length})...`;
     try {
       const r = await benchOne(model, samples);
-      const ref = model.reference.slice(0, samples.length);
-      const agree = agreementOf(r.probs, ref);
+      // The server keeps its own answers: agreement is what it computes from this page's (a subset
+      // of the samples, ?samples=K, is not posted and so not checked).
       const body = {
         artifact: model.name, runtime: r.runner.runtime, backend: r.runner.backend, threads: THREADS, runs: RUNS,
         load_ms: r.loadMs, download_ms: r.downloadMs, first_ms: r.firstMs, latency_ms: r.lat, e2e_ms: r.e2e,
-        probs: r.probs, n_samples: samples.length,
+        probs: r.probs, n_samples: samples.length, session: manifest.session.id,
         device: { user_agent: navigator.userAgent, hardware_concurrency: CORES, platform: navigator.platform || "",
                   device_memory_gb: navigator.deviceMemory || 0, cross_origin_isolated: ISOLATED,
                   viewport: `${innerWidth}x${innerHeight}`, webgpu: !!navigator.gpu },
@@ -311,11 +305,12 @@ async function main() {
         if (!res.ok) throw new Error(`the server refused the result: ${row.error}`);
         posted.push(row);
       }
-      const a = row && row.agreement ? row.agreement.rate : agree;
+      const a = row && row.agreement ? row.agreement.rate : null;
       const low = a != null && a < manifest.low_agreement;
       const tr = addRow([[model.name], [`${r.runner.runtime} ${r.runner.backend}`], [fmt(r.loadMs, 0), "num"],
         [`${fmt(r.lat.p50)} / ${fmt(r.lat.p90)} / ${fmt(r.lat.p99)}`, "num"], [fmt(r.e2e && r.e2e.p50), "num"],
-        [a == null ? "n/a" : `${(100 * a).toFixed(1)}%${low ? " LOW" : ""}` + opText(row), low ? "low" : "num"]]);
+        [a == null ? (row ? "n/a" : "not checked (a subset of the samples)")
+          : `${(100 * a).toFixed(1)}%${low ? " LOW" : ""}` + opText(row), low ? "low" : "num"]]);
       tr.dataset.artifact = model.name;
       tr.dataset.p50 = r.lat.p50;
       tr.dataset.agrees = String(a != null && !low);
