@@ -152,7 +152,8 @@ def open_image(source: Source, name: str | None = None, max_pixels: int | None =
     try:
         img = source if isinstance(source, Image.Image) else Image.open(source, formats=READ_FORMATS)
         if img.width * img.height > cap:
-            raise ImageError(label, f"too many pixels ({img.width}x{img.height} > {cap:,})")
+            raise ImageError(label, f"too many pixels ({img.width}x{img.height} > {cap:,}; refused before decoding): "
+                                    "downscale it first")
         if max_pixels is not None and max(img.size) > MAX_SIDE:
             # Pillow keeps a pointer per row: a 2 x 20,000,000 sliver under the pixel cap costs 160 MB
             # of row pointers alone
