@@ -36,8 +36,7 @@ READ_FORMATS_TEXT = "JPEG, PNG, BMP, TIFF, GIF, WebP or PNM"
 
 # Pillow only warns between MAX_IMAGE_PIXELS and twice that, and decodes: a bomb is an error here,
 # also where Pillow checks inside a plugin (a TIFF tile, a GIF frame larger than its screen). The
-# pixel cap below is checked explicitly too, so the refusal does not depend on this filter.
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # training data; uploads pass a smaller cap
+# pixel cap (open_image) is checked explicitly too, so the refusal does not depend on this filter.
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
@@ -141,17 +140,24 @@ def check_finite_pixels(img: Image.Image) -> None:
         _check_finite(np.asarray(img.crop((0, r, w, min(h, r + rows)))))
 
 
+def pixel_cap(max_pixels: int | None) -> int | None:
+    """The most pixels a decode may declare: ``max_pixels`` (uploads) or Pillow's limit (training data,
+    89.5 megapixels unless changed), whichever is smaller - read per call, so a changed limit counts."""
+    caps = [c for c in (max_pixels, Image.MAX_IMAGE_PIXELS) if c]
+    return min(caps) if caps else None
+
+
 def open_image(source: Source, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
-    """Open (headers only, nothing decoded) and check the declared size against the pixel cap:
-    ``max_pixels`` for uploads, else DEFAULT_MAX_PIXELS. Only READ_FORMATS are tried. An already
-    opened picture is checked again, not reopened. Raises ImageError with a reason."""
+    """Open (headers only, nothing decoded) and check the declared size against the pixel cap (see
+    pixel_cap). Only READ_FORMATS are tried. An already opened picture is checked, not reopened.
+    Raises ImageError with a reason."""
     label = _label(source, name)
-    cap = DEFAULT_MAX_PIXELS if max_pixels is None else min(max_pixels, DEFAULT_MAX_PIXELS)
+    cap = pixel_cap(max_pixels)
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
         img = source if isinstance(source, Image.Image) else Image.open(source, formats=READ_FORMATS)
-        if img.width * img.height > cap:
+        if cap is not None and img.width * img.height > cap:
             raise ImageError(label, f"too many pixels ({img.width}x{img.height} > {cap:,}; refused before decoding): "
                                     "downscale it first")
         if max_pixels is not None and max(img.size) > MAX_SIDE:
