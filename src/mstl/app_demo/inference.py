@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..cards import card_of, file_mismatch
+from ..data.images import open_image
 from ..preprocess import Preprocess
 from ..runtimes import load_runtime
 
@@ -32,15 +33,7 @@ def check_artifact(path: Path, card: dict | None) -> str | None:
     return file_mismatch(path, card)
 
 
-def _large(data: bytes, pixels: int = 4_000_000) -> bool:
-    """Whether an upload decodes to a large picture (header only, no decode)."""
-    import io
-    from PIL import Image
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size[0] * img.size[1] >= pixels
-    except Exception:
-        return False
+LARGE_PICTURE = 4_000_000  # pixels; after decoding one this large, freed heap goes back to the system
 
 
 def _give_back_memory() -> None:
@@ -142,10 +135,15 @@ class Classifier:
 
     def _classify(self, data: bytes, name: str) -> dict[str, Any]:
         t0 = time.perf_counter()
+        # Opened once: the size check, the decode and the memory decision all read this one picture
+        # (a second Image.open of the bytes parsed, and for some formats decoded, the upload again)
+        img = open_image(data, name, self.max_pixels)
+        large = img.width * img.height >= LARGE_PICTURE  # before the decode: a JPEG draft shrinks img
         try:
-            pixels = self.preprocess.load(data, name=name, max_pixels=self.max_pixels)
+            pixels = self.preprocess.load(img, name=name, max_pixels=self.max_pixels)
         finally:
-            if len(data) and _large(data):
+            img.close()
+            if large:
                 _give_back_memory()
         t1 = time.perf_counter()
         with self._runtime() as rt:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..progress import progress_bar
 from .images import ImageError, load_image, resize_array
-from .sources import DatasetIndex, Skipped
+from .sources import DatasetIndex, Skipped, npz_image, npz_images
 
 CACHE_VERSION = 2  # 2: 16-bit, 1-bit and palette pictures reduced like 8-bit ones, slivers along their long side
 
@@ -42,8 +42,10 @@ class ImageCache:
 
 def _reader(index: DatasetIndex, size: int, method: str):
     if index.layout == "medmnist":
-        with np.load(index.root) as z:
-            arrays = {s: z[f"{s}_images"] for s in {p.split(":")[1] for p in index.paths}}
+        arrays = npz_images(index.root)  # checked again: the file may have changed since it was indexed
+        for i in range(len(index)):
+            _, split, j = index.paths[i].split(":")
+            npz_image(arrays, index.root, split, int(j))
 
         def read(i: int) -> np.ndarray:
             _, split, j = index.paths[i].split(":")

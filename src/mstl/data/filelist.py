@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import load_image, resize_array
-from .sources import DatasetIndex, index_dataset
+from .sources import DatasetIndex, index_dataset, npz_image, npz_images
 
 
 _ESCAPES = (("%", "%25"), ("\t", "%09"), ("\n", "%0A"), ("\r", "%0D"))
@@ -61,9 +61,8 @@ def load_sources(sources: list[str], size: int, method: str, workers: int = 4) -
         if ref.startswith("npz:"):
             _, file, split, i = ref.rsplit(":", 3)
             if file not in npz:
-                with np.load(file) as z:
-                    npz[file] = {k: z[k] for k in z.files if k.endswith("_images")}
-            return resize_array(npz[file][f"{split}_images"][int(i)], size, method)
+                npz[file] = npz_images(file)
+            return resize_array(npz_image(npz[file], file, split, int(i)), size, method)
         return load_image(ref, size, method)
 
     if any(s.startswith("npz:") for s in sources):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import BinaryIO, Union
 
 import numpy as np
@@ -23,7 +24,27 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 
-Source = Union[str, os.PathLike, bytes, BinaryIO]
+# The picture formats decoded, for training data and uploads alike: those IMAGE_SUFFIXES names. Pillow
+# otherwise tries every plugin it has, and some decode while *opening*, before any size can be checked:
+# an .ico whose header says 16x16 decodes its embedded 13000x13000 PNG inside Image.open (ICNS and CUR
+# the same). Icons, Photoshop, EPS, FLI, ... are no camera's, scanner's or dataset's output, and Pillow
+# picks a plugin by the bytes, not the name: refusing them here is the only check that runs before a
+# decode. The formats kept hold several pictures at most as pages that are never decoded (TIFF IFDs,
+# GIF/WebP/PNG frames, a phone's multi-picture JPEG, which opens as "JPEG"): only the first one is.
+READ_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP", "PPM")
+READ_FORMATS_TEXT = "JPEG, PNG, BMP, TIFF, GIF, WebP or PNM"
+
+# Pillow only warns between MAX_IMAGE_PIXELS and twice that, and decodes: a bomb is an error here,
+# also where Pillow checks inside a plugin (a TIFF tile, a GIF frame larger than its screen). The
+# pixel cap (open_image) is checked explicitly too, so the refusal does not depend on this filter.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+Source = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
+
+
+class NonFinitePixels(ValueError):
+    """A float picture holding NaN or infinity: it has no grey levels to show, only a broken export."""
 
 
 class ImageError(ValueError):
@@ -38,7 +59,9 @@ class ImageError(ValueError):
 def failure_reason(exc: BaseException) -> str:
     """A one-line, user-facing reason for a Pillow decode failure."""
     msg = str(exc)
-    if isinstance(exc, Image.DecompressionBombError):
+    if isinstance(exc, NonFinitePixels):
+        return msg
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return f"refused as a decompression bomb ({msg})"
     if "truncated" in msg.lower():
         return "truncated image data (the file is incomplete; re-download or remove it)"
@@ -93,21 +116,50 @@ def _high_bit_gray(img: Image.Image) -> Image.Image:
     rows = max(1, (1 << 20) // max(1, w))
     for r in range(0, h, rows):
         part = np.asarray(img.crop((0, r, w, min(h, r + rows))), dtype=np.float64)
+        _check_finite(part)
         if shift:
             part -= shift
         gray[r:r + rows] = np.clip(np.rint(part * (255.0 / top)), 0, 255)
     return Image.fromarray(gray)
 
 
+def _check_finite(part: np.ndarray) -> None:
+    if not np.isfinite(part).all():
+        raise NonFinitePixels("non-finite pixel values (NaN or infinity) in a float picture: it holds no image "
+                              "to classify; re-export it with real values")
+
+
+def check_finite_pixels(img: Image.Image) -> None:
+    """Raise NonFinitePixels when a float picture holds NaN or infinity (row blocks, no full copy).
+    Pillow's getextrema skips a NaN that is not the first pixel, so every value is looked at."""
+    if img.mode != "F":
+        return
+    w, h = img.size
+    rows = max(1, (1 << 20) // max(1, w))
+    for r in range(0, h, rows):
+        _check_finite(np.asarray(img.crop((0, r, w, min(h, r + rows)))))
+
+
+def pixel_cap(max_pixels: int | None) -> int | None:
+    """The most pixels a decode may declare: ``max_pixels`` (uploads) or Pillow's limit (training data,
+    89.5 megapixels unless changed), whichever is smaller - read per call, so a changed limit counts."""
+    caps = [c for c in (max_pixels, Image.MAX_IMAGE_PIXELS) if c]
+    return min(caps) if caps else None
+
+
 def open_image(source: Source, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
-    """Open, fully decode and turn upright (EXIF orientation). Raises ImageError with a reason."""
-    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<upload>")
+    """Open (headers only, nothing decoded) and check the declared size against the pixel cap (see
+    pixel_cap). Only READ_FORMATS are tried. An already opened picture is checked, not reopened.
+    Raises ImageError with a reason."""
+    label = _label(source, name)
+    cap = pixel_cap(max_pixels)
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
-        img = Image.open(source)
-        if max_pixels is not None and img.width * img.height > max_pixels:
-            raise ImageError(label, f"too many pixels ({img.width}x{img.height} > {max_pixels:,})")
+        img = source if isinstance(source, Image.Image) else Image.open(source, formats=READ_FORMATS)
+        if cap is not None and img.width * img.height > cap:
+            raise ImageError(label, f"too many pixels ({img.width}x{img.height} > {cap:,}; refused before decoding): "
+                                    "downscale it first")
         if max_pixels is not None and max(img.size) > MAX_SIDE:
             # Pillow keeps a pointer per row: a 2 x 20,000,000 sliver under the pixel cap costs 160 MB
             # of row pointers alone
@@ -117,11 +169,16 @@ def open_image(source: Source, name: str | None = None, max_pixels: int | None =
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(label, "not an image Pillow can read") from None
+        raise ImageError(label, f"not an image mstl reads ({READ_FORMATS_TEXT}; icons, Photoshop, EPS, ... are "
+                                "refused unread): convert it to PNG or JPEG") from None
     except FileNotFoundError:
         raise ImageError(label, "file not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except DECODE_ERRORS as e:
         raise ImageError(label, failure_reason(e)) from None
+
+
+def _label(source: Source, name: str | None) -> str:
+    return name or (str(source) if isinstance(source, (str, os.PathLike)) else "<upload>")
 
 
 def load_image(source: Source, size: int, method: str = "bilinear", name: str | None = None,
@@ -130,7 +187,7 @@ def load_image(source: Source, size: int, method: str = "bilinear", name: str | 
     if method not in _RESAMPLE:
         raise ValueError(f"unknown resize method {method!r}: choose one of {sorted(_RESAMPLE)}")
     img = open_image(source, name, max_pixels)
-    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<upload>")
+    label = _label(source, name)
     try:
         if img.format == "JPEG":
             # DCT-domain downscaling: a 12 MP photo decodes at a fraction of the cost. The result is
@@ -143,7 +200,7 @@ def load_image(source: Source, size: int, method: str = "bilinear", name: str | 
         if img.size != (size, size):
             img = img.resize((size, size), _RESAMPLE[method])
         arr = np.asarray(img, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except DECODE_ERRORS as e:
         raise ImageError(label, failure_reason(e)) from None
     if arr.shape != (size, size, 3):
         raise ImageError(label, f"decoded to unexpected shape {arr.shape}")
@@ -200,11 +257,13 @@ def _depalette(img: "Image.Image") -> "Image.Image":
 def verify_image(path: str) -> str | None:
     """None when the file decodes completely, else the reason it does not."""
     try:
-        open_image(path).load()
+        img = open_image(path)
+        img.load()
+        check_finite_pixels(img)
         return None
     except ImageError as e:
         return e.reason
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except DECODE_ERRORS as e:
         return failure_reason(e)
 
 

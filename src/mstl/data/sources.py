@@ -249,21 +249,110 @@ def _index_folders(root: Path, layout: str, split_roots: dict, images_subdir: st
                         skipped, ignored)
 
 
-def _index_npz(path: Path) -> DatasetIndex:
+MAX_NPZ_CLASSES = 1000  # class numbers above this are a broken file, not a dataset (a label of 2e9 was a MemoryError)
+NPZ_SPLITS = ("train", "val", "test")
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+    """(shape, dtype, bytes stored) of every array in an .npz file, from the .npy headers: nothing is
+    loaded, so a header that declares more than the file holds is found before any allocation."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as zf:
+            out = {}
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                out[info.filename[:-4]] = (tuple(shape), dtype, info.file_size)
+            return out
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{path}: not a MedMNIST .npz ({e}: not a zip archive, or a truncated one); download it "
+                        "again, or give a dataset folder") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: cannot read as .npz ({e}); download it again") from None
+
+
+def _check_npz_split(path: Path, split: str, headers: dict) -> None:
+    """The images and labels of one split, as their headers declare them, are what indexing assumes."""
+    (ishape, idtype, istored), (lshape, ldtype, lstored) = headers[f"{split}_images"], headers[f"{split}_labels"]
+    images, labels = f"{split}_images", f"{split}_labels"
+    for name, (shape, dtype, stored) in ((images, headers[images]), (labels, headers[labels])):
+        declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if declared > stored:
+            raise DataError(f"{path}: {name} declares {shape} ({declared:,} bytes) but holds {stored:,}; the file is "
+                            "damaged: download it again")
+    if len(ishape) not in (3, 4) or min(ishape[1:3], default=0) < 1 or (len(ishape) == 4 and ishape[3] not in (1, 3, 4)):
+        raise DataError(f"{path}: {images} has shape {ishape}; MedMNIST images are (N, H, W) or (N, H, W, 1|3|4): "
+                        "reshape flat rows to (N, H, W) before saving")
+    if idtype != np.uint8:
+        raise DataError(f"{path}: {images} is {idtype}; MedMNIST images are uint8 0..255: save them as "
+                        "np.clip(x, 0, 255).astype(np.uint8) (scale [0, 1] floats by 255 first)")
+    if not np.issubdtype(ldtype, np.integer):
+        raise DataError(f"{path}: {labels} is {ldtype}; labels must be integer class numbers 0, 1, 2, ...")
+    if len(lshape) not in (1, 2) or (len(lshape) == 2 and lshape[1] != 1):
+        raise DataError(f"{path}: {labels} has shape {lshape}; one class number per image, shape (N,) or (N, 1) "
+                        "(multi-label files such as ChestMNIST are not supported)")
+    if lshape[0] != ishape[0]:
+        raise DataError(f"{path}: {images} holds {ishape[0]:,} images but {labels} {lshape[0]:,} labels; each image "
+                        "needs exactly one label: fix the file")
+
+
+def npz_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+    """The validated headers of a MedMNIST file's splits (``<split>_images`` / ``<split>_labels``)."""
+    headers = _npz_headers(path)
+    splits = [s for s in NPZ_SPLITS if f"{s}_images" in headers or f"{s}_labels" in headers]
+    if not splits:
+        raise DataError(f"{path}: no MedMNIST keys (expected train_images/train_labels, val_..., test_...); "
+                        f"found {sorted(headers)}")
+    for s in splits:
+        missing = [k for k in (f"{s}_images", f"{s}_labels") if k not in headers]
+        if missing:
+            raise DataError(f"{path}: {missing[0]} is missing while its split has "
+                            f"{'labels' if missing[0].endswith('images') else 'images'}; add it or remove the split")
+        _check_npz_split(path, s, headers)
+    return {k: v for k, v in headers.items() if k.split("_")[0] in splits}
+
+
+def npz_images(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The image arrays of a MedMNIST file by split, checked as indexing checks them."""
+    path = Path(path)
+    headers = npz_arrays(path)
     try:
         with np.load(path) as z:
-            keys = set(z.files)
-            label_arrays = {s: np.asarray(z[f"{s}_labels"]).reshape(-1) for s in ("train", "val", "test")
-                            if f"{s}_images" in keys and f"{s}_labels" in keys}
-    except (OSError, ValueError) as e:
+            return {k[: -len("_images")]: z[k] for k in headers if k.endswith("_images")}
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: cannot read its images ({e}); download it again") from None
+
+
+def npz_image(arrays: dict[str, np.ndarray], path: str, split: str, i: int) -> np.ndarray:
+    """Image ``i`` of ``split``, or a DataError when the file no longer holds it (replaced since listed)."""
+    if split not in arrays or not 0 <= i < len(arrays[split]):
+        held = len(arrays[split]) if split in arrays else 0
+        raise DataError(f"{path}: no image {i} in {split}_images (it holds {held:,}); the file changed since it was "
+                        "indexed: run the command again on the new file")
+    return arrays[split][i]
+
+
+def _index_npz(path: Path) -> DatasetIndex:
+    headers = npz_arrays(path)
+    try:
+        with np.load(path) as z:
+            label_arrays = {s: np.asarray(z[f"{s}_labels"]).reshape(-1) for s in NPZ_SPLITS if f"{s}_labels" in headers}
+    except (OSError, ValueError, EOFError) as e:
         raise DataError(f"{path}: cannot read as .npz ({e})") from None
-    if not label_arrays:
-        raise DataError(f"{path}: no MedMNIST keys (expected train_images/train_labels, val_..., test_...); found {sorted(keys)}")
     for s, lab in label_arrays.items():
-        if lab.size and (not np.issubdtype(lab.dtype, np.integer) or lab.min() < 0):
-            bad = lab[lab < 0][:1] if np.issubdtype(lab.dtype, np.number) else lab[:1]
-            raise DataError(f"{path}: {s}_labels must be class numbers 0, 1, 2, ... (found {bad.tolist()} of dtype "
-                            f"{lab.dtype}); fix the file's labels")
+        if lab.size and lab.min() < 0:
+            raise DataError(f"{path}: {s}_labels must be class numbers 0, 1, 2, ... (found {lab[lab < 0][:1].tolist()} "
+                            f"of dtype {lab.dtype}); fix the file's labels")
+        if lab.size and lab.max() >= MAX_NPZ_CLASSES:
+            raise DataError(f"{path}: {s}_labels holds class number {int(lab.max()):,}; labels are class numbers "
+                            f"0, 1, 2, ... (at most {MAX_NPZ_CLASSES:,} classes): fix the file's labels")
+    if not sum(lab.size for lab in label_arrays.values()):
+        raise DataError(f"{path}: the .npz holds no images; give a file with images in train_images/val_/test_")
     n_classes = int(max(int(a.max(initial=0)) for a in label_arrays.values())) + 1
     stem = path.stem.split("_")[0].lower()
     classes = MEDMNIST_CLASSES.get(stem, [f"class_{i}" for i in range(n_classes)])

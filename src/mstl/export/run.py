@@ -77,6 +77,20 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def final_activation(model) -> str:
+    """The name of the function the model's output goes through last: a layer's own activation
+    (Dense(..., activation="softmax"), Activation("softmax")) or a Softmax layer over the class axis,
+    looked for inside a nested model (a Sequential wrapping the network) too."""
+    last = model.layers[-1] if model.layers else None
+    while getattr(last, "layers", None):  # a nested Model/Sequential: its own last layer decides
+        last = last.layers[-1]
+    if last is None:
+        return ""
+    if type(last).__name__ == "Softmax" and getattr(last, "axis", -1) in (-1, 1):
+        return "softmax"
+    return getattr(getattr(last, "activation", None), "__name__", "")
+
+
 def check_classifier(model) -> int:
     """The number of classes, or a clear error when the model is not an image classifier."""
     shape_in, shape_out = model.input_shape, model.output_shape
@@ -84,8 +98,7 @@ def check_classifier(model) -> int:
         raise ValueError("the model has several inputs or outputs; mstl exports single-image classifiers")
     if len(shape_in) != 4 or shape_in[-1] != 3 or shape_in[1] != shape_in[2]:
         raise ValueError(f"the model's input {shape_in} is not a square RGB image (None, S, S, 3)")
-    last = model.layers[-1]
-    act = getattr(getattr(last, "activation", None), "__name__", "")
+    act = final_activation(model)
     if len(shape_out) != 2 or shape_out[-1] < 2 or act != "softmax":
         raise ValueError(f"the model is not a classifier: output {shape_out}, last activation {act or 'none'} "
                          "(need a softmax over at least 2 classes)")
