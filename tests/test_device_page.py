@@ -20,7 +20,7 @@ def bench_app(smoke_exports, tmp_path):
     from mstl.app_demo.server import create_app
     run = tmp_path / "run"
     shutil.copytree(smoke_exports.parent, run, ignore=shutil.ignore_patterns("bench", "stage1", "stage2", "cache"))
-    clf = Classifier(run / "exports" / "classifier-int8.tflite", workers=1)
+    clf = Classifier(run / "exports" / "classifier-int8.tflite", workers=1, uncertain_band=0.05)
     return run, create_app(clf), TestClient(create_app(clf))
 
 
@@ -86,6 +86,21 @@ def test_posted_rows_are_checked_not_trusted(bench_app):
     assert any("operating point" in n for n in same["notes"])
 
 
+def _answers_are_the_apps(run, best, answers):
+    """The page's own answers with its fastest agreeing model are the app's decisions (card threshold,
+    temperature, the app's 'uncertain - refer' band) on the server's probabilities for the same samples."""
+    from mstl.decision import decide
+    card = json.loads((run / "exports" / f"{best}.json").read_text())
+    labels = card["labels"]
+    server = decide(np.asarray(_reference(run, best)), card["decision"], 0.05)
+    assert len(answers) == len(server) > 0
+    want = ["uncertain - refer" if d["uncertain"] else labels[d["label_index"]] for d in server]
+    same = np.mean([a[0] == w for a, w in zip(answers, want)])
+    assert same >= 0.95, (answers, want)
+    assert np.allclose([a[1] for a in answers], [d["positive_probability"] for d in server], atol=0.02)
+    assert all("the operating point (sensitivity=0.95" in a[2] for a in answers), answers[:3]
+
+
 def test_batch_one_copy_of_a_tflite_gives_the_same_answers(smoke_exports):
     from ai_edge_litert.interpreter import Interpreter
     from mstl.app_demo.device import fixed_batch_tflite
@@ -123,11 +138,14 @@ def test_phone_browser_runs_the_models_and_its_rows_reach_mstl_bench(bench_app, 
         page.wait_for_selector("[data-testid=done]:not([hidden])", timeout=300_000)
         saved = json.loads(page.inner_text("[data-testid=done]"))
         best = page.get_attribute("[data-testid=best]", "data-artifact")
+        answers = page.eval_on_selector_all("#answers tr", "rows => rows.map(r => [r.dataset.label, "
+                                            "+r.children[1].textContent, r.children[3].textContent])")
         page.screenshot(path=str(tmp_path / "device.png"), full_page=True)
         browser.close()
     outside = [u for u in requests if not u.startswith(origin) and not u.startswith(("data:", "blob:"))]
     assert not outside, f"the page fetched from outside the server: {outside}"
     assert len(saved) >= 2 and best
+    _answers_are_the_apps(run, best, answers)
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(bench_cli, [str(run / "exports"), "--include-device-results", "--runs", "5",
                                          "--warmup", "1", "--threads", "1", "--json", str(out)])

@@ -78,9 +78,11 @@ class DeviceSession(DeviceError):
 
 
 class DeviceBench:
-    def __init__(self, exports: Path, n_samples: int = 100, max_rows: int = MAX_STORED_ROWS):
+    def __init__(self, exports: Path, n_samples: int = 100, max_rows: int = MAX_STORED_ROWS,
+                 uncertain_band: float = 0.0):
         self.exports = Path(exports)
         self.max_rows = max_rows
+        self.uncertain_band = uncertain_band  # the app's: the page answers "uncertain - refer" as /predict does
         self.artifacts: dict[str, dict] = {}
         for path in sorted(self.exports.iterdir()) if self.exports.is_dir() else []:
             if path.suffix in BROWSER_FORMATS:
@@ -183,7 +185,7 @@ class DeviceBench:
         return {"models": models, "session": self.new_session(),
                 # ids only: a label or a file name (often the class's) would let a page guess the answers
                 "samples": [{"id": i, "url": f"/device/samples/{i}"} for i in range(len(self.samples))],
-                "low_agreement": LOW_AGREEMENT, "runtimes": packaged_runtimes(),
+                "low_agreement": LOW_AGREEMENT, "runtimes": packaged_runtimes(), "uncertain_band": self.uncertain_band,
                 "stale": self.stale_note(stale), "max_body_bytes": self.max_body_bytes(),
                 "note": None if self.samples else "no held-out samples (none asked for, or the exports folder is not "
                                                   "inside a run dir): agreement with the server cannot be measured"}

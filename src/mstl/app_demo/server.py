@@ -135,7 +135,7 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
     page = static.joinpath("index.html").read_text()
     device_page = static.joinpath("device.html").read_text()
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
-    bench = device if device is not None else DeviceBench(classifier.path.parent)
+    bench = device if device is not None else DeviceBench(classifier.path.parent, uncertain_band=classifier.uncertain_band)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

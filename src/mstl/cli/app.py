@@ -81,7 +81,7 @@ def serve(
     say(f"serving {clf.path.name} ({clf.runtime}, labels {clf.labels}) on {scheme}://{host}:{port}; "
         f"the in-browser bench is at {scheme}://{host}:{port}/device")
     from ..app_demo.device import DeviceBench
-    device = DeviceBench(clf.path.parent, n_samples=device_samples)
+    device = DeviceBench(clf.path.parent, n_samples=device_samples, uncertain_band=uncertain_band)
     uvicorn.run(create_app(clf, int(max_upload_mb * 1024 * 1024), device), host=host, port=port, log_level="warning",
                 ssl_certfile=str(ssl_certfile) if ssl_certfile else None, ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
 

@@ -268,6 +268,45 @@ function opText(row) {
   return at ? `; at the operating point (${at.threshold.toFixed(3)}) ${(100 * at.decision_agreement).toFixed(1)}%` : "";
 }
 
+// The app's decision (src/mstl/decision.py decide), redone here on this device's probabilities: the
+// card's temperature, softmax(log p / T), then its threshold on the positive class; "uncertain - refer"
+// within the app's band. A card without an operating point decides by the most probable class.
+function decideHere(p, model, band) {
+  const d = model.decision, labels = model.labels || p.map((_, i) => String(i));
+  if (!d || !d.chosen_on || p.length !== 2) {
+    const k = p.indexOf(Math.max(...p));
+    return { label: labels[k], probability: p[k], text: "no operating point in the model card: the most probable class (0.5)" };
+  }
+  const T = d.temperature || 1, pos = d.positive_index ?? 1, t = d.threshold;
+  const logp = p.map((v) => Math.log(Math.min(Math.max(v, 1e-12), 1)) / T), top = Math.max(...logp);
+  const e = logp.map((v) => Math.exp(v - top)), s = e[pos] / (e[0] + e[1]);
+  const side = s >= t ? "above" : "below", sens = d.validation_sensitivity;
+  const what = `${d.target}` + (sens != null ? `, sensitivity ${Math.round(100 * sens)}% on validation` : "");
+  const uncertain = band > 0 && Math.abs(s - t) < band;
+  return { label: uncertain ? "uncertain - refer" : labels[s >= t ? pos : 1 - pos], probability: s,
+           text: `${side} the operating point (${what})` + (uncertain ? `; within ${band} of the threshold` : "") };
+}
+
+// This device's own answers, per sample, as a clinician-facing prototype would show them.
+function showAnswers(model, probs, band) {
+  const body = $("answers");
+  body.replaceChildren();
+  $("answers-of").textContent = model.name;
+  probs.forEach((p, i) => {
+    const a = decideHere(p, model, band);
+    const tr = document.createElement("tr");
+    tr.dataset.label = a.label;
+    for (const [text, kind] of [[`#${i}`], [a.probability.toFixed(3), "num"], [a.label], [a.text, "muted"]]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (kind) td.className = kind;
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  });
+  $("answers-card").hidden = !probs.length;
+}
+
 async function main() {
   $("run").disabled = true;
   $("env").textContent = `${CORES} logical core(s); cross-origin isolated: ${ISOLATED ? "yes" : "no (single-threaded WebAssembly)"}; `
@@ -283,11 +322,12 @@ async function main() {
   const samples = [];
   for (const s of sampleList) samples.push({ ...s, blob: await (await fetch(s.url)).blob() });
   const models = manifest.models.filter((m) => !ONLY || ONLY.includes(m.name));
-  const posted = [];
+  const posted = [], answers = {};
   for (const [i, model] of models.entries()) {
     $("status").textContent = `Running ${model.name} (${i + 1} of ${models.length})...`;
     try {
       const r = await benchOne(model, samples);
+      answers[model.name] = { model, probs: r.probs };
       // The server keeps its own answers: agreement is what it computes from this page's (a subset
       // of the samples, ?samples=K, is not posted and so not checked).
       const body = {
@@ -325,6 +365,7 @@ async function main() {
     $("best").textContent = `Fastest that agrees with the server: ${best.dataset.artifact} `
       + `(${(+best.dataset.p50).toFixed(2)} ms p50, ${best.children[1].textContent}).`;
     $("best").dataset.artifact = best.dataset.artifact;
+    showAnswers(answers[best.dataset.artifact].model, answers[best.dataset.artifact].probs, manifest.uncertain_band || 0);
   } else {
     $("best").textContent = "No model both ran here and agreed with the server.";
   }
