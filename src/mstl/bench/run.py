@@ -15,7 +15,7 @@ from ..cards import MANIFEST, CardError, card_of, file_mismatch, read_manifest
 from ..preprocess import Preprocess
 from ..progress import say
 from ..machine import machine_info
-from .measure import measure_isolated
+from .measure import DEFAULT_TIMEOUT_S, measure_isolated
 from .report import measured_here
 
 
@@ -91,7 +91,7 @@ def labelled_data(artifacts: list[Artifact], data: Path | None
 
 
 def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: int, warmup: int,
-              extra_rows: list[dict] | None = None) -> dict[str, Any]:
+              extra_rows: list[dict] | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     artifacts = collect(paths)
     if not artifacts and not extra_rows:
         raise BenchError("nothing to measure")
@@ -126,10 +126,10 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         if a.format == "keras" and len(threads) > 1:
             # TensorFlow fixes its thread count once per process: one process per thread count
             parts = [measure_isolated(str(a.path), [t], runs, warmup, pixels, y, names, e2e if t == threads[-1] else [],
-                                      prep=prep) for t in threads]
+                                      timeout=timeout, prep=prep) for t in threads]
             r = next((p for p in parts if p["status"] != "ok"), None) or _merge_threads(parts)
         else:
-            r = measure_isolated(str(a.path), threads, runs, warmup, pixels, y, names, e2e, prep=prep)
+            r = measure_isolated(str(a.path), threads, runs, warmup, pixels, y, names, e2e, timeout=timeout, prep=prep)
         r.update({"format": a.format, "precision": a.precision, "artifact": a.path.name, "path": str(a.path)})
         if card is None and a.format != "keras":
             r["verified"] = False  # unverified is the default: nothing says this file passed a gate
