@@ -629,6 +629,9 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
         sel = json.loads(sel_path.read_text())
         decision = sel.get("decision")
         model_path = store.dir / sel["model"]
+        if not model_path.is_file():
+            raise FileNotFoundError(f"{model_path}: the model selection.json chose for deployment is missing; run "
+                                    f"`mstl-train stage2 {run_dir}` to train it again (or pass --model FILE)")
         say(f"model: {model_path} (stage 2 on the bridge size {sel['size']} model, seed {sel['seed']}: {sel['why']})")
     # Held out: the test and validation splits (neither trained the model); the gate adds the training
     # images that do not calibrate.
