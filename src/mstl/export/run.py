@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from ..formats import MIN_INT8_MAC_SHARE, BuildOptions, Format, Recipe
 from ..progress import say
 from ..machine import cpu_flags, cpu_model, u8s8_may_saturate
 from ..preprocess import Preprocess
+from ..outputs import OutputError
 from ..runtimes import load_runtime
 from .gate import CONFIRM_WANTED, SELECTION_MARGIN, SELECTION_SHARE, SPLIT_SEED, Gate
 from .mixed import RANK_IMAGES
@@ -171,17 +173,56 @@ def run_export(job: ExportJob) -> dict[str, Any]:
     # kill leaves the old folder as it was, and no file of an earlier export outlives its manifest.
     staging = final.parent / f".{final.name}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as e:  # before any work: a read-only or full --out fails now, not after the export
+        raise _write_failed(e, final) from None
     job.out_dir = staging
     try:
-        manifest = _export_all(job, model)
-    except BaseException:
+        with _scratch_in(staging / SCRATCH):
+            manifest = _export_all(job, model)
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
         job.out_dir = final
+        if isinstance(e, OSError):
+            raise _write_failed(e, final) from None
         raise
     _swap_in(staging, final)
     job.out_dir = final
     return manifest
+
+
+SCRATCH = ".scratch"  # inside the staging folder: a killed export's scratch goes with it (_recover_leftovers)
+
+
+def _write_failed(e: OSError, final: Path) -> Exception:
+    from ..outputs import reason
+    why = reason(e)
+    if why is None:
+        return e
+    kept = "the previous exports there are as they were" if final.exists() else "nothing was written"
+    return OutputError(f"{final}: cannot write the exports: {why}; {kept}. Free some space (or choose another --out) "
+                    "and export again")
+
+
+@contextmanager
+def _scratch_in(folder: Path):
+    """Every temporary file of the export (converters, LiteRT, ONNX Runtime, the explain pass) inside
+    ``folder``, removed at the end; a ``kill -9`` leaves it inside the staging folder, which the next
+    export removes - never megabytes in /tmp that nothing cleans."""
+    folder.mkdir(parents=True, exist_ok=True)
+    saved_dir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = str(folder)
+    os.environ["TMPDIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = saved_dir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -302,7 +343,7 @@ def _export_all(job: ExportJob, model) -> dict[str, Any]:
     ready = _Int8Ready(job.model_path, calibration)
     machine = {"cpu": cpu_model(), "cpu_flags": cpu_flags()}
     rows = []
-    with tempfile.TemporaryDirectory(prefix="mstl-export-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mstl-export-", dir=tempfile.gettempdir()) as tmp:  # in the staging folder
         work = Path(tmp)
         for fmt in job.formats:
             rows.append(_export_one(fmt, model, ready, work, job, gate, calibration, machine))
