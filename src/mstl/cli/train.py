@@ -446,9 +446,15 @@ app.command("stage2")(friendly(_with_engine_flags(_stage2)))
 @app.command()
 @friendly
 def report(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing run dir")):
-    """Regenerate report.md, trials.csv and the figures from a run dir's records."""
-    from ..report.build import build_report
-    say(f"report: {build_report(run_dir)}")
+    """Regenerate report.md, trials.csv and the figures from a run dir's records (a run still in progress
+    is reported as incomplete, with how many of its trials are done)."""
+    from ..report.build import build_report, study_progress
+    from ..train.store import RunStore
+    out = build_report(run_dir)
+    summary = study_progress(RunStore(run_dir))["summary"]
+    if summary:
+        warn(f"{summary}: report.md and claims.json say so; every figure and verdict is provisional")
+    say(f"report: {out}")
 
 
 def main() -> None:

@@ -307,6 +307,21 @@ class RunStore:
             say(f"removed {len(stale)} temporary file(s) left by an interrupted write, e.g. "
                 f"{stale[0].relative_to(self.dir)}")
 
+    def writer(self) -> str | None:
+        """The process id of another mstl-train holding this run dir's lock (training it right now), or
+        None. A shared lock taken and dropped at once: it fails only while a writer holds the lock."""
+        import fcntl
+        if str(self.dir.resolve()) in _LOCKS or not (self.dir / ".lock").is_file():
+            return None
+        fd = os.open(self.dir / ".lock", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)  # closing drops the shared lock
+        return None
+
     def config(self) -> RunConfig:
         if not self.config_path.exists():
             raise RunDirError(f"{self.dir}: no config.json - not a run directory (run `mstl-train full` first)")
