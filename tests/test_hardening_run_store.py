@@ -185,3 +185,25 @@ def test_export_refuses_a_selection_whose_model_is_gone(tmp_path):
     with pytest.raises(FileNotFoundError, match="classifier-size-24-seed-1.keras: the model selection.json chose .* is "
                                                 "missing; run `mstl-train stage2"):
         job_from_run(store.dir, select(["onnx"], set(), {}), None, None, 200, "uint8", {})
+
+
+def test_full_disk_during_mstl_train_full_is_one_line_and_resumable(tmp_path, monkeypatch):
+    """The real command, its first model save meeting a full disk: one line naming the folder, no temporary
+    file anywhere in the run dir, and no record of a trial whose model was not saved."""
+    from typer.testing import CliRunner
+    from mstl.cli.train import app
+    from mstl.tf_env import keras
+
+    def full_disk(self, path, *a, **k):
+        with open(path, "wb") as fh:
+            fh.write(b"PK half a zip")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(keras.Model, "save", full_disk)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["full", "--preset", "smoke", "--weights", "none", "--sizes", "24", "--run-dir", str(run)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert f"{run / 'stage1' / 'size-24-seed-1'}: cannot write frozen-140.keras: the disk is full" in out
+    assert "rerun the same command" in out and "Traceback" not in res.output
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name or p.name.endswith(".keras")]
+    assert not (run / "results.jsonl").exists() or (run / "results.jsonl").read_text() == ""

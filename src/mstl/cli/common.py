@@ -53,10 +53,13 @@ def friendly(fn: Callable) -> Callable:
             console.print("interrupted: finished trials are kept; rerun the same command to resume")
             raise typer.Exit(130)
         except Exception as e:
-            if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and not os.environ.get("MSTL_DEBUG"):
-                # a full disk or a read-only folder met anywhere (a library's own write): one line naming it
-                from ..outputs import write_error
-                e = write_error(e, None) or e
+            if isinstance(e, OSError) and not os.environ.get("MSTL_DEBUG"):
+                # a full disk or a read-only file system met anywhere (a library's own write): one line
+                # naming it. Not EACCES: a file that cannot be *read* raises that too.
+                import errno
+                from ..outputs import DISK_FULL, write_error
+                if e.errno in DISK_FULL + (errno.EROFS,):
+                    e = write_error(e, None) or e
             if os.environ.get("MSTL_DEBUG") or not isinstance(e, known_errors()):
                 raise
             console.print(f"error: {e}", style="bold red", markup=False, highlight=False)
