@@ -158,4 +158,4 @@ def test_worker_that_hangs_after_reporting_is_not_left_running(tmp_path):
 
 def test_timeout_flag_is_checked(artifact, no_measuring):
     res = runner.invoke(app, [str(artifact), "--threads", "1", "--timeout", "0"])
-    assert res.exit_code == 2 and "--timeout" in res.output
+    assert res.exit_code == 2 and "--timeout must be a positive number of seconds" in res.output

@@ -122,3 +122,20 @@ def test_observed_text_for_each_claim_shape():
     assert observed_text({"mean": 0.7123, "units": 3}) == "mean 71.2% over 3 (draw, seed) unit(s)"
     assert observed_text({"mean": None, "units": 0}) == "no stage-2 result yet"
     assert observed_text(None) == "-"
+
+
+def test_incomplete_report_needs_no_tensorflow(run):
+    """The progress count reads the depth grid from the base registry, not from Keras: `report` stays TF-free."""
+    run.add_trial(_trial(24, 140, 0.6))
+    code = ("import sys, importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx'):\n"
+            "            raise ImportError('blocked: ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from mstl.cli.train import app\n"
+            "app(['report', sys.argv[1]])\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run([sys.executable, "-c", code, str(run.dir)], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "incomplete: 1 of at most 7 trials" in " ".join((res.stdout + res.stderr).split())
