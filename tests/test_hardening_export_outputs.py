@@ -115,3 +115,54 @@ def test_export_cli_prints_a_full_disk_as_one_line(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text("{}")
     res = CliRunner().invoke(app, [str(tmp_path)])
     assert res.exit_code == 2 and "the disk is full" in res.output and "Traceback" not in res.output
+
+
+def _run_with_selection(tmp_path):
+    from mstl.config import preset
+    from mstl.train.store import RunStore
+    store = RunStore(tmp_path / "run")
+    store.open(preset("smoke"), "fp")
+    model = store.dir / "stage2" / "classifier-size-24-seed-1.keras"
+    model.parent.mkdir()
+    model.write_bytes(b"model")
+    store.write_json("selection.json", {"size": 24, "seed": 1, "why": "best", "model": str(model.relative_to(store.dir))})
+    return store
+
+
+def _job(store):
+    from mstl.export.run import job_from_run
+    from mstl.formats import select
+    return job_from_run(store.dir, select(["onnx"], set(), {}), None, None, 200, "uint8", {})
+
+
+def test_export_of_a_run_dir_without_its_split_lists_is_named(tmp_path):
+    store = _run_with_selection(tmp_path)
+    with pytest.raises(FileNotFoundError, match="target_test.tsv: missing - the run dir's test split list"):
+        _job(store)
+
+
+def test_export_of_a_run_being_trained_warns(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import mstl.progress
+    import mstl.train.store as s
+    warned = []
+    monkeypatch.setattr(mstl.progress, "warn", warned.append)
+    from mstl.data.filelist import write_list
+    store = _run_with_selection(tmp_path)
+    for name in ("target_test.tsv", "target_train.tsv"):
+        write_list(store.dir / name, ["a.png", "b.png"], np.array([0, 1]))
+    (store.dir / "labels.txt").write_text("a\nb\n")
+    os.close(s._LOCKS.pop(str(store.dir.resolve())))
+    code = ("import sys, time; from mstl.train.store import RunStore; RunStore(sys.argv[1]).lock(); "
+            "print('locked', flush=True); time.sleep(60)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    trainer = subprocess.Popen([sys.executable, "-c", code, str(store.dir)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert trainer.stdout.readline().strip() == "locked"
+        job = _job(store)
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert job.labels == ["a", "b"]
+    assert any(f"is being trained now (process {trainer.pid})" in w for w in warned), warned

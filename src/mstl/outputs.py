@@ -31,7 +31,7 @@ def write_error(e: OSError, path: str | os.PathLike | None, fix: str = "") -> Ou
     if why is None:
         return None
     target = Path(path) if path is not None else Path(e.filename) if getattr(e, "filename", None) else None
-    where = f"{target.parent if target is not None and target.suffix else target}: " if target is not None else ""
+    where = f"{target.parent}: " if target is not None else ""
     tail = f"; {fix}" if fix else "; free some space (or choose another folder) and run the command again"
     return OutputError(f"{where}cannot write {target.name if target is not None else 'an output'}: {why}{tail}")
 

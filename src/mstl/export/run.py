@@ -662,6 +662,11 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
 
     store = RunStore(run_dir)
     cfg = store.config()
+    writer = store.writer()
+    if writer:
+        from ..progress import warn
+        warn(f"{run_dir} is being trained now (process {writer}): its selection.json may not be its final choice; "
+             "export again when the run has finished")
     decision = None  # an operating point belongs to the run's own deployed model, not to --model FILE
     if model_path is None:
         sel_path = store.dir / "selection.json"
@@ -676,7 +681,14 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
         say(f"model: {model_path} (stage 2 on the bridge size {sel['size']} model, seed {sel['seed']}: {sel['why']})")
     # Held out: the test and validation splits (neither trained the model); the gate adds the training
     # images that do not calibrate.
-    from ..train.store import read_split
+    from ..train.store import SPLIT_LISTS, read_split
+    for split in ("test", "train"):
+        if read_split(store.dir, split) is None:
+            raise FileNotFoundError(f"{store.dir / SPLIT_LISTS[split]}: missing - the run dir's {split} split list "
+                                    "(written by mstl-train); copy the run dir whole, or pass --model FILE --data DIR")
+    if not (store.dir / "labels.txt").is_file():
+        raise FileNotFoundError(f"{store.dir / 'labels.txt'}: missing (written by mstl-train); copy the run dir whole, "
+                                "or pass --model FILE --data DIR --labels A,B")
     test_src, test_y = read_split(store.dir, "test")
     val_src, val_y = read_split(store.dir, "val") or ([], np.zeros(0, int))
     verify_src = test_src + val_src
