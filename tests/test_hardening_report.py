@@ -139,3 +139,10 @@ def test_incomplete_report_needs_no_tensorflow(run):
     res = subprocess.run([sys.executable, "-c", code, str(run.dir)], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "incomplete: 1 of at most 7 trials" in " ".join((res.stdout + res.stderr).split())
+
+
+def test_no_stage2_yet_leaves_no_claims_json(run):
+    (run.dir / "claims.json").write_text('[{"claim": "from an older state of this run", "verdict": "supported"}]')
+    run.add_trial(_trial(24, 140, 0.6))
+    build_report(run.dir)
+    assert not (run.dir / "claims.json").exists()

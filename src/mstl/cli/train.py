@@ -453,7 +453,8 @@ def report(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing
     out = build_report(run_dir)
     summary = study_progress(RunStore(run_dir))["summary"]
     if summary:
-        warn(f"{summary}: report.md and claims.json say so; every figure and verdict is provisional")
+        said = "report.md and claims.json say" if (Path(run_dir) / "claims.json").exists() else "report.md says"
+        warn(f"{summary}: {said} so; every figure and verdict is provisional")
     say(f"report: {out}")
 
 

@@ -275,6 +275,8 @@ def build_report(run_dir: str | Path) -> Path:
             c["incomplete"] = progress["summary"]
     if claims:
         store.write_json("claims.json", claims)
+    else:  # no stage-2 record (yet): an older claims.json would describe results the records no longer hold
+        (store.dir / "claims.json").unlink(missing_ok=True)
 
     fields = ["size", "frozen", "seed", "mode", "val_accuracy", "val_loss", "train_accuracy", "train_loss",
               "epochs", "best_epoch", "trainable_params", "n_train", "n_val", "seconds"]
