@@ -146,3 +146,26 @@ def test_no_stage2_yet_leaves_no_claims_json(run):
     run.add_trial(_trial(24, 140, 0.6))
     build_report(run.dir)
     assert not (run.dir / "claims.json").exists()
+
+
+def test_full_disk_while_drawing_a_figure_leaves_no_truncated_png(run, monkeypatch):
+    import errno
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from mstl.outputs import OutputError
+    run.add_trial(_trial(24, 140, 0.6))
+    build_report(run.dir)
+    before = (run.dir / "figures" / "fig3_heatmap.png").read_bytes()
+    real = Figure.savefig
+
+    def full(self, fname, *a, **k):
+        with open(fname, "wb") as fh:
+            fh.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Figure, "savefig", full)
+    with pytest.raises(OutputError, match="figures: cannot write fig2a_frozen_vs_size.png: the disk is full"):
+        build_report(run.dir)
+    monkeypatch.setattr(Figure, "savefig", real)
+    assert (run.dir / "figures" / "fig3_heatmap.png").read_bytes() == before
+    assert not [p for p in (run.dir / "figures").iterdir() if p.name.startswith(".")]

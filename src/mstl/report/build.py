@@ -95,6 +95,15 @@ def _unit_accuracy(draws: list[dict], size: int) -> list[float]:
     return [r["accuracy"] for d in draws for r in d["stage2"] if r["size"] == size]
 
 
+def save_figure(fig, path: Path, **kwargs) -> None:
+    """``fig`` as ``path`` (its format from the suffix), written under a temporary name and renamed: a full
+    disk leaves the previous figure or none, never a truncated one."""
+    import os
+    from ..train.store import write_via_temp
+    write_via_temp(path, path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}"),
+                    lambda tmp: fig.savefig(tmp, **kwargs))
+
+
 def _save_size_figure(plt, fig, ax, ylabel: str, title: str, figdir: Path, name: str) -> str:
     """Axes, legend and file of a figure over bridge size: a log axis puts a run's sizes and the
     paper's 10k..80k on one plot."""
@@ -105,7 +114,7 @@ def _save_size_figure(plt, fig, ax, ylabel: str, title: str, figdir: Path, name:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(figdir / name)
+    save_figure(fig, figdir / name)
     plt.close(fig)
     return f"figures/{name}"
 
@@ -186,7 +195,7 @@ def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[in
     ax.set_ylabel("optimal frozen layers")
     ax.set_title("Fig. 3 - size x frozen -> stage-2 accuracy" + note, fontsize=10)
     fig.tight_layout()
-    fig.savefig(figdir / "fig3_heatmap.png")
+    save_figure(fig, figdir / "fig3_heatmap.png")
     plt.close(fig)
     made.append("figures/fig3_heatmap.png")
 
@@ -202,7 +211,7 @@ def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[in
     ax.grid(alpha=0.3)
     ax.legend(title="size", fontsize=7)
     fig.tight_layout()
-    fig.savefig(figdir / "sweep_val_accuracy.png")
+    save_figure(fig, figdir / "sweep_val_accuracy.png")
     plt.close(fig)
     made.append("figures/sweep_val_accuracy.png")
     return made

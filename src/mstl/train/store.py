@@ -62,7 +62,7 @@ def _write_failed(e: OSError, path: Path) -> Exception:
     return write_error(e, path, RESUME_FIX) or e
 
 
-def _write_via_temp(path: Path, tmp: Path, write) -> None:
+def write_via_temp(path: Path, tmp: Path, write) -> None:
     """``write(tmp)``, then ``tmp`` renamed to ``path``; a failed write (a full disk) removes what it had
     written, so nothing half-written is left to pass for an output."""
     try:
@@ -79,7 +79,7 @@ def _write_via_temp(path: Path, tmp: Path, write) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _write_via_temp(path, path.with_name(f".{path.name}.tmp{os.getpid()}"), lambda tmp: tmp.write_text(text))
+    write_via_temp(path, path.with_name(f".{path.name}.tmp{os.getpid()}"), lambda tmp: tmp.write_text(text))
 
 
 def save_model_atomic(model, path: Path) -> None:
@@ -96,7 +96,7 @@ def save_model_atomic(model, path: Path) -> None:
             shutil.copyfile(model, tmp)
         else:
             model.save(tmp)
-    _write_via_temp(path, path.with_name(f".{path.stem}.tmp{os.getpid()}.keras"), write)
+    write_via_temp(path, path.with_name(f".{path.stem}.tmp{os.getpid()}.keras"), write)
 
 
 # Temporary files mstl names ``.<name>.tmp<pid>...`` or ``.<name>.partial<pid>``, in the run dir and in
