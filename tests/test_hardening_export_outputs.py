@@ -166,3 +166,16 @@ def test_export_of_a_run_being_trained_warns(tmp_path, monkeypatch):
         trainer.wait()
     assert job.labels == ["a", "b"]
     assert any(f"is being trained now (process {trainer.pid})" in w for w in warned), warned
+
+
+def test_export_cli_refuses_an_unwritable_out_before_any_work(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+    import mstl.export.run as run
+    from mstl.cli.export import app
+    monkeypatch.setattr(run, "job_from_run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("went on")))
+    (tmp_path / "config.json").write_text("{}")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for out in (blocker / "exports", blocker):
+        res = CliRunner().invoke(app, [str(tmp_path), "--out", str(out)])
+        assert res.exit_code == 2 and "--out" in res.output and "Traceback" not in res.output, res.output
