@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .cards import sha256_file
+from .cards import CardError, read_manifest, sha256_file
 
 FOLDER = "bundle"
 INDEX = "bundle.json"
@@ -74,7 +74,10 @@ def read(exports: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: unreadable verification bundle ({e}); export again, or pass --data DIR") from None
     manifest = exports / "manifest.json"
     if manifest.is_file():
-        want = (json.loads(manifest.read_text()).get("bundle") or {}).get("sha256")
+        try:
+            want = (read_manifest(exports).get("bundle") or {}).get("sha256")
+        except CardError as e:
+            raise BundleError(str(e)) from None
         if want and hashlib.sha256(raw).hexdigest() != want:
             raise BundleError(f"{path}: its sha256 differs from the one in {manifest.name} - the bundle was changed "
                               "after export; export again (or copy the exports folder whole), or pass --data DIR")

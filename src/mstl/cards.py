@@ -9,9 +9,78 @@ import os
 from pathlib import Path
 
 
+class CardError(ValueError):
+    """A model card or an exports manifest that cannot be read: one line naming the file and the fix."""
+
+
+# Card fields mstl reads as objects (a card edited by hand into another shape would fail deep inside).
+_CARD_OBJECTS = ("source", "verification", "decision", "input", "output", "machine", "mixed", "builder_options",
+                 "int8_ready", "calibration")
+MANIFEST = "manifest.json"
+
+
+def _read_json(path: Path, what: str, fix: str):
+    try:
+        return json.loads(path.read_text())
+    except UnicodeDecodeError:
+        why = "not text"
+    except json.JSONDecodeError as e:
+        why = f"not JSON ({e.msg} at line {e.lineno}, column {e.colno})"
+    except OSError as e:
+        why = f"unreadable ({e.strerror or type(e).__name__})"
+    raise CardError(f"{path}: {what} is {why}; {fix}")
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(type(value), f"a {type(value).__name__}")
+
+
 def card_of(path: str | os.PathLike) -> dict | None:
+    """The card beside an artifact (``<file>.json``), or None when it has none. A card that is there but
+    is not a card is an error naming it, never a silent "no card"."""
     card = Path(str(path) + ".json")
-    return json.loads(card.read_text()) if card.is_file() else None
+    if not card.is_file():
+        return None
+    fix = (f"re-export {Path(path).name} (mstl-export), or delete {card.name} to use the artifact as an unverified "
+           "one")
+    d = _read_json(card, "the model card", fix)
+    if not isinstance(d, dict):
+        raise CardError(f"{card}: the model card is {_kind(d)}, not an object; {fix}")
+    bad = next((k for k in _CARD_OBJECTS if d.get(k) is not None and not isinstance(d[k], dict)), None)
+    if bad is None and d.get("labels") is not None and not (
+            isinstance(d["labels"], list) and all(isinstance(v, str) for v in d["labels"])):
+        bad = "labels"
+    if bad:
+        raise CardError(f"{card}: the model card's '{bad}' is {_kind(d[bad])}, not what mstl writes there; {fix}")
+    return d
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """An exports folder's manifest.json, checked for what its readers use: an object whose
+    ``artifacts`` is a list of entries each naming its file (``path`` or ``name``) and its ``format``."""
+    path = Path(folder) / MANIFEST
+    fix = ("re-export the folder (mstl-export), or give the artifact files themselves instead of the folder")
+    m = _read_json(path, "the exports manifest", fix)
+    if not isinstance(m, dict):
+        raise CardError(f"{path}: the exports manifest is {_kind(m)}, not an object; {fix}")
+    rows = m.get("artifacts")
+    if not isinstance(rows, list):
+        raise CardError(f"{path}: the exports manifest has {'no' if rows is None else _kind(rows) + ' as'} "
+                        f"'artifacts' (a list of entries); {fix}")
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise CardError(f"{path}: artifact entry {i} is {_kind(row)}, not an object; {fix}")
+        name = row.get("path") or row.get("name")
+        if not isinstance(name, str) or not name:
+            raise CardError(f"{path}: artifact entry {i} names no file ('path'); {fix}")
+        if not isinstance(row.get("format"), str) or not row["format"]:
+            raise CardError(f"{path}: artifact entry {i} ({name}) has no 'format'; {fix}")
+        if Path(name).name != name:
+            raise CardError(f"{path}: artifact entry {i} ({name}) is not a file name inside the folder; {fix}")
+    for key, want in (("source", dict), ("labels", list), ("bundle", dict)):
+        if m.get(key) is not None and not isinstance(m[key], want):
+            raise CardError(f"{path}: the exports manifest's '{key}' is {_kind(m[key])}; {fix}")
+    return m
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -76,7 +76,8 @@ def check(exports: Path, images: int | None = None, cpu: str = "Haswell") -> dic
     """Per int8 artifact: agreement with the Keras model on the confirmation images under the emulated
     CPU, against the artifact's own gate, and how far its outputs there are from this machine's."""
     from ..export.verify import verify
-    manifest = json.loads((exports / "manifest.json").read_text())
+    from ..cards import CardError, card_of, read_manifest
+    manifest = read_manifest(exports)
     sources, reference = confirmation(exports, images)
     int8 = [a for a in manifest["artifacts"] if a.get("precision") == "int8" and a.get("size_bytes")]
     paths = [exports / a["path"] for a in int8]
@@ -85,7 +86,9 @@ def check(exports: Path, images: int | None = None, cpu: str = "Haswell") -> dic
     emulated = probabilities(paths, sources, size, resize, cpu)
     out: dict[str, Any] = {"cpu": cpu, "images": len(sources), "artifacts": {}}
     for a, p in zip(int8, paths):
-        card = json.loads(p.with_name(p.name + ".json").read_text())
+        card = card_of(p)
+        if card is None or not isinstance((card.get("verification") or {}).get("threshold"), (int, float)):
+            raise CardError(f"{p}.json: no model card with the export gate's threshold; re-export {p.name} (mstl-export)")
         threshold = card["verification"]["threshold"]
         got = verify(None, np.zeros((len(sources), 1)), reference, threshold, probs=emulated[p.name])
         status = got["status"]

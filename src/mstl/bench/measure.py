@@ -111,10 +111,14 @@ def _worker(args, queue):
         queue.put(("error", f"{args[0]}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
 
 
+DEFAULT_TIMEOUT_S = 1800  # one artifact's measurement (all its thread counts) before its worker is killed
+
+
 def measure_isolated(path: str, threads: list[int], runs: int, warmup: int, pixels, labels, class_names,
-                     e2e_files: list[str], timeout: float = 1800, prep=None) -> dict[str, Any]:
+                     e2e_files: list[str], timeout: float = DEFAULT_TIMEOUT_S, prep=None) -> dict[str, Any]:
     """``measure`` in a spawned process. A worker that dies (segfault, out-of-memory kill) is noticed
-    within a second and reported with its exit signal; the caller goes on with the next artifact."""
+    within a second and reported with its exit signal; one that hangs is killed after ``timeout``
+    seconds and reported so; either way the caller goes on with the next artifact."""
     import queue as queue_mod
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -136,9 +140,13 @@ def measure_isolated(path: str, threads: list[int], runs: int, warmup: int, pixe
                 if time.monotonic() > deadline:
                     proc.kill()
                     return {"artifact": str(path), "status": "failed",
-                            "error": f"{path}: no result within {timeout:.0f}s; the worker was killed"}
+                            "error": f"{path}: no result within {timeout:g} s (--timeout); the measuring process "
+                                     "hung and was killed"}
     finally:
         proc.join(timeout=10)
+        if proc.is_alive():  # reported, then hung on the way out (a runtime's thread pool at exit): not left running
+            proc.kill()
+            proc.join(timeout=10)
     if status == "error":
         return {"artifact": str(path), "status": "failed", "error": payload}
     payload["status"] = "ok"

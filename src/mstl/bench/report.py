@@ -160,9 +160,18 @@ def print_table(report: dict[str, Any]) -> None:
         console.print(f"recommend {line}", markup=False, highlight=False)
 
 
-def save(report: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".md":
-        path.write_text(to_markdown(report))
-    else:
-        path.write_text(json.dumps(report, indent=2, default=float))
+def save(report: dict[str, Any], path: Path, markdown: bool | None = None) -> None:
+    """The report as Markdown (``markdown``, or by default a ``.md`` name) or else as JSON, written under a
+    temporary name and renamed: a full disk leaves the old file, never a truncated one."""
+    import os
+    from ..outputs import write_error
+    as_md = path.suffix == ".md" if markdown is None else markdown
+    text = to_markdown(report) if as_md else json.dumps(report, indent=2, default=float)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(e, path) or e from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +11,11 @@ import numpy as np
 
 from ..data.filelist import labelled_folder
 from ..formats import for_file, precision_of
-from ..cards import card_of, file_mismatch
+from ..cards import MANIFEST, CardError, card_of, file_mismatch, read_manifest
 from ..preprocess import Preprocess
 from ..progress import say
 from ..machine import machine_info
-from .measure import measure_isolated
+from .measure import DEFAULT_TIMEOUT_S, measure_isolated
 from .report import measured_here
 
 
@@ -37,13 +36,15 @@ def collect(paths: list[Path]) -> list[Artifact]:
     out = []
     for p in paths:
         if p.is_dir():
-            manifest = p / "manifest.json"
+            manifest = p / MANIFEST
             if not manifest.exists():
                 raise BenchError(f"{p}: no manifest.json - give an exports folder (mstl-export) or artifact files")
-            m = json.loads(manifest.read_text())
-            run_dir = Path(m["source"]["run_dir"]) if m.get("source", {}).get("run_dir") else p.parent
+            m = read_manifest(p)
+            run_dir = Path(m["source"]["run_dir"]) if (m.get("source") or {}).get("run_dir") else p.parent
             for a in m["artifacts"]:
-                out.append(Artifact(p / a["path"], a["format"], a["precision"], m.get("labels"), run_dir))
+                name = a.get("path") or a["name"]
+                out.append(Artifact(p / name, a["format"], a.get("precision") or precision_of(name), m.get("labels"),
+                                    run_dir))
         elif p.exists() or p.suffix in (".tflite", ".onnx", ".keras"):
             fam = for_file(str(p))
             card = card_of(p)
@@ -90,7 +91,7 @@ def labelled_data(artifacts: list[Artifact], data: Path | None
 
 
 def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: int, warmup: int,
-              extra_rows: list[dict] | None = None) -> dict[str, Any]:
+              extra_rows: list[dict] | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     artifacts = collect(paths)
     if not artifacts and not extra_rows:
         raise BenchError("nothing to measure")
@@ -125,10 +126,10 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         if a.format == "keras" and len(threads) > 1:
             # TensorFlow fixes its thread count once per process: one process per thread count
             parts = [measure_isolated(str(a.path), [t], runs, warmup, pixels, y, names, e2e if t == threads[-1] else [],
-                                      prep=prep) for t in threads]
+                                      timeout=timeout, prep=prep) for t in threads]
             r = next((p for p in parts if p["status"] != "ok"), None) or _merge_threads(parts)
         else:
-            r = measure_isolated(str(a.path), threads, runs, warmup, pixels, y, names, e2e, prep=prep)
+            r = measure_isolated(str(a.path), threads, runs, warmup, pixels, y, names, e2e, timeout=timeout, prep=prep)
         r.update({"format": a.format, "precision": a.precision, "artifact": a.path.name, "path": str(a.path)})
         if card is None and a.format != "keras":
             r["verified"] = False  # unverified is the default: nothing says this file passed a gate
@@ -167,13 +168,13 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
 def _manifest_mismatch(path: Path) -> str | None:
     """Without its card, an artifact is still checked against the sha256 its exports manifest lists."""
     from ..cards import sha256_file
-    manifest = path.parent / "manifest.json"
+    manifest = path.parent / MANIFEST
     if not manifest.is_file():
         return None
     try:
-        rows = json.loads(manifest.read_text()).get("artifacts") or []
-    except ValueError:
-        return None
+        rows = read_manifest(path.parent)["artifacts"]
+    except CardError as e:
+        return f"{path.name} has no card and cannot be checked against its manifest: {e}"
     want = next((r.get("sha256") for r in rows if r.get("name") == path.name or r.get("path") == path.name), None)
     if want and sha256_file(path) != want:
         return (f"{path.name} is not the file {manifest.name} lists (sha256 differs) and has no card: it was replaced "

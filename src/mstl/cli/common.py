@@ -30,9 +30,10 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from ..data.images import ImageError
     from ..data.sources import DataError
     from ..data.splits import SelectionError
+    from ..outputs import OutputError
 
     errors: list[type[BaseException]] = [UserError, ImageError, DataError, SelectionError, FileNotFoundError,
-                                         ValueError]
+                                         ValueError, OutputError]
     if "mstl.model" in sys.modules:
         errors.append(sys.modules["mstl.model"].WeightsError)
     if "mstl.train.store" in sys.modules:
@@ -52,6 +53,13 @@ def friendly(fn: Callable) -> Callable:
             console.print("interrupted: finished trials are kept; rerun the same command to resume")
             raise typer.Exit(130)
         except Exception as e:
+            if isinstance(e, OSError) and not os.environ.get("MSTL_DEBUG"):
+                # a full disk or a read-only file system met anywhere (a library's own write): one line
+                # naming it. Not EACCES: a file that cannot be *read* raises that too.
+                import errno
+                from ..outputs import DISK_FULL, write_error
+                if e.errno in DISK_FULL + (errno.EROFS,):
+                    e = write_error(e, None) or e
             if os.environ.get("MSTL_DEBUG") or not isinstance(e, known_errors()):
                 raise
             console.print(f"error: {e}", style="bold red", markup=False, highlight=False)

@@ -63,6 +63,11 @@ def export(
     from ..export.run import job_from_run, run_export
     extra = _extra_sources(gate_extra or [])
     confirm = gate_images or CONFIRM_WANTED
+    if out is not None:  # before decoding and generating images: a --out that cannot be written fails now
+        from ..outputs import check_writable
+        check_writable(out.parent, "--out", folder=True)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out}: is a file; give a folder")
     if run_dir.name == "latest" and run_dir.is_symlink():
         say(f"run dir: {run_dir} -> {run_dir.resolve()}")
     if (run_dir / "config.json").exists() and data is None:

@@ -13,7 +13,7 @@ import typer
 from ..config import PRESETS, RunConfig, apply_settings, override, preset
 from ..decision import DEFAULT_RULE
 from ..progress import say, warn
-from .common import friendly, parse_ints
+from .common import UserError, check_at_least, friendly, parse_ints
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reproduce the two-stage MobileNetV2 transfer-learning study on any bridge/target pair.")
@@ -94,7 +94,18 @@ def _config_from_options(o: dict) -> RunConfig:
         cache=False if o["no_cache"] else None, prefix_cache=o["prefix_cache"], cache_budget_gb=o["cache_budget_gb"],
     )
     cfg = apply_settings(cfg, list(o.get("set_") or []))
+    _refuse_repeats(cfg)
     return _weights_default(cfg, o["weights"])
+
+
+def _refuse_repeats(cfg: RunConfig) -> None:
+    """A size or seed given twice would train the same trials twice (and count them as two units in the
+    claims): almost always a typo, so it is refused rather than quietly dropped."""
+    for flag, values in (("--sizes", cfg.stage1.sizes), ("--seeds", cfg.seeds)):
+        repeated = sorted({v for v in values if list(values).count(v) > 1})
+        if repeated:
+            raise UserError(f"{flag} {','.join(map(str, values))}: {', '.join(map(str, repeated))} given more than "
+                            "once; list each value once")
 
 
 def _pick_run_dir(cfg: RunConfig, data, run_dir: Optional[Path]) -> Path:
@@ -299,6 +310,9 @@ def _plan(**options):
             raise ValueError(f"--from-run {from_run}: not an mstl run dir (no config.json written by mstl-train)")
     cfg = _config_from_options(options).validate()
     n_workers = parse_ints(workers, "--workers") or [1, 2, 4, 8]
+    if any(w < 1 for w in n_workers):
+        raise UserError(f"--workers {workers}: each worker count must be 1 or more")
+    check_at_least("--lookahead", lookahead, 0)
     bridge_images = None
     if from_run is not None:
         store = RunStore(from_run)
@@ -432,9 +446,16 @@ app.command("stage2")(friendly(_with_engine_flags(_stage2)))
 @app.command()
 @friendly
 def report(run_dir: Path = typer.Argument(Path("runs/latest"), help="an existing run dir")):
-    """Regenerate report.md, trials.csv and the figures from a run dir's records."""
-    from ..report.build import build_report
-    say(f"report: {build_report(run_dir)}")
+    """Regenerate report.md, trials.csv and the figures from a run dir's records (a run still in progress
+    is reported as incomplete, with how many of its trials are done)."""
+    from ..report.build import build_report, study_progress
+    from ..train.store import RunStore
+    out = build_report(run_dir)
+    summary = study_progress(RunStore(run_dir))["summary"]
+    if summary:
+        said = "report.md and claims.json say" if (Path(run_dir) / "claims.json").exists() else "report.md says"
+        warn(f"{summary}: {said} so; every figure and verdict is provisional")
+    say(f"report: {out}")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from ..formats import MIN_INT8_MAC_SHARE, BuildOptions, Format, Recipe
 from ..progress import say
 from ..machine import cpu_flags, cpu_model, u8s8_may_saturate
 from ..preprocess import Preprocess
+from ..outputs import OutputError
 from ..runtimes import load_runtime
 from .gate import CONFIRM_WANTED, SELECTION_MARGIN, SELECTION_SHARE, SPLIT_SEED, Gate
 from .mixed import RANK_IMAGES
@@ -184,17 +186,56 @@ def run_export(job: ExportJob) -> dict[str, Any]:
     # kill leaves the old folder as it was, and no file of an earlier export outlives its manifest.
     staging = final.parent / f".{final.name}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as e:  # before any work: a read-only or full --out fails now, not after the export
+        raise _write_failed(e, final) from None
     job.out_dir = staging
     try:
-        manifest = _export_all(job, model)
-    except BaseException:
+        with _scratch_in(staging / SCRATCH):
+            manifest = _export_all(job, model)
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
         job.out_dir = final
+        if isinstance(e, OSError):
+            raise _write_failed(e, final) from None
         raise
     _swap_in(staging, final)
     job.out_dir = final
     return manifest
+
+
+SCRATCH = ".scratch"  # inside the staging folder: a killed export's scratch goes with it (_recover_leftovers)
+
+
+def _write_failed(e: OSError, final: Path) -> Exception:
+    from ..outputs import reason
+    why = reason(e)
+    if why is None:
+        return e
+    kept = "the previous exports there are as they were" if final.exists() else "nothing was written"
+    return OutputError(f"{final}: cannot write the exports: {why}; {kept}. Free some space (or choose another --out) "
+                    "and export again")
+
+
+@contextmanager
+def _scratch_in(folder: Path):
+    """Every temporary file of the export (converters, LiteRT, ONNX Runtime, the explain pass) inside
+    ``folder``, removed at the end; a ``kill -9`` leaves it inside the staging folder, which the next
+    export removes - never megabytes in /tmp that nothing cleans."""
+    folder.mkdir(parents=True, exist_ok=True)
+    saved_dir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = str(folder)
+    os.environ["TMPDIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = saved_dir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -315,7 +356,7 @@ def _export_all(job: ExportJob, model) -> dict[str, Any]:
     ready = _Int8Ready(job.model_path, calibration)
     machine = {"cpu": cpu_model(), "cpu_flags": cpu_flags()}
     rows = []
-    with tempfile.TemporaryDirectory(prefix="mstl-export-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mstl-export-", dir=tempfile.gettempdir()) as tmp:  # in the staging folder
         work = Path(tmp)
         for fmt in job.formats:
             rows.append(_export_one(fmt, model, ready, work, job, gate, calibration, machine))
@@ -634,6 +675,11 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
 
     store = RunStore(run_dir)
     cfg = store.config()
+    writer = store.writer()
+    if writer:
+        from ..progress import warn
+        warn(f"{run_dir} is being trained now (process {writer}): its selection.json may not be its final choice; "
+             "export again when the run has finished")
     decision = None  # an operating point belongs to the run's own deployed model, not to --model FILE
     if model_path is None:
         sel_path = store.dir / "selection.json"
@@ -642,10 +688,20 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
         sel = json.loads(sel_path.read_text())
         decision = sel.get("decision")
         model_path = store.dir / sel["model"]
+        if not model_path.is_file():
+            raise FileNotFoundError(f"{model_path}: the model selection.json chose for deployment is missing; run "
+                                    f"`mstl-train stage2 {run_dir}` to train it again (or pass --model FILE)")
         say(f"model: {model_path} (stage 2 on the bridge size {sel['size']} model, seed {sel['seed']}: {sel['why']})")
     # Held out: the test and validation splits and the operating-point carve-out (none trained the
     # model); the gate adds the training images that do not calibrate.
-    from ..train.store import read_split
+    from ..train.store import SPLIT_LISTS, read_split
+    for split in ("test", "train"):
+        if read_split(store.dir, split) is None:
+            raise FileNotFoundError(f"{store.dir / SPLIT_LISTS[split]}: missing - the run dir's {split} split list "
+                                    "(written by mstl-train); copy the run dir whole, or pass --model FILE --data DIR")
+    if not (store.dir / "labels.txt").is_file():
+        raise FileNotFoundError(f"{store.dir / 'labels.txt'}: missing (written by mstl-train); copy the run dir whole, "
+                                "or pass --model FILE --data DIR --labels A,B")
     test_src, test_y = read_split(store.dir, "test")
     val_src, val_y = read_split(store.dir, "val") or ([], np.zeros(0, int))
     op_src, op_y = read_split(store.dir, "operating") or ([], np.zeros(0, int))  # held out of training too

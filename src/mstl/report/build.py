@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import departures_from_paper
-from ..train.store import RunStore, best_record, read_split
-from .claims import PAPER_BAND, evaluate, t_interval
+from ..train.store import RunStore, atomic_write_text, best_record, read_split
+from .claims import PAPER_BAND, evaluate, observed_text, t_interval
 
 # What the paper's text gives or implies (PROTOCOL.md): 10k/20k -> 85, 30k -> 90, 40k -> 95 (its
 # conclusion), 80k -> 120; 50k = 60k without a figure. Accuracy: 69.25% (60k) .. 74.5% (40k).
@@ -38,6 +38,41 @@ def collect_draws(store: RunStore) -> list[dict]:
     return out
 
 
+def study_progress(store: RunStore) -> dict:
+    """How much of the configured study the records hold, over every data draw: stage-1 trials (a sweep
+    whose stop rule has not ended it can still run up to its whole depth grid: "at most"), stage-2
+    trainings (control and every size, per seed), and the process training the run now, if any."""
+    from ..train.schedule import next_depth, sweep_grid
+    cfg = store.config()
+    grid = sweep_grid(cfg)
+    seeds1 = list(cfg.seeds[: max(1, cfg.stage1_seeds)])
+    jobs = {(0, s) for s in cfg.seeds if cfg.stage2.control} | {(z, s) for z in cfg.stage1.sizes for s in cfg.seeds}
+    dirs = [store.dir] + [store.dir / "draws" / f"data-seed-{k}" for k in cfg.data_seeds[1:]]
+    s1_done = s1_most = open_sweeps = s2_done = 0
+    for d in dirs:
+        st = RunStore(d)
+        started = st.config_path.exists()
+        trials = st.trials() if started else []
+        for size in cfg.stage1.sizes:
+            for seed in seeds1:
+                done = {r["frozen"]: r for r in trials if r["size"] == size and r["seed"] == seed}
+                finished = next_depth(grid, done, cfg.stage1.patience) is None
+                s1_done += len(done)
+                s1_most += len(done) if finished else len(grid)
+                open_sweeps += not finished
+        s2_done += len({(r["size"], r["seed"]) for r in st.stage2_records()} & jobs) if started else 0
+    s2_all = len(jobs) * len(dirs)
+    out = {"complete": not open_sweeps and s2_done == s2_all, "writer": store.writer(),
+           "stage1_trials": s1_done, "stage1_trials_at_most": s1_most, "sweeps_unfinished": open_sweeps,
+           "stage2_trainings": s2_done, "stage2_planned": s2_all}
+    most = "at most " if open_sweeps else ""
+    out["summary"] = None if out["complete"] else (
+        f"incomplete: {s1_done + s2_done} of {most}{s1_most + s2_all} trials (stage 1: {s1_done} of {most}{s1_most}"
+        + (f", {open_sweeps} sweep(s) unfinished" if open_sweeps else "") + f"; stage 2: {s2_done} of {s2_all})"
+        + (f" - process {out['writer']} is training this run now" if out["writer"] else ""))
+    return out
+
+
 def _training_time(trials: list[dict], draws: list[dict]) -> str:
     line = f"- {len(trials)} stage-1 trials, {sum(r['seconds'] for r in trials):.0f} s of training"
     if len(draws) > 1:  # the stage-2 figures above pool every draw; so does this line
@@ -60,6 +95,15 @@ def _unit_accuracy(draws: list[dict], size: int) -> list[float]:
     return [r["accuracy"] for d in draws for r in d["stage2"] if r["size"] == size]
 
 
+def save_figure(fig, path: Path, **kwargs) -> None:
+    """``fig`` as ``path`` (its format from the suffix), written under a temporary name and renamed: a full
+    disk leaves the previous figure or none, never a truncated one."""
+    import os
+    from ..train.store import write_via_temp
+    write_via_temp(path, path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}"),
+                    lambda tmp: fig.savefig(tmp, **kwargs))
+
+
 def _save_size_figure(plt, fig, ax, ylabel: str, title: str, figdir: Path, name: str) -> str:
     """Axes, legend and file of a figure over bridge size: a log axis puts a run's sizes and the
     paper's 10k..80k on one plot."""
@@ -70,7 +114,7 @@ def _save_size_figure(plt, fig, ax, ylabel: str, title: str, figdir: Path, name:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(figdir / name)
+    save_figure(fig, figdir / name)
     plt.close(fig)
     return f"figures/{name}"
 
@@ -151,7 +195,7 @@ def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[in
     ax.set_ylabel("optimal frozen layers")
     ax.set_title("Fig. 3 - size x frozen -> stage-2 accuracy" + note, fontsize=10)
     fig.tight_layout()
-    fig.savefig(figdir / "fig3_heatmap.png")
+    save_figure(fig, figdir / "fig3_heatmap.png")
     plt.close(fig)
     made.append("figures/fig3_heatmap.png")
 
@@ -167,7 +211,7 @@ def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[in
     ax.grid(alpha=0.3)
     ax.legend(title="size", fontsize=7)
     fig.tight_layout()
-    fig.savefig(figdir / "sweep_val_accuracy.png")
+    save_figure(fig, figdir / "sweep_val_accuracy.png")
     plt.close(fig)
     made.append("figures/sweep_val_accuracy.png")
     return made
@@ -231,10 +275,17 @@ def build_report(run_dir: str | Path) -> Path:
         optimal[size] = best_record(rs)["frozen"]
     random_weights = cfg.model.weights == "none"
     draws = collect_draws(store)
+    progress = study_progress(store)
     figs = _figures(store.dir, trials, s2, optimal, random_weights, draws)
     claims = evaluate(draws) if s2 else []
+    for c in claims:  # a partial run's claims say so in the file itself, not only in report.md
+        c["complete"] = progress["complete"]
+        if progress["summary"]:
+            c["incomplete"] = progress["summary"]
     if claims:
         store.write_json("claims.json", claims)
+    else:  # no stage-2 record (yet): an older claims.json would describe results the records no longer hold
+        (store.dir / "claims.json").unlink(missing_ok=True)
 
     fields = ["size", "frozen", "seed", "mode", "val_accuracy", "val_loss", "train_accuracy", "train_loss",
               "epochs", "best_epoch", "trainable_params", "n_train", "n_val", "seconds"]
@@ -243,11 +294,15 @@ def build_report(run_dir: str | Path) -> Path:
     w.writeheader()
     for r in sorted(trials, key=lambda r: (r["size"], r["seed"], -r["frozen"])):
         w.writerow(r)
-    (store.dir / "trials.csv").write_text(buf.getvalue())
+    atomic_write_text(store.dir / "trials.csv", buf.getvalue())
 
     sel_path = store.dir / "selection.json"
     selection = json.loads(sel_path.read_text()) if sel_path.exists() else None
     L = [f"# mstl run report: `{store.dir.name}`", ""]
+    if progress["summary"]:
+        L += [f"> **Incomplete run - {progress['summary']}.** Every figure, table and verdict below is provisional: "
+              "it covers the records so far. Finish the run (rerun `mstl-train full` with the same flags, or "
+              "`mstl-train stage1` / `stage2` on this run dir), then `mstl-train report`.", ""]
     if random_weights:
         L += ["> **Random base weights (`--weights none`).** Frozen random features make the depth sweep and the "
               "transfer comparison meaningless: these numbers exercise the pipeline and are not results.", ""]
@@ -255,14 +310,14 @@ def build_report(run_dir: str | Path) -> Path:
         L += ["## Claims of the paper, tested on this run", "",
               "| claim | paper | this run | test | p | 95% interval | verdict |", "|---|---|---|---|---|---|---|"]
         for c in claims:
-            obs = c["observed"]
-            obs_txt = json.dumps(obs, separators=(", ", ": ")) if isinstance(obs, (dict, list)) else str(obs)
+            obs_txt = observed_text(c["observed"])
             iv = c["interval"]
             p_txt = "-" if c["p_value"] is None else f"{c['p_value']:.3g}"
             iv_txt = "-" if iv is None else f"[{iv[0]:.4f}, {iv[1]:.4f}]"
             note = f" ({c['note']})" if c.get("note") else ""
+            provisional = "" if progress["complete"] else " - provisional, the run is incomplete"
             L.append(f"| {c['claim']} | {c['paper']} | {obs_txt} | {c['test']} | {p_txt} | {iv_txt} | "
-                     f"**{c['verdict']}**{note} |")
+                     f"**{c['verdict']}**{provisional}{note} |")
         L += ["", f"Data draws: {len(draws)}; claims.json has every entry. 'inconclusive' means the test could not "
               "decide at the 5% level - not that there is no effect.", ""]
     departures = departures_from_paper(cfg)
@@ -283,12 +338,17 @@ def build_report(run_dir: str | Path) -> Path:
           f"- stage 2: batch {cfg.stage2.batch_size}, up to {cfg.stage2.max_epochs} epochs, stop at training "
           f"accuracy {cfg.stage2.stop_train_accuracy}, lr {cfg.stage2.learning_rate}; seeds {list(cfg.seeds)}",
           _training_time(trials, draws), ""]
+    from ..train.schedule import next_depth, sweep_grid
+    grid = sweep_grid(cfg)
     L += ["## Stage 1: optimal frozen depth per bridge size (Fig. 2a)", "",
           "| size | optimal frozen | val acc % | depths tried | paper's optimal frozen |", "|---|---|---|---|---|"]
     for size in sorted(optimal):
         rs = [r for r in trials if r["size"] == size and r["seed"] == seeds1[0]]
         b = best_record(rs)
-        L.append(f"| {size} | {b['frozen']} | {_pct(b['val_accuracy'])} | {len(rs)} | {PAPER_FROZEN.get(size, 'n/r')} |")
+        unfinished = next_depth(grid, {r["frozen"]: r for r in rs}, cfg.stage1.patience) is not None
+        tried = f"{len(rs)} (sweep unfinished)" if unfinished else str(len(rs))
+        L.append(f"| {size} | {b['frozen']}{' so far' if unfinished else ''} | {_pct(b['val_accuracy'])} | {tried} | "
+                 f"{PAPER_FROZEN.get(size, 'n/r')} |")
     L += ["", "## Stage 2: target test accuracy per bridge size (Fig. 2b)", "",
           "| size | frozen | units | test acc % (mean) | 95% CI | balanced acc % | majority class % | sens % | spec % | "
           "ROC AUC | val acc % | epochs | paper's acc % |",
@@ -322,5 +382,5 @@ def build_report(run_dir: str | Path) -> Path:
         L += _operating_point_section(selection.get("decision"))
     L += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + ["", "All trials: `trials.csv`."]
     out = store.dir / "report.md"
-    out.write_text("\n".join(L) + "\n")
+    atomic_write_text(out, "\n".join(L) + "\n")
     return out

@@ -248,3 +248,36 @@ def claim_accuracy_band(draws: list[dict]) -> dict[str, Any]:
     elif iv[1] < lo_b or iv[0] > hi_b:
         entry["verdict"] = "contradicted"
     return entry
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _by_size(d: dict, fmt) -> str:
+    return ", ".join(f"{k} → {fmt(v)}" for k, v in sorted(d.items(), key=lambda kv: int(kv[0])))
+
+
+def observed_text(observed: Any) -> str:
+    """A claim's ``observed`` (claims.json keeps the numbers) as a reader would write it."""
+    if observed is None:
+        return "-"
+    if not isinstance(observed, dict):
+        return str(observed)
+    o = observed
+    depths = lambda v: ", ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+    if "rho" in o:
+        return (f"Spearman ρ = {o['rho']:+.2f} over {o['n']} (draw, seed) sweeps; optimal frozen by size: "
+                f"{_by_size(o.get('optimal_by_size') or {}, depths)}")
+    if "best_size" in o:
+        return (f"best size {o['best_size']} (picked on {o.get('chosen_on')}); mean accuracy by size: "
+                f"{_by_size(o.get('mean_accuracy_by_size') or {}, _pct)}")
+    if "control_accuracy" in o:
+        return (f"size {o['size']}: {_pct(o['accuracy'])} against the control's {_pct(o['control_accuracy'])} "
+                f"(difference {100 * o['delta']:+.1f} points)")
+    if "units" in o:
+        return "no stage-2 result yet" if o.get("mean") is None else \
+            f"mean {_pct(o['mean'])} over {o['units']} (draw, seed) unit(s)"
+    if o and all(isinstance(k, str) and k.isdigit() for k in o):
+        return f"optimal frozen by size: {_by_size(o, depths)}"
+    return "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in o.items())

@@ -110,7 +110,7 @@ def run_stage2(store: RunStore, data: RunData, engine=None) -> dict:
     cfg = data.cfg
     n_classes = len(data.bridge.classes)
     s1_seeds = stage1_seeds(cfg)
-    done = {(r["size"], r["seed"]) for r in store.stage2_records()}
+    done = store.stage2_done()
     jobs = [(0, s) for s in cfg.seeds if cfg.stage2.control] + [(size, s) for size in sorted(data.splits) for s in cfg.seeds]
     todo = []
     for size, seed in jobs:

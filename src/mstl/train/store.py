@@ -43,31 +43,91 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
             fh.seek(-1, os.SEEK_END)
             if fh.read(1) != b"\n":
                 data = b"\n" + data
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)  # a short write on a full disk is a torn line, ignored on read
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise _write_failed(e, path) from None
+
+
+RESUME_FIX = "free some space and rerun the same command: finished trials are kept and the run resumes"
+
+
+def _write_failed(e: OSError, path: Path) -> Exception:
+    from ..outputs import write_error
+    return write_error(e, path, RESUME_FIX) or e
+
+
+def write_via_temp(path: Path, tmp: Path, write) -> None:
+    """``write(tmp)``, then ``tmp`` renamed to ``path``; a failed write (a full disk) removes what it had
+    written, so nothing half-written is left to pass for an output."""
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise _write_failed(e, path) from None
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_via_temp(path, path.with_name(f".{path.name}.tmp{os.getpid()}"), lambda tmp: tmp.write_text(text))
 
 
 def save_model_atomic(model, path: Path) -> None:
     """``model`` (a Keras model, or the .keras file a worker saved it to) written to ``path`` under a
     temporary name, then renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
-    if isinstance(model, (str, os.PathLike)):
-        import shutil
-        shutil.copyfile(model, tmp)
-    else:
-        model.save(tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_failed(e, path) from None
+
+    def write(tmp: Path) -> None:
+        if isinstance(model, (str, os.PathLike)):
+            import shutil
+            shutil.copyfile(model, tmp)
+        else:
+            model.save(tmp)
+    write_via_temp(path, path.with_name(f".{path.stem}.tmp{os.getpid()}.keras"), write)
+
+
+# Temporary files mstl names ``.<name>.tmp<pid>...`` or ``.<name>.partial<pid>``, in the run dir and in
+# the folders it makes; a process killed mid-write (or stopped by a full disk) leaves them behind.
+TEMP_PATTERNS = (".*.tmp*", ".*.partial*")
+TEMP_FOLDERS = ("", "stage1/*", "stage1/pending", "stage2", "figures", "cache")
+
+
+def stale_temp_files(run_dir: Path) -> list[Path]:
+    """Temporary files in ``run_dir`` and its subfolders whose writer is no longer running."""
+    import re
+    out = []
+    for folder in TEMP_FOLDERS:
+        for pattern in TEMP_PATTERNS:
+            for p in Path(run_dir).glob(f"{folder}/{pattern}" if folder else pattern):
+                m = re.search(r"\.(?:tmp|partial)(\d+)", p.name)
+                if p.is_file() and not (m and _running(int(m.group(1)))):
+                    out.append(p)
+    return sorted(set(out))
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _LOCKS: dict[str, int] = {}  # run dirs this process holds, with their lock file descriptors
@@ -75,7 +135,8 @@ _LOCKS: dict[str, int] = {}  # run dirs this process holds, with their lock file
 # What mstl writes in a run dir (relative glob patterns): all that --restart may remove.
 OUTPUTS = ("results.jsonl", "stage2.jsonl", "selection.json", "claims.json", "report.md", "trials.csv", "labels.txt",
            "target_*.tsv", "stage1/size-*-seed-*/*.keras", "stage2/classifier-size-*-seed-*.keras", "figures/*.png",
-           "cache/*.npy", "cache/*.json", "cache/.*.lock", "stage1/pending/*.keras", "ray_stage1.json", "exports/*", "bench/*", "bench.json", "bench.md", ".*.tmp*", ".*.partial*")
+           "cache/*.npy", "cache/*.json", "cache/.*.lock", "stage1/pending/*.keras", "ray_stage1.json", "exports/*", "bench/*", "bench.json", "bench.md",
+           *(f"{folder}/{pattern}" if folder else pattern for folder in TEMP_FOLDERS for pattern in TEMP_PATTERNS))
 
 
 # The target's splits as labelled file lists (written by train, read by report, export, bench and the app).
@@ -188,6 +249,7 @@ class RunStore:
         if not os.access(self.dir, os.W_OK):
             raise RunDirError(f"{self.dir}: the run dir is read-only; make it writable or choose another --run-dir")
         self.lock()
+        self.remove_stale_temp()
         digest = cfg.config_hash(data_fingerprint)
         if self.config_path.exists() and not restart:
             old = json.loads(self.config_path.read_text())
@@ -235,6 +297,32 @@ class RunStore:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _LOCKS[key] = fd
 
+    def remove_stale_temp(self) -> None:
+        """Temporary files an interrupted write left anywhere in the run dir (a kill, a full disk); called
+        with the lock held, so no other mstl-train is writing them."""
+        stale = stale_temp_files(self.dir)
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            from ..progress import say
+            say(f"removed {len(stale)} temporary file(s) left by an interrupted write, e.g. "
+                f"{stale[0].relative_to(self.dir)}")
+
+    def writer(self) -> str | None:
+        """The process id of another mstl-train holding this run dir's lock (training it right now), or
+        None. A shared lock taken and dropped at once: it fails only while a writer holds the lock."""
+        import fcntl
+        if str(self.dir.resolve()) in _LOCKS or not (self.dir / ".lock").is_file():
+            return None
+        fd = os.open(self.dir / ".lock", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)  # closing drops the shared lock
+        return None
+
     def config(self) -> RunConfig:
         if not self.config_path.exists():
             raise RunDirError(f"{self.dir}: no config.json - not a run directory (run `mstl-train full` first)")
@@ -248,7 +336,25 @@ class RunStore:
         return _dedupe(_complete(read_jsonl(self.results_path), TRIAL_KEYS, self.results_path), ("size", "frozen", "seed"))
 
     def stage2_records(self) -> list[dict[str, Any]]:
-        return _dedupe(_complete(read_jsonl(self.stage2_path), STAGE2_KEYS, self.stage2_path), ("size", "seed"))
+        # the last record of a (size, seed) wins: it is the one whose model file was written last (a
+        # model re-trained because its file went missing appends a new record)
+        records = _complete(read_jsonl(self.stage2_path), STAGE2_KEYS, self.stage2_path)
+        return _dedupe(records[::-1], ("size", "seed"))[::-1]
+
+    def missing_stage2_models(self) -> list[tuple[int, int]]:
+        """(size, seed) of stage-2 records whose model file is gone (deleted, or a copied run dir without
+        it): they must be trained again before anything is selected or exported."""
+        return [(r["size"], r["seed"]) for r in self.stage2_records()
+                if r.get("model") and not (self.dir / r["model"]).is_file()]
+
+    def stage2_done(self) -> set[tuple[int, int]]:
+        """(size, seed) of stage 2 that is done: recorded, with its model file there. A record whose file
+        is gone is named; its training runs again (and its new record replaces the old)."""
+        missing = self.missing_stage2_models()
+        if missing:
+            from ..progress import warn
+            warn(f"{len(missing)} stage-2 model file(s) missing, e.g. {self.stage2_model(*missing[0])}: trained again")
+        return {(r["size"], r["seed"]) for r in self.stage2_records()} - set(missing)
 
     def add_trial(self, record: dict[str, Any]) -> None:
         append_jsonl(self.results_path, record)
