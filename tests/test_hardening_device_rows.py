@@ -471,3 +471,14 @@ def test_a_row_that_cannot_be_written_is_a_clear_507_and_leaves_nothing(served, 
     monkeypatch.undo()
     assert [p.name for p in (run / "bench" / "device").iterdir() if p.name != ".lock"] == []
     assert client.post("/device/results", json=_body(sid, bench.reference(NAME).tolist())).status_code == 200
+
+
+def test_model_describes_the_loaded_file_and_says_when_the_disk_copy_changed(served):
+    """/predict keeps the interpreters it loaded: /model must describe those, not the new file."""
+    run, _, client = served
+    before = client.get("/model").json()
+    assert "stale" not in before
+    _export(run / "exports", -W1)  # mstl-export again, same name, other weights
+    after = client.get("/model").json()
+    assert after["size_bytes"] == before["size_bytes"] and after["sha256"] == before["sha256"]
+    assert "restart mstl-app" in after["stale"]
