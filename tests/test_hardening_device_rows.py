@@ -482,3 +482,14 @@ def test_model_describes_the_loaded_file_and_says_when_the_disk_copy_changed(ser
     after = client.get("/model").json()
     assert after["size_bytes"] == before["size_bytes"] and after["sha256"] == before["sha256"]
     assert "restart mstl-app" in after["stale"]
+
+
+def test_a_broken_card_beside_another_artifact_leaves_that_one_out_not_the_app(run_dir):
+    from starlette.testclient import TestClient
+    other = run_dir / "exports" / "classifier-int8.onnx"
+    other.write_bytes((run_dir / "exports" / NAME).read_bytes())
+    Path(str(other) + ".json").write_text("{not json")
+    bench, app = _app(run_dir)
+    m = TestClient(app).get("/device/manifest").json()
+    assert [x["name"] for x in m["models"]] == [NAME]
+    assert "classifier-int8.onnx.json" in m["left_out"]["classifier-int8.onnx"]

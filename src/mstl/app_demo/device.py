@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from ..bench.browser_rows import PROVENANCE, device_dir
-from ..cards import card_of
+from ..cards import CardError, card_of
 from ..formats import precision_of
+from ..progress import warn
 from ..train.store import read_split  # the run-dir schema (no TensorFlow)
 from .inference import check_artifact
 
@@ -84,9 +85,15 @@ class DeviceBench:
         self.max_rows = max_rows
         self.uncertain_band = uncertain_band  # the app's: the page answers "uncertain - refer" as /predict does
         self.artifacts: dict[str, dict] = {}
+        self.unreadable: dict[str, str] = {}  # a broken card beside another artifact leaves that one out, not the app
         for path in sorted(self.exports.iterdir()) if self.exports.is_dir() else []:
             if path.suffix in BROWSER_FORMATS:
-                pinned = _pin(path)
+                try:
+                    pinned = _pin(path)
+                except CardError as e:
+                    self.unreadable[path.name] = str(e)
+                    warn(f"/device leaves {path.name} out: {e}")
+                    continue
                 if pinned:
                     self.artifacts[path.name] = pinned
         self.samples, self.labels = self._samples(min(max(n_samples, 0), MAX_SAMPLES))
@@ -187,6 +194,7 @@ class DeviceBench:
                 "samples": [{"id": i, "url": f"/device/samples/{i}"} for i in range(len(self.samples))],
                 "low_agreement": LOW_AGREEMENT, "runtimes": packaged_runtimes(), "uncertain_band": self.uncertain_band,
                 "stale": self.stale_note(stale), "max_body_bytes": self.max_body_bytes(),
+                "left_out": self.unreadable or None,
                 "note": None if self.samples else "no held-out samples (none asked for, or the exports folder is not "
                                                   "inside a run dir): agreement with the server cannot be measured"}
 
