@@ -150,7 +150,7 @@ def _study_flags(
     stage1_seeds: Optional[int] = typer.Option(None, help="how many of the seeds also repeat stage 1 (default 1)"),
     positive_class: Optional[str] = typer.Option(None, help="target class that is positive (default COVID-19)"),
     target_size: Optional[int] = typer.Option(None, help="target images drawn (paper 2800)"),
-    start_frozen: Optional[int] = typer.Option(None, help="first frozen depth of the sweep (default 150)"),
+    start_frozen: Optional[int] = typer.Option(None, help="first frozen depth of the sweep (default: the preset's; 150 for paper/corrected)"),
     min_frozen: Optional[int] = typer.Option(None, help="floor of the sweep"),
     unfreeze_step: Optional[int] = typer.Option(None, help="layers unfrozen per cycle (paper 5)"),
     patience: Optional[int] = typer.Option(None, help="cycles without a better val accuracy before the sweep stops"),
@@ -330,7 +330,7 @@ def _plan(**options):
         print(json.dumps(out, indent=2))
         return
     say(f"plan for preset {cfg.preset}: {out['chains']} chain(s) x depths {out['grid']}")
-    say(f"  trial times: {source}; fitted {out['trial_time_model']['a_s']}s + "
+    say(f"  trial times: {source}; line through them {out['trial_time_model']['a_s']}s + "
         f"{out['trial_time_model']['b_s_per_train_image'] * 1000:.3f}s per 1,000 training images")
     say(f"  {out['stage2']}")
     c = out["caches"]

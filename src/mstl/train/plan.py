@@ -102,9 +102,9 @@ def cache_sizes(cfg: RunConfig, grid: list[int], bridge_images: int | None) -> d
 
 
 def calibrate(cfg: RunConfig) -> tuple[list[dict], list[dict], int, str]:
-    """A short calibration on the configured data: up to 512 training images of the smallest size at
-    the first depth, one cold epoch (build, tracing), then one and two warm epochs on the same model.
-    Warm epochs give seconds per image-epoch; the cold one, the set-up. Trials are then timed at the
+    """A short calibration on the configured data: one cold epoch on up to 512 training images of the
+    smallest size at the first depth (build, tracing), then one warm epoch on all of them and one on
+    half: two measured points for the per-image cost, nothing extrapolated. Trials are then timed at the
     configured epoch count - an upper bound where early stopping ends them sooner."""
     import time
     from dataclasses import replace
@@ -118,25 +118,24 @@ def calibrate(cfg: RunConfig) -> tuple[list[dict], list[dict], int, str]:
     size = min(data.splits)
     s = data.splits[size]
     k, kv = min(512, len(s.train)), min(128, len(s.val))
-    sub = SplitRows(s.train[:k], s.val[:kv], s.y_train[:k], s.y_val[:kv])
     depth = min(cfg.stage1.start_frozen, get_base(cfg.model.base).n_layers)
     n_classes = len(data.bridge.classes)
-    say(f"calibration: {k} training images of size {size} at frozen depth {depth}: 1 cold, 1 and 2 warm epochs")
-    times = []
-    session = None
-    for epochs in (1, 1, 2):
-        c = replace(cfg, stage1=replace(cfg.stage1, epochs=epochs, early_stopping_patience=99))
+    say(f"calibration: {k} training images of size {size} at frozen depth {depth}: 1 cold epoch, then 1 warm "
+        f"epoch on {k} and on {k // 2} images")
+    c = replace(cfg, stage1=replace(cfg.stage1, epochs=1, early_stopping_patience=99))
+    session = DepthSession(c, n_classes, depth, cfg.seeds[0], None, None)
+    times = {}
+    for label, n in (("cold", k), ("warm", k), ("warm", max(1, k // 2))):
+        sub = SplitRows(s.train[:n], s.val[:kv], s.y_train[:n], s.y_val[:kv])
         t0 = time.perf_counter()
-        if session is None:
-            session = DepthSession(c, n_classes, depth, cfg.seeds[0], None, None)
         run_trial(c, data.bridge.images, sub, n_classes, depth, cfg.seeds[0], verbose=False, session=session)
-        times.append(time.perf_counter() - t0)
-    per_epoch = max(times[2] - times[1], 1e-3)
-    setup = max(times[0] - per_epoch, 0.0)
-    per_image_epoch = per_epoch / k
-    rec = {"seed": -1, "size": size, "frozen": depth, "n_train": k,
-           "seconds": setup + per_image_epoch * k * cfg.stage1.epochs}
-    rec2 = {**rec, "n_train": 2 * k, "seconds": setup + per_image_epoch * 2 * k * cfg.stage1.epochs}
-    source = (f"calibration on {k} images: {per_epoch:.2f}s per warm epoch, {setup:.1f}s set-up; trials timed at "
-              f"{cfg.stage1.epochs} epochs (an upper bound where early stopping ends them sooner)")
-    return [rec, rec2], [], len(data.bridge.images), source
+        times[(label, n)] = time.perf_counter() - t0
+    setup = max(times[("cold", k)] - times[("warm", k)], 0.0)
+    epochs = cfg.stage1.epochs
+    records = [{"seed": -1, "size": size, "frozen": depth, "n_train": n, "seconds": setup + epochs * t,
+                "measured": f"1 warm epoch on {n} images: {t:.2f}s"}
+               for (label, n), t in times.items() if label == "warm"]
+    source = (f"calibration, measured: 1 warm epoch on {k} images {times[('warm', k)]:.2f}s, on {k // 2} images "
+              f"{times[('warm', max(1, k // 2))]:.2f}s, set-up {setup:.1f}s; trials timed at {epochs} epochs "
+              "(an upper bound where early stopping ends them sooner)")
+    return records, [], len(data.bridge.images), source
