@@ -127,12 +127,15 @@ def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[in
 
     figdir = run_dir / "figures"
     figdir.mkdir(exist_ok=True)
-    made = []
     note = " (random weights: not a result)" if random_weights else ""
-    sizes = sorted(optimal)
     by_size = _agg([r for r in s2 if r["size"] > 0], "size")
+    return [_fig2a(plt, figdir, note, optimal, draws), _fig2b(plt, figdir, note, by_size, draws),
+            _fig3(plt, figdir, note, optimal, by_size), _fig_sweep(plt, figdir, note, trials)]
 
-    # Fig. 2a: bridge size -> optimal frozen layers, every (draw, stage-1 seed) and their mean
+
+def _fig2a(plt, figdir: Path, note: str, optimal: dict[int, int], draws: list[dict]) -> str:
+    """Bridge size -> optimal frozen layers: every (draw, stage-1 seed) and their mean."""
+    sizes = sorted(optimal)
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=150)
     pts = [(size, f) for d in draws for (size, _), f in d["optimal"].items()]
     if len(pts) > len(sizes):
@@ -143,11 +146,13 @@ def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[in
     ax.plot(sizes, mean_depth, "o-", color="tab:blue", label="this run (mean)")
     paper = sorted(PAPER_FROZEN.items())
     ax.plot(*zip(*paper), "s--", color="tab:gray", mfc="none", lw=0.8, label="paper (stated or implied)")
-    made.append(_save_size_figure(plt, fig, ax, "optimal number of frozen layers", "Fig. 2a - stage 1" + note,
-                                  figdir, "fig2a_frozen_vs_size.png"))
+    return _save_size_figure(plt, fig, ax, "optimal number of frozen layers", "Fig. 2a - stage 1" + note,
+                             figdir, "fig2a_frozen_vs_size.png")
 
-    # Fig. 2b: bridge size -> stage-2 accuracy: every unit, the mean with a t-interval over units
-    # (Wilson for a single unit), the control, the majority baseline and the paper's band
+
+def _fig2b(plt, figdir: Path, note: str, by_size: dict[int, list[dict]], draws: list[dict]) -> str:
+    """Bridge size -> stage-2 accuracy: every unit, the mean with a t-interval over units (Wilson for a
+    single unit), the control, the majority baseline and the paper's band."""
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=150)
     s_sizes = sorted(by_size)
     if s_sizes:
@@ -173,10 +178,13 @@ def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[in
     majority = [r["majority_baseline"] for d in draws for r in d["stage2"] if r.get("majority_baseline") is not None]
     if majority:
         ax.axhline(100 * np.mean(majority), color="black", ls=":", lw=1, label=f"majority class ({100 * np.mean(majority):.1f}%)")
-    made.append(_save_size_figure(plt, fig, ax, "target test accuracy (%)", "Fig. 2b - stage 2" + note,
-                                  figdir, "fig2b_accuracy_vs_size.png"))
+    return _save_size_figure(plt, fig, ax, "target test accuracy (%)", "Fig. 2b - stage 2" + note,
+                             figdir, "fig2b_accuracy_vs_size.png")
 
-    # Fig. 3: heatmap size x optimal frozen -> stage-2 accuracy
+
+def _fig3(plt, figdir: Path, note: str, optimal: dict[int, int], by_size: dict[int, list[dict]]) -> str:
+    """Heatmap: size x optimal frozen -> stage-2 accuracy."""
+    s_sizes = sorted(by_size)
     depths = sorted({optimal[s] for s in s_sizes if s in optimal})
     fig, ax = plt.subplots(figsize=(6, 4), dpi=150)
     if s_sizes and depths:
@@ -194,12 +202,11 @@ def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[in
     ax.set_xlabel("bridge dataset size")
     ax.set_ylabel("optimal frozen layers")
     ax.set_title("Fig. 3 - size x frozen -> stage-2 accuracy" + note, fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, figdir / "fig3_heatmap.png")
-    plt.close(fig)
-    made.append("figures/fig3_heatmap.png")
+    return _save_plain_figure(plt, fig, figdir, "fig3_heatmap.png")
 
-    # Validation accuracy against frozen depth, one line per size
+
+def _fig_sweep(plt, figdir: Path, note: str, trials: list[dict]) -> str:
+    """Validation accuracy against frozen depth, one line per size."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=150)
     for size, rs in sorted(_agg(trials, "size").items()):
         pts = sorted((r["frozen"], r["val_accuracy"]) for r in rs)
@@ -210,11 +217,14 @@ def _figures(run_dir: Path, trials: list[dict], s2: list[dict], optimal: dict[in
     ax.set_title("Stage-1 sweep per bridge size" + note, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(title="size", fontsize=7)
+    return _save_plain_figure(plt, fig, figdir, "sweep_val_accuracy.png")
+
+
+def _save_plain_figure(plt, fig, figdir: Path, name: str) -> str:
     fig.tight_layout()
-    save_figure(fig, figdir / "sweep_val_accuracy.png")
+    save_figure(fig, figdir / name)
     plt.close(fig)
-    made.append("figures/sweep_val_accuracy.png")
-    return made
+    return f"figures/{name}"
 
 
 def _mean(records: list[dict], key: str):
@@ -267,38 +277,60 @@ def build_report(run_dir: str | Path) -> Path:
     s2 = store.stage2_records()
     if not trials:
         raise ValueError(f"{run_dir}: no stage-1 trials recorded yet; run `mstl-train stage1` first")
-    from ..train.store import best_record
-
     seeds1 = sorted({r["seed"] for r in trials})
-    optimal = {}
-    for size, rs in _agg([r for r in trials if r["seed"] == seeds1[0]], "size").items():
-        optimal[size] = best_record(rs)["frozen"]
+    optimal = {size: best_record(rs)["frozen"]
+               for size, rs in _agg([r for r in trials if r["seed"] == seeds1[0]], "size").items()}
     random_weights = cfg.model.weights == "none"
     draws = collect_draws(store)
     progress = study_progress(store)
     figs = _figures(store.dir, trials, s2, optimal, random_weights, draws)
-    claims = evaluate(draws) if s2 else []
-    for c in claims:  # a partial run's claims say so in the file itself, not only in report.md
+    claims = _write_claims(store, draws if s2 else [], progress)
+    _write_trials_csv(store, trials)
+    sel_path = store.dir / "selection.json"
+    selection = json.loads(sel_path.read_text()) if sel_path.exists() else None
+    L = [f"# mstl run report: `{store.dir.name}`", ""] + _banners(progress, random_weights)
+    L += _claims_section(claims, draws, progress) + _departures_section(cfg)
+    L += _settings_lines(store, cfg, trials, draws) + _stage1_section(cfg, trials, optimal, seeds1[0])
+    L += _stage2_section(draws)
+    if selection:
+        L += _selection_section(selection)
+    L += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + ["", "All trials: `trials.csv`."]
+    out = store.dir / "report.md"
+    atomic_write_text(out, "\n".join(L) + "\n")
+    return out
+
+
+def _write_claims(store: RunStore, draws: list[dict], progress: dict) -> list[dict]:
+    """claims.json from every draw; a partial run's claims say so in the file itself, not only in
+    report.md; no stage-2 record (yet): an older claims.json would describe results the records no
+    longer hold, so it goes."""
+    claims = evaluate(draws) if draws else []
+    for c in claims:
         c["complete"] = progress["complete"]
         if progress["summary"]:
             c["incomplete"] = progress["summary"]
     if claims:
         store.write_json("claims.json", claims)
-    else:  # no stage-2 record (yet): an older claims.json would describe results the records no longer hold
+    else:
         (store.dir / "claims.json").unlink(missing_ok=True)
+    return claims
 
-    fields = ["size", "frozen", "seed", "mode", "val_accuracy", "val_loss", "train_accuracy", "train_loss",
-              "epochs", "best_epoch", "trainable_params", "n_train", "n_val", "seconds"]
+
+TRIAL_FIELDS = ["size", "frozen", "seed", "mode", "val_accuracy", "val_loss", "train_accuracy", "train_loss",
+                "epochs", "best_epoch", "trainable_params", "n_train", "n_val", "seconds"]
+
+
+def _write_trials_csv(store: RunStore, trials: list[dict]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=TRIAL_FIELDS, extrasaction="ignore")
     w.writeheader()
     for r in sorted(trials, key=lambda r: (r["size"], r["seed"], -r["frozen"])):
         w.writerow(r)
     atomic_write_text(store.dir / "trials.csv", buf.getvalue())
 
-    sel_path = store.dir / "selection.json"
-    selection = json.loads(sel_path.read_text()) if sel_path.exists() else None
-    L = [f"# mstl run report: `{store.dir.name}`", ""]
+
+def _banners(progress: dict, random_weights: bool) -> list[str]:
+    L = []
     if progress["summary"]:
         L += [f"> **Incomplete run - {progress['summary']}.** Every figure, table and verdict below is provisional: "
               "it covers the records so far. Finish the run (rerun `mstl-train full` with the same flags, or "
@@ -306,81 +338,98 @@ def build_report(run_dir: str | Path) -> Path:
     if random_weights:
         L += ["> **Random base weights (`--weights none`).** Frozen random features make the depth sweep and the "
               "transfer comparison meaningless: these numbers exercise the pipeline and are not results.", ""]
-    if claims:
-        L += ["## Claims of the paper, tested on this run", "",
-              "| claim | paper | this run | test | p | 95% interval | verdict |", "|---|---|---|---|---|---|---|"]
-        for c in claims:
-            obs_txt = observed_text(c["observed"])
-            iv = c["interval"]
-            p_txt = "-" if c["p_value"] is None else f"{c['p_value']:.3g}"
-            iv_txt = "-" if iv is None else f"[{iv[0]:.4f}, {iv[1]:.4f}]"
-            note = f" ({c['note']})" if c.get("note") else ""
-            provisional = "" if progress["complete"] else " - provisional, the run is incomplete"
-            L.append(f"| {c['claim']} | {c['paper']} | {obs_txt} | {c['test']} | {p_txt} | {iv_txt} | "
-                     f"**{c['verdict']}**{provisional}{note} |")
-        L += ["", f"Data draws: {len(draws)}; claims.json has every entry. 'inconclusive' means the test could not "
-              "decide at the 5% level - not that there is no effect.", ""]
+    return L
+
+
+def _claims_section(claims: list[dict], draws: list[dict], progress: dict) -> list[str]:
+    if not claims:
+        return []
+    L = ["## Claims of the paper, tested on this run", "",
+         "| claim | paper | this run | test | p | 95% interval | verdict |", "|---|---|---|---|---|---|---|"]
+    provisional = "" if progress["complete"] else " - provisional, the run is incomplete"
+    for c in claims:
+        iv = c["interval"]
+        p_txt = "-" if c["p_value"] is None else f"{c['p_value']:.3g}"
+        iv_txt = "-" if iv is None else f"[{iv[0]:.4f}, {iv[1]:.4f}]"
+        note = f" ({c['note']})" if c.get("note") else ""
+        L.append(f"| {c['claim']} | {c['paper']} | {observed_text(c['observed'])} | {c['test']} | {p_txt} | {iv_txt} | "
+                 f"**{c['verdict']}**{provisional}{note} |")
+    return L + ["", f"Data draws: {len(draws)}; claims.json has every entry. 'inconclusive' means the test could not "
+                "decide at the 5% level - not that there is no effect.", ""]
+
+
+def _departures_section(cfg) -> list[str]:
     departures = departures_from_paper(cfg)
-    L += ["## Where this run departs from the paper as written", ""]
+    L = ["## Where this run departs from the paper as written", ""]
     if departures:
         L += ["| setting | paper | this run | the paper's basis |", "|---|---|---|---|"]
         L += [f"| `{d['setting']}` | {d['paper']} | {d['this_run']} | {d['paper_basis']} |" for d in departures]
     else:
         L.append("Nowhere: every setting the paper states, or that the `paper` preset reads literally, is the paper's.")
-    L.append("")
-    L += [f"- preset `{cfg.preset}`, config hash `{store.config_hash()}`, weights `{cfg.model.weights}`, "
-          f"alpha {cfg.model.alpha}, image {cfg.data.image_size} px ({cfg.data.resize_method}), "
-          f"scaling `{cfg.data.scaling}`, BatchNorm `{cfg.model.bn_mode}`, sweep mode `{cfg.stage1.mode}`",
-          f"- bridge `{cfg.bridge or 'embedded demo OCT-like data'}`; target `{cfg.target or 'embedded demo X-ray-like data'}`",
-          f"- stage 1: start {cfg.stage1.start_frozen} frozen, step {cfg.stage1.unfreeze_step}, floor "
-          f"{cfg.stage1.min_frozen}, patience {cfg.stage1.patience}, up to {cfg.stage1.epochs} epochs per depth "
-          f"(early stopping on val loss), lr {cfg.stage1.learning_rate}, batch {cfg.stage1.batch_size}",
-          f"- stage 2: batch {cfg.stage2.batch_size}, up to {cfg.stage2.max_epochs} epochs, stop at training "
-          f"accuracy {cfg.stage2.stop_train_accuracy}, lr {cfg.stage2.learning_rate}; seeds {list(cfg.seeds)}",
-          _training_time(trials, draws), ""]
+    return L + [""]
+
+
+def _settings_lines(store: RunStore, cfg, trials: list[dict], draws: list[dict]) -> list[str]:
+    return [f"- preset `{cfg.preset}`, config hash `{store.config_hash()}`, weights `{cfg.model.weights}`, "
+            f"alpha {cfg.model.alpha}, image {cfg.data.image_size} px ({cfg.data.resize_method}), "
+            f"scaling `{cfg.data.scaling}`, BatchNorm `{cfg.model.bn_mode}`, sweep mode `{cfg.stage1.mode}`",
+            f"- bridge `{cfg.bridge or 'embedded demo OCT-like data'}`; target `{cfg.target or 'embedded demo X-ray-like data'}`",
+            f"- stage 1: start {cfg.stage1.start_frozen} frozen, step {cfg.stage1.unfreeze_step}, floor "
+            f"{cfg.stage1.min_frozen}, patience {cfg.stage1.patience}, up to {cfg.stage1.epochs} epochs per depth "
+            f"(early stopping on val loss), lr {cfg.stage1.learning_rate}, batch {cfg.stage1.batch_size}",
+            f"- stage 2: batch {cfg.stage2.batch_size}, up to {cfg.stage2.max_epochs} epochs, stop at training "
+            f"accuracy {cfg.stage2.stop_train_accuracy}, lr {cfg.stage2.learning_rate}; seeds {list(cfg.seeds)}",
+            _training_time(trials, draws), ""]
+
+
+def _stage1_section(cfg, trials: list[dict], optimal: dict[int, int], seed: int) -> list[str]:
     from ..train.schedule import next_depth, sweep_grid
     grid = sweep_grid(cfg)
-    L += ["## Stage 1: optimal frozen depth per bridge size (Fig. 2a)", "",
-          "| size | optimal frozen | val acc % | depths tried | paper's optimal frozen |", "|---|---|---|---|---|"]
+    L = ["## Stage 1: optimal frozen depth per bridge size (Fig. 2a)", "",
+         "| size | optimal frozen | val acc % | depths tried | paper's optimal frozen |", "|---|---|---|---|---|"]
     for size in sorted(optimal):
-        rs = [r for r in trials if r["size"] == size and r["seed"] == seeds1[0]]
+        rs = [r for r in trials if r["size"] == size and r["seed"] == seed]
         b = best_record(rs)
         unfinished = next_depth(grid, {r["frozen"]: r for r in rs}, cfg.stage1.patience) is not None
         tried = f"{len(rs)} (sweep unfinished)" if unfinished else str(len(rs))
         L.append(f"| {size} | {b['frozen']}{' so far' if unfinished else ''} | {_pct(b['val_accuracy'])} | {tried} | "
                  f"{PAPER_FROZEN.get(size, 'n/r')} |")
-    L += ["", "## Stage 2: target test accuracy per bridge size (Fig. 2b)", "",
-          "| size | frozen | units | test acc % (mean) | 95% CI | balanced acc % | majority class % | sens % | spec % | "
-          "ROC AUC | val acc % | epochs | paper's acc % |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    all_s2 = [r for d in draws for r in d["stage2"]]
-    for size, rs in sorted(_agg(all_s2, "size").items()):
-        accs = [r["accuracy"] for r in rs]
-        acc = np.mean(accs)
-        spread = f" ± {100 * np.std(accs, ddof=1):.1f}" if len(rs) > 1 else ""
-        # a t-interval over (draw, seed) units; one unit: that run's Wilson interval
-        lo, hi = t_interval(accs) or (rs[0]["ci_low"], rs[0]["ci_high"])
-        aucs = [r["roc_auc"] for r in rs if r.get("roc_auc") is not None]
-        auc = f"{np.mean(aucs):.3f}" if aucs else "-"
-        name = "control (no bridge)" if size == 0 else str(size)
-        frozen = rs[0].get("stage1_frozen", "-") if size else "all"
-        paper = PAPER_ACCURACY.get(size)
-        L.append(f"| {name} | {frozen} | {len(rs)} | {100 * acc:.1f}{spread} | [{100 * lo:.1f}, {100 * hi:.1f}] | "
-                 f"{_pct(_mean(rs, 'balanced_accuracy'))} | {_pct(_mean(rs, 'majority_baseline'))} | "
-                 f"{_pct(_mean(rs, 'sensitivity'))} | {_pct(_mean(rs, 'specificity'))} | {auc} | "
-                 f"{_pct(_mean(rs, 'val_accuracy'))} | {_mean(rs, 'epochs'):.0f} | {_pct(paper) if paper else 'n/r'} |")
-    L += ["", "n/r: the paper's text reports no figure for this size. The paper's range is 69.25% (60k) to 74.5% (40k).",
-          "Units are (data draw, training seed) pairs; with several, the interval is a t-interval over them, with one "
-          "it is that run's Wilson interval. Compare intervals, not point values; the Claims section tests them.", ""]
-    if selection:
-        L += ["## Model chosen for deployment", "",
-              f"Size {selection['size']}, seed {selection['seed']} (`{selection.get('model')}`): {selection['why']}."]
-        if selection.get("warning"):
-            L.append(f"**Note:** {selection['warning']}.")
-        L.append("Whether the bridge beats the control is the third claim above: read its verdict, not this choice.")
-        L.append("")
-        L += _operating_point_section(selection.get("decision"))
-    L += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + ["", "All trials: `trials.csv`."]
-    out = store.dir / "report.md"
-    atomic_write_text(out, "\n".join(L) + "\n")
-    return out
+    return L
+
+
+def _stage2_section(draws: list[dict]) -> list[str]:
+    L = ["", "## Stage 2: target test accuracy per bridge size (Fig. 2b)", "",
+         "| size | frozen | units | test acc % (mean) | 95% CI | balanced acc % | majority class % | sens % | spec % | "
+         "ROC AUC | val acc % | epochs | paper's acc % |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for size, rs in sorted(_agg([r for d in draws for r in d["stage2"]], "size").items()):
+        L.append(_stage2_row(size, rs))
+    return L + ["", "n/r: the paper's text reports no figure for this size. The paper's range is 69.25% (60k) to 74.5% (40k).",
+                "Units are (data draw, training seed) pairs; with several, the interval is a t-interval over them, with one "
+                "it is that run's Wilson interval. Compare intervals, not point values; the Claims section tests them.", ""]
+
+
+def _stage2_row(size: int, rs: list[dict]) -> str:
+    accs = [r["accuracy"] for r in rs]
+    acc = np.mean(accs)
+    spread = f" ± {100 * np.std(accs, ddof=1):.1f}" if len(rs) > 1 else ""
+    # a t-interval over (draw, seed) units; one unit: that run's Wilson interval
+    lo, hi = t_interval(accs) or (rs[0]["ci_low"], rs[0]["ci_high"])
+    aucs = [r["roc_auc"] for r in rs if r.get("roc_auc") is not None]
+    auc = f"{np.mean(aucs):.3f}" if aucs else "-"
+    name = "control (no bridge)" if size == 0 else str(size)
+    frozen = rs[0].get("stage1_frozen", "-") if size else "all"
+    paper = PAPER_ACCURACY.get(size)
+    return (f"| {name} | {frozen} | {len(rs)} | {100 * acc:.1f}{spread} | [{100 * lo:.1f}, {100 * hi:.1f}] | "
+            f"{_pct(_mean(rs, 'balanced_accuracy'))} | {_pct(_mean(rs, 'majority_baseline'))} | "
+            f"{_pct(_mean(rs, 'sensitivity'))} | {_pct(_mean(rs, 'specificity'))} | {auc} | "
+            f"{_pct(_mean(rs, 'val_accuracy'))} | {_mean(rs, 'epochs'):.0f} | {_pct(paper) if paper else 'n/r'} |")
+
+
+def _selection_section(selection: dict) -> list[str]:
+    L = ["## Model chosen for deployment", "",
+         f"Size {selection['size']}, seed {selection['seed']} (`{selection.get('model')}`): {selection['why']}."]
+    if selection.get("warning"):
+        L.append(f"**Note:** {selection['warning']}.")
+    L += ["Whether the bridge beats the control is the third claim above: read its verdict, not this choice.", ""]
+    return L + _operating_point_section(selection.get("decision"))
