@@ -122,20 +122,42 @@ async def _json(send, status: int, body: dict[str, Any]) -> None:
 
 def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, device=None):
     """``device``: a device.DeviceBench for the /device page (default: one over the served model's folder)."""
-    from fastapi import FastAPI, Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse
     from fastapi.staticfiles import StaticFiles
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-    from .device import DeviceBench, DeviceBodyError, DeviceError, DeviceFull, DeviceSession, DeviceStale
+    from .device import DeviceBench
 
     app = FastAPI(title="mstl app demo", description="Research prototype - not a diagnostic device.")
     static = resources.files("mstl.app_demo").joinpath("static")
     page = static.joinpath("index.html").read_text()
-    device_page = static.joinpath("device.html").read_text()
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     bench = device if device is not None else DeviceBench(classifier.path.parent, uncertain_band=classifier.uncertain_band)
+    _error_handlers(app)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return page
+
+    @app.get("/health")
+    async def health():
+        # stat calls only (a file that moved is re-hashed once): /health must stay instant
+        stale = bench.stale()
+        return {"status": "ok", **({"stale_exports": stale, "note": bench.stale_note(stale)} if stale else {})}
+
+    @app.get("/model")
+    async def model():
+        return classifier.describe()
+
+    _device_routes(app, bench, static.joinpath("device.html").read_text())
+    _predict_route(app, classifier)
+    return Isolated(HeadAsGet(UploadLimit(app, max_upload, {"/device/results": bench.max_body_bytes()})))
+
+
+def _error_handlers(app) -> None:
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -154,19 +176,15 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
         return JSONResponse({"error": f"internal error while serving {request.url.path} "
                                       f"({type(exc).__name__}); the server's log has the details"}, status_code=500)
 
-    @app.get("/", response_class=HTMLResponse)
-    async def index():
-        return page
 
-    @app.get("/health")
-    async def health():
-        # stat calls only (a file that moved is re-hashed once): /health must stay instant
-        stale = bench.stale()
-        return {"status": "ok", **({"stale_exports": stale, "note": bench.stale_note(stale)} if stale else {})}
-
-    @app.get("/model")
-    async def model():
-        return classifier.describe()
+def _device_routes(app, bench, device_page: str) -> None:
+    """The in-browser bench: its page, manifest, models and samples, and the posted rows."""
+    from fastapi import Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from .device import DeviceBodyError, DeviceError, DeviceFull, DeviceSession, DeviceStale
+    # most specific first: each a subclass of DeviceError (422)
+    statuses = ((DeviceFull, 507), (DeviceStale, 409), (DeviceSession, 403), (DeviceBodyError, 400), (DeviceError, 422))
 
     @app.get("/device", response_class=HTMLResponse)
     async def device_index():
@@ -199,16 +217,15 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
         try:
             # parsed, checked and written in a worker thread: a large body must not stall the event loop
             return await run_in_threadpool(bench.record_body, body)
-        except DeviceFull as e:
-            return JSONResponse({"error": str(e)}, status_code=507)
-        except DeviceStale as e:
-            return JSONResponse({"error": str(e)}, status_code=409)
-        except DeviceSession as e:
-            return JSONResponse({"error": str(e)}, status_code=403)
-        except DeviceBodyError as e:
-            return JSONResponse({"error": str(e)}, status_code=400)
         except DeviceError as e:
-            return JSONResponse({"error": str(e)}, status_code=422)
+            status = next(code for kind, code in statuses if isinstance(e, kind))
+            return JSONResponse({"error": str(e)}, status_code=status)
+
+
+def _predict_route(app, classifier: Classifier) -> None:
+    from fastapi import Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -229,7 +246,4 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
         try:
             return await run_in_threadpool(classifier.classify, data, name)
         except ImageError as e:
-            status = 413 if "too many pixels" in e.reason or "decompression bomb" in e.reason else 400
-            return JSONResponse({"error": f"{name}: {e.reason}"}, status_code=status)
-
-    return Isolated(HeadAsGet(UploadLimit(app, max_upload, {"/device/results": bench.max_body_bytes()})))
+            return JSONResponse({"error": f"{name}: {e.reason}"}, status_code=413 if e.too_large else 400)

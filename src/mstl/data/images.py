@@ -48,12 +48,19 @@ class NonFinitePixels(ValueError):
 
 
 class ImageError(ValueError):
-    """An image that cannot be used, with the file and a one-line reason."""
+    """An image that cannot be used, with the file and a one-line reason; ``too_large`` when it was
+    refused for its size (an app answers 413 to that, 400 to the rest)."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, too_large: bool = False):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.too_large = too_large
+
+
+def _decode_error(label: str, exc: BaseException) -> ImageError:
+    bomb = isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning))
+    return ImageError(label, failure_reason(exc), too_large=bomb)
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -159,12 +166,12 @@ def open_image(source: Source, name: str | None = None, max_pixels: int | None =
         img = source if isinstance(source, Image.Image) else Image.open(source, formats=READ_FORMATS)
         if cap is not None and img.width * img.height > cap:
             raise ImageError(label, f"too many pixels ({img.width}x{img.height} > {cap:,}; refused before decoding): "
-                                    "downscale it first")
+                                    "downscale it first", too_large=True)
         if max_pixels is not None and max(img.size) > MAX_SIDE:
             # Pillow keeps a pointer per row: a 2 x 20,000,000 sliver under the pixel cap costs 160 MB
             # of row pointers alone
             raise ImageError(label, f"too many pixels in one side ({img.width}x{img.height}; at most {MAX_SIDE:,} "
-                                    "per side)")
+                                    "per side)", too_large=True)
         return img
     except ImageError:
         raise
@@ -174,7 +181,7 @@ def open_image(source: Source, name: str | None = None, max_pixels: int | None =
     except FileNotFoundError:
         raise ImageError(label, "file not found") from None
     except DECODE_ERRORS as e:
-        raise ImageError(label, failure_reason(e)) from None
+        raise _decode_error(label, e) from None
 
 
 def _label(source: Source, name: str | None) -> str:
@@ -201,7 +208,7 @@ def load_image(source: Source, size: int, method: str = "bilinear", name: str | 
             img = img.resize((size, size), _RESAMPLE[method])
         arr = np.asarray(img, dtype=np.uint8)
     except DECODE_ERRORS as e:
-        raise ImageError(label, failure_reason(e)) from None
+        raise _decode_error(label, e) from None
     if arr.shape != (size, size, 3):
         raise ImageError(label, f"decoded to unexpected shape {arr.shape}")
     return arr
