@@ -15,12 +15,15 @@ VNNI). Prints one name=value line per figure:
   speedup                 serial_s / ray_s
   ray_launched / ray_committed / speculative_efficiency   trials the Ray run started, recorded, and their ratio
   plan_speedup_<N>w       the plan's projected speedup on N workers, from the Ray run's measured trial times
-  identical_decisions_haswell / identical_trials_haswell / max_val_acc_diff_haswell / haswell_s
-                          (--emulate-haswell) the --emulate-preset study run serially under the emulator
-                          against the same study run natively: decisions, trials to the last digit, and time
+  (--emulate-haswell: the --emulate-preset study natively, serially under the emulator, and on Ray with
+  every worker under the emulator)
+  identical_trials_haswell / max_val_acc_diff_haswell   serial vs Ray, both on the emulated CPU
+  identical_decisions_haswell   1 when native, emulated serial and emulated Ray took the same decisions
+  identical_trials_native_vs_haswell / max_val_acc_diff_native_vs_haswell   across the two CPU kinds
+  haswell_trials_without_avx512 1 when every emulated trial recorded avx2 and no avx512f (it ran emulated)
 
     .venv/bin/python benchmarks/ray_sweep.py [--preset demo] [--workers 2] [--threads 1] [--weights FILE]
-        [--keep DIR] [--emulate-haswell [--emulate-preset smoke]] [--skip-ray]
+        [--keep DIR] [--emulate-haswell [--emulate-preset smoke]] [--skip-ray] [--skip-threads]
 """
 
 from __future__ import annotations
@@ -38,13 +41,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 LOCAL_WEIGHTS = HERE.parent.parent / "shared" / "weights" / "mobilenet_v2_1.0_imagenet_no_top.weights.h5"
 BIN = Path(sys.executable).parent
+EMULATOR = "qemu-x86_64-static"
 
 
 def run(args: list[str], env: dict, emulate: str | None = None) -> float:
     t0 = time.perf_counter()
     cmd = [str(BIN / "mstl-train"), *args]
     if emulate:  # user-mode QEMU runs this same Python as another CPU kind
-        cmd = ["qemu-x86_64-static", "-cpu", emulate, sys.executable, *cmd]
+        cmd = [EMULATOR, "-cpu", emulate, sys.executable, *cmd]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -94,7 +98,8 @@ def main() -> None:
     ap.add_argument("--emulate-haswell", action="store_true",
                     help="also run --emulate-preset serially under qemu-x86_64-static -cpu Haswell (slow)")
     ap.add_argument("--emulate-preset", default="smoke")
-    ap.add_argument("--skip-ray", action="store_true", help="only the thread-count and emulation checks")
+    ap.add_argument("--skip-ray", action="store_true", help="no serial-vs-Ray check on --preset")
+    ap.add_argument("--skip-threads", action="store_true", help="no 1-vs-2-threads check on --preset")
     a = ap.parse_args()
     from mstl.machine import cpu_flags
     root = a.keep or Path(tempfile.mkdtemp(prefix="ray-sweep-"))
@@ -102,11 +107,12 @@ def main() -> None:
     env = dict(os.environ)
     common = ["full", "--preset", a.preset, "--weights", a.weights, "--threads-per-trial", str(a.threads)]
     serial_dir, ray_dir, two_dir = root / "serial", root / "ray", root / "serial-2t"
-    for d in (serial_dir, ray_dir, two_dir, root / "native", root / "haswell"):
+    for d in (serial_dir, ray_dir, two_dir, root / "native", root / "haswell", root / "haswell-ray"):
         shutil.rmtree(d, ignore_errors=True)
     print(f"# preset {a.preset}, weights {Path(a.weights).name}; {a.threads} TensorFlow thread(s) per trial; "
           f"local Ray with {a.workers} CPU(s); {os.cpu_count()} cores, cpu flags: {' '.join(cpu_flags())}", flush=True)
-    serial_s = run([*common, "--run-dir", str(serial_dir)], env)
+    if not (a.skip_ray and a.skip_threads):
+        serial_s = run([*common, "--run-dir", str(serial_dir)], env)
     if not a.skip_ray:
         ray_s = run([*common, "--run-dir", str(ray_dir), "--engine", "ray", "--ray-cpus", str(a.workers)], env)
         identical, diff = compare_trials(serial_dir, ray_dir)
@@ -135,17 +141,18 @@ def main() -> None:
         for row in projected:
             print(f"plan_speedup_{row['workers']}w={row['speedup']}  (trials {row['trials']}, launched {row['launched']}, "
                   f"wall {row['wall_s']:.0f}s)", flush=True)
-    else:
+    elif not a.skip_threads:
         print(f"threads_serial={threads_of(serial_dir)}")
         print(f"serial_s={serial_s:.1f}", flush=True)
-    other = 2 if a.threads != 2 else 1
-    two_s = run([*common[:-1], str(other), "--run-dir", str(two_dir)], env)
-    same_trials, diff_2t = compare_trials(serial_dir, two_dir)
-    print(f"identical_decisions_{a.threads}t_vs_{other}t={int(decisions(serial_dir) == decisions(two_dir))}")
-    print(f"identical_trials_{a.threads}t_vs_{other}t={int(same_trials)}")
-    print(f"max_val_acc_diff_{a.threads}t_vs_{other}t={diff_2t:.6f}")
-    print(f"threads_serial_{other}t={threads_of(two_dir)}")
-    print(f"serial_{other}t_s={two_s:.1f}", flush=True)
+    if not a.skip_threads:
+        other = 2 if a.threads != 2 else 1
+        two_s = run([*common[:-1], str(other), "--run-dir", str(two_dir)], env)
+        same_trials, diff_2t = compare_trials(serial_dir, two_dir)
+        print(f"identical_decisions_{a.threads}t_vs_{other}t={int(decisions(serial_dir) == decisions(two_dir))}")
+        print(f"identical_trials_{a.threads}t_vs_{other}t={int(same_trials)}")
+        print(f"max_val_acc_diff_{a.threads}t_vs_{other}t={diff_2t:.6f}")
+        print(f"threads_serial_{other}t={threads_of(two_dir)}")
+        print(f"serial_{other}t_s={two_s:.1f}", flush=True)
     if a.emulate_haswell:
         emulated(a, root, env)
     if not a.keep:
@@ -153,21 +160,34 @@ def main() -> None:
 
 
 def emulated(a, root: Path, env: dict) -> None:
-    """The --emulate-preset study natively and under QEMU's Haswell, both serial at --threads."""
+    """The --emulate-preset study natively, then under QEMU's Haswell twice: serially (the whole
+    process emulated) and on Ray (a native driver; every worker, where the trials run, emulated)."""
     args = ["full", "--preset", a.emulate_preset, "--threads-per-trial", str(a.threads)]
     if a.emulate_preset != "smoke":
         args += ["--weights", a.weights]
-    native_dir, haswell_dir = root / "native", root / "haswell"
+    native_dir, haswell_dir, haswell_ray_dir = root / "native", root / "haswell", root / "haswell-ray"
     native_s = run([*args, "--run-dir", str(native_dir)], env)
     haswell_s = run([*args, "--run-dir", str(haswell_dir)], env, emulate="Haswell")
-    flags = sorted({f for r in records(haswell_dir, "results.jsonl") for f in r.get("cpu_flags", [])})
-    same_trials, diff = compare_trials(native_dir, haswell_dir)
-    print(f"# emulated: preset {a.emulate_preset}; the emulated trials recorded cpu flags: {' '.join(flags)}")
-    print(f"identical_decisions_haswell={int(decisions(native_dir) == decisions(haswell_dir))}")
-    print(f"identical_trials_haswell={int(same_trials)}")
+    ray_env = {**env, "MSTL_RAY_WORKER_PYTHON": f"{EMULATOR} -cpu Haswell {sys.executable}",
+               "RAY_worker_register_timeout_seconds": "900"}  # an emulated worker takes long to start
+    haswell_ray_s = run([*args, "--run-dir", str(haswell_ray_dir), "--engine", "ray", "--ray-cpus", str(a.workers)],
+                        ray_env)
+    flags = {tuple(r.get("cpu_flags", ())) for d in (haswell_dir, haswell_ray_dir) for r in records(d, "results.jsonl")}
+    same, diff = compare_trials(haswell_dir, haswell_ray_dir)
+    same_native, diff_native = compare_trials(native_dir, haswell_dir)
+    print(f"# emulated: preset {a.emulate_preset}; cpu flags the emulated trials recorded: "
+          f"{' | '.join(' '.join(f) for f in sorted(flags))}")
+    print(f"haswell_trials_without_avx512={int(all('avx512f' not in f and 'avx2' in f for f in flags))}")
+    print(f"identical_trials_haswell={int(same)}")
     print(f"max_val_acc_diff_haswell={diff:.6f}")
+    print(f"threads_serial_haswell={threads_of(haswell_dir)}")
+    print(f"threads_ray_haswell={threads_of(haswell_ray_dir)}")
+    print(f"identical_decisions_haswell={int(decisions(native_dir) == decisions(haswell_dir) == decisions(haswell_ray_dir))}")
+    print(f"identical_trials_native_vs_haswell={int(same_native)}")
+    print(f"max_val_acc_diff_native_vs_haswell={diff_native:.6f}")
     print(f"native_{a.emulate_preset}_s={native_s:.1f}")
-    print(f"haswell_s={haswell_s:.1f}", flush=True)
+    print(f"haswell_serial_s={haswell_s:.1f}")
+    print(f"haswell_ray_s={haswell_ray_s:.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ def _weights_default(cfg: RunConfig, weights: Optional[str]) -> RunConfig:
         return replace(cfg, model=replace(cfg.model, weights=chosen))
     if cfg.preset == "demo":
         from ..model import WeightsError, build_base
+        from ..train.run import fix_threads
+        fix_threads(cfg)  # the check below builds a model: TensorFlow's threads are fixed from then on
         try:
             build_base(cfg.data.image_size, cfg.model.alpha, "imagenet")
         except WeightsError:
@@ -95,8 +97,6 @@ def _config_from_options(o: dict) -> RunConfig:
         trial_threads=o.get("threads_per_trial"),
     )
     cfg = apply_settings(cfg, list(o.get("set_") or []))
-    from ..train.run import fix_threads
-    fix_threads(cfg)  # before anything makes a tensor (the demo's weights check below builds a model)
     return _weights_default(cfg, o["weights"])
 
 

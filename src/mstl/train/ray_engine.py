@@ -37,6 +37,12 @@ if TYPE_CHECKING:
     from .engines import EngineOptions
 
 
+# The command Ray starts its workers with, when not this Python: a cluster whose nodes keep it elsewhere,
+# or `qemu-x86_64-static -cpu Haswell /path/to/python` to run the trials on an emulated CPU kind
+# (benchmarks/ray_sweep.py --emulate-haswell).
+WORKER_PYTHON_ENV = "MSTL_RAY_WORKER_PYTHON"
+
+
 def start(opts: EngineOptions, cfg):
     """Ray, initialised: a local instance sized to the machine, or the cluster at ``opts.address``."""
     try:
@@ -47,6 +53,8 @@ def start(opts: EngineOptions, cfg):
         return ray
     env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                         "MSTL_CACHE_DIR": str(_cache_root())}}
+    if os.environ.get(WORKER_PYTHON_ENV):
+        env["py_executable"] = os.environ[WORKER_PYTHON_ENV]
     try:
         if opts.address:
             ray.init(address=opts.address, runtime_env=env, log_to_driver=True, configure_logging=False)

@@ -98,8 +98,9 @@ def write_decisions(store, cfg: RunConfig) -> dict:
     out = []
     for (size, seed), done in sorted(chains.items()):
         nxt, best = walk(grid, done, patience)
-        ties = [{"frozen": d, **v} for d in grid if d in done and (v := done[d].get("vs_best"))
-                and v["outcome"] == "tie"]
+        # a tie: the depth ``frozen`` within the margin of the best so far, ``with_frozen``
+        ties = [{"frozen": d, "with_frozen": v["frozen"], "images": v["images"]} for d in grid
+                if d in done and (v := done[d].get("vs_best")) and v["outcome"] == "tie"]
         out.append({"size": size, "seed": seed, "optimal_frozen": int(best["frozen"]) if best else None,
                     "trials": sorted(done, reverse=True), "finished": nxt is None,
                     "stopped": None if nxt is not None else
