@@ -215,3 +215,14 @@ def test_two_threads_per_trial_take_the_one_thread_decisions(serial_reference, t
     chains = lambda d: [{k: c[k] for k in ("size", "seed", "trials", "optimal_frozen", "stopped")}  # noqa: E731
                         for c in json.loads((d / "decisions.json").read_text())["chains"]]
     assert chains(run_dir) == chains(serial_reference)
+
+
+def test_the_plan_replays_a_run_with_the_runs_own_tie_margin():
+    from mstl.train.plan import plan
+    demo = preset("demo")
+    cfg = replace(demo, stage1=replace(demo.stage1, sizes=(600,)))
+    # issue 24's size 600: depth 130 one image above 140 (a tie), then 120 clearly worse -> the sweep stops
+    trials = [{"seed": 1, "size": 600, "frozen": f, "val_accuracy": c / 120, "n_val": 120, "n_train": 480,
+               "seconds": 10.0} for f, c in ((140, 116), (130, 117), (120, 93))]
+    rows = plan(cfg, [1], 0, trials, [], "test", 0.8)["scenarios"]["measured"]
+    assert rows[0]["trials"] == 3  # compared strictly, 130 would be better and 110 would be run too
