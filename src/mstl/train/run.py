@@ -42,7 +42,8 @@ class RunData:
 
 def fix_threads(cfg: RunConfig) -> int:
     """This process's TensorFlow at the config's threads per trial, with deterministic ops; before any
-    tensor exists (the CLI calls it as soon as the config is known). Returns the threads it really has."""
+    tensor exists (``setup_runtime``; the CLI also before the demo's weights check, which builds a model).
+    Returns the threads it really has."""
     threads = pin_threads(cfg.trial_threads)
     if threads != cfg.trial_threads:
         from ..progress import warn
