@@ -23,7 +23,7 @@ VNNI). Prints one name=value line per figure:
   haswell_trials_without_avx512 1 when every emulated trial recorded avx2 and no avx512f (it ran emulated)
 
     .venv/bin/python benchmarks/ray_sweep.py [--preset demo] [--workers 2] [--threads 1] [--weights FILE]
-        [--keep DIR] [--emulate-haswell [--emulate-preset smoke]] [--skip-ray] [--skip-threads]
+        [--keep DIR] [--emulate-haswell [--emulate-preset smoke] [--emulate-extra FLAGS]] [--skip-ray] [--skip-threads]
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ def main() -> None:
     ap.add_argument("--emulate-haswell", action="store_true",
                     help="also run --emulate-preset serially under qemu-x86_64-static -cpu Haswell (slow)")
     ap.add_argument("--emulate-preset", default="smoke")
+    ap.add_argument("--emulate-extra", default="", help="more mstl-train flags for the emulated study, e.g. "
+                    "'--unfreeze-step 10 --min-frozen 100' (more depths, so more decisions)")
     ap.add_argument("--skip-ray", action="store_true", help="no serial-vs-Ray check on --preset")
     ap.add_argument("--skip-threads", action="store_true", help="no 1-vs-2-threads check on --preset")
     a = ap.parse_args()
@@ -162,7 +164,7 @@ def main() -> None:
 def emulated(a, root: Path, env: dict) -> None:
     """The --emulate-preset study natively, then under QEMU's Haswell twice: serially (the whole
     process emulated) and on Ray (a native driver; every worker, where the trials run, emulated)."""
-    args = ["full", "--preset", a.emulate_preset, "--threads-per-trial", str(a.threads)]
+    args = ["full", "--preset", a.emulate_preset, "--threads-per-trial", str(a.threads), *a.emulate_extra.split()]
     if a.emulate_preset != "smoke":
         args += ["--weights", a.weights]
     native_dir, haswell_dir, haswell_ray_dir = root / "native", root / "haswell", root / "haswell-ray"
@@ -175,7 +177,7 @@ def emulated(a, root: Path, env: dict) -> None:
     flags = {tuple(r.get("cpu_flags", ())) for d in (haswell_dir, haswell_ray_dir) for r in records(d, "results.jsonl")}
     same, diff = compare_trials(haswell_dir, haswell_ray_dir)
     same_native, diff_native = compare_trials(native_dir, haswell_dir)
-    print(f"# emulated: preset {a.emulate_preset}; cpu flags the emulated trials recorded: "
+    print(f"# emulated: preset {a.emulate_preset} {a.emulate_extra}; cpu flags the emulated trials recorded: "
           f"{' | '.join(' '.join(f) for f in sorted(flags))}")
     print(f"haswell_trials_without_avx512={int(all('avx512f' not in f and 'avx2' in f for f in flags))}")
     print(f"identical_trials_haswell={int(same)}")
