@@ -1,7 +1,7 @@
 """The same small study run serially and on a local Ray instance, each through the CLI in its own
 process and run dir, with the same TensorFlow threads per trial; then serially at 1 and at 2 threads;
-and, with --emulate-haswell, serially once more under QEMU's Haswell CPU (AVX2 + FMA, no AVX-512, no
-VNNI). Prints one name=value line per figure:
+and, with --emulate-haswell, a (smoke) study natively, serially under QEMU's Haswell CPU (AVX2 + FMA,
+no AVX-512, no VNNI) and on Ray with its workers under it. Prints one name=value line per figure:
 
   identical_trials        1 when serial and Ray recorded the same (size, frozen, seed) set, the same optimal
                           depths and the same validation accuracy and loss to the last digit
