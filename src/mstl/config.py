@@ -94,6 +94,10 @@ class RunConfig:
     cache: bool = True  # False: the plain path, no activation or embedding caches (for comparison)
     prefix_cache: str = "float32"  # stage-1 frozen-prefix activations: float32 (exact) | float16 (half the memory)
     cache_budget_gb: float = 8.0
+    # TensorFlow's intra- and inter-op threads in every trial, whatever the engine: float sums split over
+    # N threads add in another order than over M, so the count is part of what a trial's numbers are
+    # (and of the config identity: a run dir resumed with another count is refused, not silently mixed).
+    trial_threads: int = 1
 
     def validate(self) -> "RunConfig":
         problems = []
@@ -171,6 +175,8 @@ class RunConfig:
                 and self.model.alpha not in base.imagenet_alphas:
             out.append(f"ImageNet weights for {base.name} exist at alpha {', '.join(map(str, base.imagenet_alphas))}, "
                        f"not {self.model.alpha}; pick one of those, or --weights none")
+        if not 1 <= self.trial_threads <= 1024:
+            out.append(f"trial_threads must be 1..1024 (TensorFlow threads per trial), got {self.trial_threads}")
         if not 0 <= self.cache_budget_gb < float("inf"):
             out.append(f"cache_budget_gb must be 0 or more, got {self.cache_budget_gb}")
         bad = [v for v in (*self.seeds, *self.data_seeds, self.data_seed) if not 0 <= v < 2 ** 32]

@@ -59,6 +59,8 @@ def _weights_default(cfg: RunConfig, weights: Optional[str]) -> RunConfig:
         return replace(cfg, model=replace(cfg.model, weights=chosen))
     if cfg.preset == "demo":
         from ..model import WeightsError, build_base
+        from ..train.run import fix_threads
+        fix_threads(cfg)  # the check below builds a model: TensorFlow's threads are fixed from then on
         try:
             build_base(cfg.data.image_size, cfg.model.alpha, "imagenet")
         except WeightsError:
@@ -92,6 +94,7 @@ def _config_from_options(o: dict) -> RunConfig:
         },
         stage1_seeds=o["stage1_seeds"], mixed_precision=o["mixed_precision"] or None,
         cache=False if o["no_cache"] else None, prefix_cache=o["prefix_cache"], cache_budget_gb=o["cache_budget_gb"],
+        trial_threads=o.get("threads_per_trial"),
     )
     cfg = apply_settings(cfg, list(o.get("set_") or []))
     _refuse_repeats(cfg)
@@ -127,9 +130,9 @@ ENGINE_HELP = "serial (this process) | ray (trials as Ray tasks; needs the ray e
 ADDRESS_HELP = "Ray cluster to join (auto | HOST:PORT); default: a local Ray instance sized to this machine"
 
 
-def _engine(engine: str, ray_address: Optional[str], trial_cpus: float, trial_gpus: float, lookahead: int,
+def _engine(engine: str, ray_address: Optional[str], trial_cpus: Optional[float], trial_gpus: float, lookahead: int,
             ray_cpus: Optional[int] = None):
-    from ..train.ray_engine import EngineOptions
+    from ..train.engines import EngineOptions
     opts = EngineOptions(engine, ray_address, trial_cpus, trial_gpus, lookahead, ray_cpus).validate()
     if opts.name == "serial" and (ray_address or trial_gpus or ray_cpus):
         warn("--ray-address, --ray-cpus and --trial-gpus apply with --engine ray only: ignored")
@@ -170,6 +173,9 @@ def _study_flags(
     no_cache: bool = typer.Option(False, "--no-cache", help="plain path: no activation or embedding caches"),
     prefix_cache: Optional[str] = typer.Option(None, help="stage-1 activation cache storage: float32 (exact) | float16"),
     cache_budget_gb: Optional[float] = typer.Option(None, help="largest activation cache (default 8 GB)"),
+    threads_per_trial: Optional[int] = typer.Option(None, help="TensorFlow threads of every trial, serial or Ray "
+                                                    "(default 1; part of the configuration: a trial's last digits "
+                                                    "depend on it)"),
     mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute on GPUs"),
     restart: bool = typer.Option(False, "--restart", help="discard the run dir's results and start over"),
     set_: List[str] = typer.Option([], "--set", help="any configuration value by its dotted name, e.g. "
@@ -183,7 +189,7 @@ def _study_flags(
 ENGINE_FLAGS = (
     ("engine", str, typer.Option("serial", help=ENGINE_HELP)),
     ("ray_address", Optional[str], typer.Option(None, help=ADDRESS_HELP)),
-    ("trial_cpus", float, typer.Option(1.0, help="CPUs per Ray trial (TensorFlow's thread count in the task)")),
+    ("trial_cpus", Optional[float], typer.Option(None, help="CPUs a Ray trial reserves (default: --threads-per-trial)")),
     ("trial_gpus", float, typer.Option(0.0, help="GPUs per Ray trial (0.5: two trials share a card)")),
     ("lookahead", int, typer.Option(2, help="Ray: depths a size's sweep may run ahead of its stop rule (restart mode)")),
     ("ray_cpus", Optional[int], typer.Option(None, help="CPUs of the local Ray instance (default: all of this machine's)")),
@@ -207,7 +213,7 @@ def _full(**o):
     o["preset"] = o.pop("preset_name")
     cfg = _config_from_options(o)
     store, data = _open(cfg, run_dir, restart)
-    from ..train.run import run_stage1, run_stage2
+    from ..train.engines import run_stage1, run_stage2
     run_stage1(store, data, eng)
     run_stage2(store, data, eng)
     _run_draws(cfg, store, restart, eng)
@@ -245,7 +251,7 @@ def _run_draws(cfg: RunConfig, store, restart: bool, eng=None) -> None:
         say(f"data draw {k} ({list(cfg.data_seeds).index(k) + 1} of {len(cfg.data_seeds)})")
         sub_store, sub = _open(replace(cfg, data_seed=k, data_seeds=()), store.dir / "draws" / f"data-seed-{k}",
                                restart, link=False)
-        from ..train.run import run_stage1, run_stage2
+        from ..train.engines import run_stage1, run_stage2
         run_stage1(sub_store, sub, eng)
         run_stage2(sub_store, sub, eng)
 
@@ -427,7 +433,7 @@ def _stage1(run_dir: Path, **flags):
     """Run (or resume) the stage-1 sweep of an existing run dir."""
     eng = _engine(*(flags[k] for k in ENGINE_KEYS))
     store, data = _reopen(run_dir)
-    from ..train.run import run_stage1
+    from ..train.engines import run_stage1
     run_stage1(store, data, eng)
 
 
@@ -435,7 +441,7 @@ def _stage2(run_dir: Path, **flags):
     """Run (or resume) stage 2 of an existing run dir, on its stage-1 models."""
     eng = _engine(*(flags[k] for k in ENGINE_KEYS))
     store, data = _reopen(run_dir)
-    from ..train.run import run_stage2
+    from ..train.engines import run_stage2
     run_stage2(store, data, eng)
 
 

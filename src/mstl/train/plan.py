@@ -65,7 +65,9 @@ def plan(cfg: RunConfig, workers: list[int], lookahead: int, trials: list[dict],
                          "workers, with the trial times above; not a measured parallel run"),
            "scenarios": {}}
     for name, acc in scenarios.items():
-        records = {k: {d: {"val_accuracy": acc(k, d)} for d in grid} for k in keys}
+        # n_val: the stop rule compares measured accuracies in images, with its tie margin, as the run does
+        records = {k: {d: {"val_accuracy": acc(k, d), "n_val": measured.get((k[0], k[1], d), {}).get("n_val")}
+                       for d in grid} for k in keys}
         rows = []
         cont = cfg.stage1.mode == "continue"
         base = simulate({k: grid for k in keys}, records, seconds, 1, patience, cont, 0, s2)["wall_s"]

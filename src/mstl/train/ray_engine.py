@@ -10,7 +10,9 @@ What a task gets: the config, the *path* of the decoded-image cache (a memory-ma
 node every task shares its pages; across nodes it must sit on the shared filesystem that holds the run
 dir - set MSTL_CACHE_DIR there), its rows, and a pending-model path in the run dir. Activation caches
 are built once per cut, under a file lock, in the run dir's cache folder, and read by every task that
-needs that cut. A task pins TensorFlow to the CPUs Ray gave it; with GPUs it runs in a fresh process
+needs that cut. A task runs TensorFlow with the config's ``trial_threads`` - the serial engine's count,
+so that the two record the same numbers - set before the task touches TensorFlow (a worker process
+keeps the count of its first task; every task of a run asks the same); with GPUs it runs in a fresh process
 (``max_calls=1``), so its GPU memory is returned when it ends.
 """
 
@@ -20,39 +22,28 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..progress import say
-from .schedule import Scheduler
+from .schedule import Scheduler, sweep_grid
+from .stage1 import commit_trial, state_path
+from .store import best_record
+from .trials import add_stage2_record, bn_calibration, conditions, stage1_seeds, write_decisions
+
+if TYPE_CHECKING:
+    from .engines import EngineOptions
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    """How trials are executed; not part of the run's configuration (a run may resume on another engine)."""
-
-    name: str = "serial"  # serial | ray
-    address: str | None = None  # None: a local Ray instance sized to this machine; "auto" or HOST:PORT: join
-    trial_cpus: float = 1.0
-    trial_gpus: float = 0.0
-    lookahead: int = 2  # depths a restart-mode chain may run past the one its stop rule asks for
-    local_cpus: int | None = None  # CPUs of a local instance (default: all of this machine's)
-
-    def validate(self) -> "EngineOptions":
-        if self.name not in ("serial", "ray"):
-            raise ValueError(f"--engine {self.name!r}: use serial or ray")
-        if self.trial_cpus <= 0 or self.trial_gpus < 0:
-            raise ValueError("--trial-cpus must be > 0 and --trial-gpus >= 0")
-        if self.lookahead < 0:
-            raise ValueError("--lookahead must be >= 0")
-        if self.local_cpus is not None and (self.local_cpus < 1 or self.address):
-            raise ValueError("--ray-cpus sizes a local Ray instance: a positive count, without --ray-address")
-        return self
+# The command Ray starts its workers with, when not this Python: a cluster whose nodes keep it elsewhere,
+# or `qemu-x86_64-static -cpu Haswell /path/to/python` to run the trials on an emulated CPU kind
+# (benchmarks/ray_sweep.py --emulate-haswell).
+WORKER_PYTHON_ENV = "MSTL_RAY_WORKER_PYTHON"
 
 
-def start(opts: EngineOptions):
+def start(opts: EngineOptions, cfg):
     """Ray, initialised: a local instance sized to the machine, or the cluster at ``opts.address``."""
     try:
         import ray
@@ -62,6 +53,8 @@ def start(opts: EngineOptions):
         return ray
     env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                         "MSTL_CACHE_DIR": str(_cache_root())}}
+    if os.environ.get(WORKER_PYTHON_ENV):
+        env["py_executable"] = os.environ[WORKER_PYTHON_ENV]
     try:
         if opts.address:
             ray.init(address=opts.address, runtime_env=env, log_to_driver=True, configure_logging=False)
@@ -73,7 +66,8 @@ def start(opts: EngineOptions):
                            "`ray start --head` on the head machine, or leave --ray-address out for a local one") from None
     res = ray.cluster_resources()
     say(f"ray: {ray.__version__}, {len(ray.nodes())} node(s), {res.get('CPU', 0):.0f} CPU(s), {res.get('GPU', 0):.0f} GPU(s); "
-        f"{slots(ray, opts)} trial(s) at a time ({opts.trial_cpus:g} CPU, {opts.trial_gpus:g} GPU each)")
+        f"{slots(ray, opts, cfg)} trial(s) at a time ({opts.cpus_per_trial(cfg):g} CPU, {opts.trial_gpus:g} GPU, "
+        f"{cfg.trial_threads} TensorFlow thread(s) each)")
     return ray
 
 
@@ -82,9 +76,9 @@ def _cache_root() -> Path:
     return default_cache_root().resolve()
 
 
-def slots(ray, opts: EngineOptions) -> int:
+def slots(ray, opts: EngineOptions, cfg) -> int:
     res = ray.cluster_resources()
-    n = int(res.get("CPU", 1) // opts.trial_cpus)
+    n = int(res.get("CPU", 1) // opts.cpus_per_trial(cfg))
     if opts.trial_gpus:
         n = min(n, int(res.get("GPU", 0) // opts.trial_gpus))
         if n == 0:
@@ -115,31 +109,31 @@ _SESSIONS: dict = {}  # stage-1 DepthSession of this worker process, by (config,
 _FEATURES: dict = {}  # stage-2 pooled features of this worker process, by frozen network
 
 
-def _pin_threads(cpus: float) -> int:
-    from ..tf_env import tf
-    n = max(1, int(cpus))
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(min(n, 2))
-    except RuntimeError:
-        pass  # this worker ran a task before: TensorFlow keeps the count it started with (same task shape)
+def _prepare_worker(cfg) -> int:
+    """This worker's TensorFlow at the run's threads per trial, deterministic; the threads it has."""
+    from ..tf_env import enable_determinism, pin_threads, tf
+    threads = pin_threads(cfg.trial_threads)
+    if threads != cfg.trial_threads:  # a worker of an earlier run with another count (a shared cluster)
+        raise RuntimeError(f"this Ray worker's TensorFlow runs {threads} thread(s), the run asks trial_threads="
+                           f"{cfg.trial_threads}; restart the Ray cluster (ray stop; ray start ...) and resume")
+    enable_determinism()
     for g in tf.config.list_physical_devices("GPU"):
         try:
             tf.config.experimental.set_memory_growth(g, True)  # fractional --trial-gpus share a card
         except RuntimeError:
             pass
-    return tf.config.threading.get_intra_op_parallelism_threads()
+    return threads
 
 
 def _stage1_task(cfg, run_id: str, images, split, n_classes: int, frozen: int, seed: int, calibration, init_path,
-                 prefix_spec, pending: str, cpus: float) -> dict:
+                 prefix_spec, pending: str) -> dict:
     """``run_id``: the run's config hash, computed once by the driver (it digests the weights file)."""
     from ..model import load_classifier
     from ..tf_env import keras
     from .prefix_cache import PrefixCacheStore
     from .stage1 import prefix_getter, run_trial
     from .store import save_model_atomic
-    threads = _pin_threads(cpus)
+    _prepare_worker(cfg)
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     arr = _open_array(images)
@@ -165,43 +159,38 @@ def _stage1_task(cfg, run_id: str, images, split, n_classes: int, frozen: int, s
     save_model_atomic(model, Path(pending))
     if session is None:
         keras.backend.clear_session()
-    rec.update({"engine": "ray", "node": socket.gethostname(), "threads": threads})
+    rec.update({"engine": "ray", "node": socket.gethostname()})  # threads, cpu_flags: run_trial's own
     return rec
 
 
-def _stage2_task(cfg, images, splits, seed: int, stage1_path, out: str, cpus: float) -> dict:
+def _stage2_task(cfg, images, splits, seed: int, stage1_path, out: str) -> dict:
     from ..tf_env import keras
     from .stage2 import train_stage2
     from .store import save_model_atomic
-    threads = _pin_threads(cpus)
+    threads = _prepare_worker(cfg)
     while len(_FEATURES) > 2:  # a worker serves many sizes over a run: keep the latest few networks' features
         _FEATURES.pop(next(iter(_FEATURES)))
     model, rec = train_stage2(cfg, _open_array(images), splits, seed, stage1_path, cache=cfg.cache,
                               feature_memo=_FEATURES)
     save_model_atomic(model, Path(out))
     keras.backend.clear_session()
-    rec.update({"engine": "ray", "node": socket.gethostname(), "threads": threads})
+    rec.update({"engine": "ray", "node": socket.gethostname(), **conditions(threads)})
     return rec
 
 
 # --- the driver --------------------------------------------------------------------------------------
 
-def _remote(ray, fn, opts: EngineOptions):
+def _remote(ray, fn, opts: EngineOptions, cfg):
     # GPU tasks get a fresh process each: TensorFlow returns GPU memory only when its process ends.
-    return ray.remote(num_cpus=opts.trial_cpus, num_gpus=opts.trial_gpus, max_calls=1 if opts.trial_gpus else 0,
+    return ray.remote(num_cpus=opts.cpus_per_trial(cfg), num_gpus=opts.trial_gpus, max_calls=1 if opts.trial_gpus else 0,
                       max_retries=0)(fn)
 
 
 def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
     """The sweep of every (seed, size) chain as Ray tasks; records committed by this driver only, in the
     order a serial sweep commits them. Returns the best record per (size, seed)."""
-    from .run import bn_calibration, stage1_seeds
-    from .schedule import sweep_grid
-    from .stage1 import _record, _state_path
-    from .store import best_record
-
-    ray = start(opts)
     cfg = data.cfg
+    ray = start(opts, cfg)
     sizes, seeds = sorted(data.splits), stage1_seeds(cfg)
     grid = sweep_grid(cfg)
     keys = [(seed, size) for seed in seeds for size in sizes]
@@ -219,8 +208,8 @@ def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
         rows = np.concatenate([np.concatenate([s.train, s.val]) for s in data.splits.values()])
         prefix_spec = {"folder": str(store.dir / "cache"), "rows": rows, "dtype": cfg.prefix_cache,
                        "budget": cfg.cache_budget_gb * 1e9, "identity": run_id}
-    task = _remote(ray, _stage1_task, opts)
-    n_slots = slots(ray, opts)
+    task = _remote(ray, _stage1_task, opts, cfg)
+    n_slots = slots(ray, opts, cfg)
     running: dict = {}  # ObjectRef -> (key, depth, pending file)
     files: dict = {}  # (key, depth) -> pending file of a finished, not yet committed trial
     t0, n_done = time.monotonic(), 0
@@ -232,10 +221,10 @@ def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
                 seed, size = key
                 init = None
                 if cfg.stage1.mode == "continue" and sched.chains[key].committed:
-                    init = str(_state_path(store, size, min(sched.chains[key].committed), seed))
+                    init = str(state_path(store, size, min(sched.chains[key].committed), seed))
                 pending = pending_dir / f"size-{size}-seed-{seed}-frozen-{depth}.keras"
                 ref = task.remote(cfg, run_id, images, data.splits[size], len(data.bridge.classes), depth, seed, calibration,
-                                  init, prefix_spec, str(pending), opts.trial_cpus)
+                                  init, prefix_spec, str(pending))
                 running[ref] = (key, depth, pending)
                 say(f"trial: size {size} frozen {depth} (seed {seed}) started; {len(running)} running")
             if not running:
@@ -257,8 +246,8 @@ def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
             for k, d, r in sched.commits():
                 seed, size = k
                 done = {f: x for f, x in sched.chains[k].committed.items() if f != d}
-                _record(cfg, store, files.pop((k, d)), r, done, size, d, seed,
-                        label=f"size {size} frozen {d} (seed {seed}) ")
+                commit_trial(cfg, store, files.pop((k, d)), r, done, size, d, seed,
+                             label=f"size {size} frozen {d} (seed {seed}) ")
             for k, d in sched.cancels():
                 for ref2, (k2, d2, _) in list(running.items()):
                     if (k2, d2) == (k, d):
@@ -276,7 +265,9 @@ def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
         shutil.rmtree(store.dir / "cache", ignore_errors=True)
     store.write_json("ray_stage1.json", {"wall_s": round(wall, 2), "launched": sched.launched, "ran": n_done,
                                          "wasted": sched.wasted, "slots": n_slots, "lookahead": sched.lookahead,
-                                         "trial_cpus": opts.trial_cpus, "trial_gpus": opts.trial_gpus})
+                                         "trial_cpus": opts.cpus_per_trial(cfg), "trial_gpus": opts.trial_gpus,
+                                         "trial_threads": cfg.trial_threads})
+    write_decisions(store, cfg)
     best = {}
     for seed, size in keys:
         best[(size, seed)] = best_record([r for r in store.trials() if (r["seed"], r["size"]) == (seed, size)])
@@ -287,12 +278,11 @@ def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
 def run_stage2(store, data, opts: EngineOptions, jobs: list[tuple[int, int, str | None, int | None, int | None]]) -> None:
     """Stage-2 trials (size x seed, and the control) as parallel Ray tasks; records written here only.
     ``jobs``: (size, seed, stage-1 model path or None, its frozen depth, its stage-1 seed)."""
-    from .run import add_stage2_record
-    ray = start(opts)
     cfg = data.cfg
-    task = _remote(ray, _stage2_task, opts)
+    ray = start(opts, cfg)
+    task = _remote(ray, _stage2_task, opts, cfg)
     images = _array_handle(ray, data.target.images)
-    n_slots = slots(ray, opts)
+    n_slots = slots(ray, opts, cfg)
     queue = list(jobs)
     running: dict = {}
     t0 = time.monotonic()
@@ -300,8 +290,7 @@ def run_stage2(store, data, opts: EngineOptions, jobs: list[tuple[int, int, str 
         while queue and len(running) < n_slots:
             job = queue.pop(0)
             size, seed, path = job[:3]
-            ref = task.remote(cfg, images, data.target_splits, seed, path, str(store.stage2_model(size, seed)),
-                              opts.trial_cpus)
+            ref = task.remote(cfg, images, data.target_splits, seed, path, str(store.stage2_model(size, seed)))
             running[ref] = job
         ready, _ = ray.wait(list(running), num_returns=1)
         job = running.pop(ready[0])

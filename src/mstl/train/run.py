@@ -1,4 +1,5 @@
-"""Orchestrates a run: data, stage-1 sweep per size, stage 2 per size plus the control, selection."""
+"""A run's data and its serial engine: the stage-1 sweep per size, stage 2 per size plus the control,
+selection. Which engine runs the trials is chosen by ``engines``; this module knows none but its own."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ import numpy as np
 
 from ..config import RunConfig
 from ..progress import say
-from ..tf_env import keras, tf
+from ..tf_env import enable_determinism, keras, pin_threads, tf
 from .prepare import (Source, SplitRows, TargetSplits, bridge_splits, check_disjoint, load_source, resolve_sources,
                       target_splits)
-from ..data.pipeline import gather_array
 from ..data.sources import index_dataset
-from ..data.splits import stratified_order
 from .prefix_cache import PrefixCacheStore
 from .stage1 import ensure_best_model, sweep
 from .stage2 import choose_deployable, train_stage2
 from .store import RunStore, save_model_atomic
+from .trials import add_stage2_record, bn_calibration, conditions, stage1_seeds, write_decisions
+
+__all__ = ["RunData", "setup_runtime", "prepare", "run_stage1", "stage2_jobs", "run_stage2", "select",
+           "bn_calibration", "stage1_seeds", "add_stage2_record"]
 
 RANDOM_WEIGHTS_NOTICE = (
     "the base has RANDOM weights (--weights none): frozen random features make the depth sweep and the "
@@ -37,7 +40,22 @@ class RunData:
     used_demo: bool
 
 
+def fix_threads(cfg: RunConfig) -> int:
+    """This process's TensorFlow at the config's threads per trial, with deterministic ops; before any
+    tensor exists (``setup_runtime``; the CLI also before the demo's weights check, which builds a model).
+    Returns the threads it really has."""
+    threads = pin_threads(cfg.trial_threads)
+    if threads != cfg.trial_threads:
+        from ..progress import warn
+        warn(f"TensorFlow started before its threads were set: trials here run with {threads or 'its default'} "
+             f"thread(s), not trial_threads={cfg.trial_threads}; their records say so, and their numbers may "
+             "differ in the last digits from a run with the configured count")
+    enable_determinism()
+    return threads
+
+
 def setup_runtime(cfg: RunConfig) -> None:
+    fix_threads(cfg)
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     gpus = tf.config.list_physical_devices("GPU")
@@ -64,24 +82,8 @@ def prepare(cfg: RunConfig, quiet: bool = False) -> RunData:
     return RunData(cfg, bridge, target, splits, t, used_demo)
 
 
-def stage1_seeds(cfg: RunConfig) -> list[int]:
-    return list(cfg.seeds[: max(1, cfg.stage1_seeds)])
-
-
-def bn_calibration(data: RunData) -> np.ndarray | None:
-    """Random weights only: 64 fixed bridge images (stratified, independent of size and seed) that set
-    the base's BatchNorm statistics, so that every trial's frozen prefix is the same function."""
-    if data.cfg.model.weights != "none":
-        return None
-    pick = stratified_order(data.bridge.labels, data.cfg.data_seed)[:64]
-    return gather_array(data.bridge.images, data.bridge.rows[np.sort(pick)])
-
-
-def run_stage1(store: RunStore, data: RunData, engine=None) -> dict[tuple[int, int], dict]:
-    """The sweep of every size; ``engine`` (ray_engine.EngineOptions) spreads its trials over Ray."""
-    if engine is not None and engine.name == "ray":
-        from . import ray_engine
-        return ray_engine.run_stage1(store, data, engine)
+def run_stage1(store: RunStore, data: RunData) -> dict[tuple[int, int], dict]:
+    """The sweep of every size, in this process. Returns the best record per (size, seed)."""
     cfg = data.cfg
     n_classes = len(data.bridge.classes)
     calibration = bn_calibration(data)
@@ -100,13 +102,14 @@ def run_stage1(store: RunStore, data: RunData, engine=None) -> dict[tuple[int, i
             say(f"stage 1: size {size}: optimal frozen depth {b['frozen']} (val_acc {b['val_accuracy']:.3f})")
     if prefix:
         prefix.clear()
+    write_decisions(store, cfg)
     say(f"stage 1 done in {time.monotonic() - t0:.0f}s")
     return best
 
 
-def run_stage2(store: RunStore, data: RunData, engine=None) -> dict:
-    """Stage 2 per (size, seed) and the control, then the deployable model's selection; ``engine``
-    (ray_engine.EngineOptions) runs the trials in parallel on Ray."""
+def stage2_jobs(store: RunStore, data: RunData) -> tuple[list[tuple], int]:
+    """Stage 2's trials still to run - (size, seed, stage-1 model path or None, its frozen depth, its
+    stage-1 seed), the control first - and how many the study has in all. Any engine runs these."""
     cfg = data.cfg
     n_classes = len(data.bridge.classes)
     s1_seeds = stage1_seeds(cfg)
@@ -122,38 +125,29 @@ def run_stage2(store: RunStore, data: RunData, engine=None) -> dict:
             path, frozen = ensure_best_model(cfg, store, data.bridge.images, data.splits[size], size, n_classes, src_seed,
                                              bn_calibration(data))
         todo.append((size, seed, path, frozen, src_seed))
-    if engine is not None and engine.name == "ray":
-        from . import ray_engine
-        if todo:
-            ray_engine.run_stage2(store, data, engine, todo)
-        return _select(store)
+    return todo, len(jobs)
+
+
+def run_stage2(store: RunStore, data: RunData, todo: list[tuple], n_jobs: int) -> None:
+    """Stage 2's ``todo`` trials (``stage2_jobs``) in this process, one after another."""
+    cfg = data.cfg
     features: dict = {}  # pooled features per frozen network, shared by its seeds
     for i, (size, seed, path, frozen, src_seed) in enumerate(todo):
         what = f"size {size}" if size else f"control (base weights {cfg.model.weights}, no bridge)"
-        say(f"stage 2: {what}, seed {seed} ({i + 1} of {len(todo)} to run, {len(jobs)} in all)")
+        say(f"stage 2: {what}, seed {seed} ({i + 1} of {len(todo)} to run, {n_jobs} in all)")
         model, rec = train_stage2(cfg, data.target.images, data.target_splits, seed, path, cache=cfg.cache,
                                   feature_memo=features)
         save_model_atomic(model, store.stage2_model(size, seed))
+        rec.update({"engine": "serial", **conditions(tf.config.threading.get_intra_op_parallelism_threads())})
         add_stage2_record(store, rec, (size, seed, path, frozen, src_seed))
         val = "no validation split" if rec["val_accuracy"] is None else f"val {rec['val_accuracy']:.3f}"
         say(f"  -> test accuracy {rec['accuracy']:.3f} [{rec['ci_low']:.3f}, {rec['ci_high']:.3f}], "
             f"{val}, {rec['epochs']} epoch(s), {rec['seconds']:.1f}s")
         keras.backend.clear_session()
-    return _select(store)
 
 
-def add_stage2_record(store: RunStore, rec: dict, job: tuple) -> None:
-    """A stage-2 trial's record, with where its model and its stage-1 network are, into the run store.
-    ``job``: (size, seed, stage-1 model path or None, its frozen depth, its stage-1 seed)."""
-    size, seed, path, frozen, src_seed = job
-    rec.update({"size": int(size), "stage1_model": path, "stage1_seed": src_seed if size else None,
-                "model": str(store.stage2_model(size, seed).relative_to(store.dir))})
-    if size:
-        rec["stage1_frozen"] = frozen
-    store.add_stage2(rec)
-
-
-def _select(store: RunStore) -> dict:
+def select(store: RunStore) -> dict:
+    """The deployable model among the stage-2 records, into selection.json."""
     selection = choose_deployable(store.stage2_records())
     store.write_json("selection.json", selection)
     say(f"deployable model: size {selection['size']} seed {selection['seed']} - {selection['why']}")

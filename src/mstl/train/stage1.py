@@ -22,6 +22,7 @@ from .prepare import SplitRows
 from .prefix_cache import PrefixCacheStore, cut_for, cut_points, upper_model
 from .store import RunStore, best_record, save_model_atomic
 from .schedule import next_depth, sweep_grid
+from .trials import conditions, versus_best
 
 
 STEPS_PER_EXECUTION = 8  # both paths, cached or not: results are the same, per-batch overhead is not
@@ -113,6 +114,7 @@ def run_trial(cfg: RunConfig, images: np.ndarray, split: SplitRows, n_classes: i
         "n_train": int(len(split.train)), "n_val": int(len(split.val)),
         "cache_cut": cache.cut if cache is not None else None,
         "seconds": round(time.monotonic() - t0, 2), "setup_seconds": round(t_cache, 2),
+        **conditions(tf.config.threading.get_intra_op_parallelism_threads()),
     }
     return model, record
 
@@ -152,7 +154,7 @@ def sweep(cfg: RunConfig, store: RunStore, images: np.ndarray, splits: dict[int,
                 continue
             init = None
             if cfg.stage1.mode == "continue" and done:
-                init = load_classifier(_state_path(store, size, min(done), seed))
+                init = load_classifier(state_path(store, size, min(done), seed))
             label = f"size {size} frozen {depth}"
             eta = ""
             if n_trials:
@@ -162,8 +164,8 @@ def sweep(cfg: RunConfig, store: RunStore, images: np.ndarray, splits: dict[int,
                 session = DepthSession(cfg, n_classes, depth, seed, calibration, prefix)
             model, rec = run_trial(cfg, images, splits[size], n_classes, depth, seed, init, label,
                                    calibration=calibration, prefix=prefix, session=session)
-            rec["size"] = int(size)
-            _record(cfg, store, model, rec, done, size, depth, seed)
+            rec.update({"size": int(size), "engine": "serial"})
+            commit_trial(cfg, store, model, rec, done, size, depth, seed)
             n_trials += 1
         session = None
         keras.backend.clear_session()
@@ -174,22 +176,27 @@ def sweep(cfg: RunConfig, store: RunStore, images: np.ndarray, splits: dict[int,
     return best
 
 
-def _record(cfg, store: RunStore, model, rec: dict, done: dict, size: int, depth: int, seed: int,
-            label: str = "") -> None:
-    """Model files first, then the record: a kill in between leaves a stray file, never a record
-    without its model. ``model``: the trained model, or the file a worker saved it to."""
-    prev_best = best_record(list(done.values())) if done else None
-    is_best = prev_best is None or best_record([prev_best, rec]) is rec
+def commit_trial(cfg, store: RunStore, model, rec: dict, done: dict, size: int, depth: int, seed: int,
+                 label: str = "") -> None:
+    """Record a finished trial of the (size, seed) chain whose committed records are ``done``, with how
+    it compared to the best so far (``vs_best``: a tie within the margin is named). Model files first,
+    then the record: a kill in between leaves a stray file, never a record without its model.
+    ``model``: the trained model, or the file a worker saved it to. Every engine commits through here."""
+    rec["vs_best"] = versus_best(rec, done, sweep_grid(cfg), cfg.stage1.patience)
+    is_best = rec["vs_best"] is None or rec["vs_best"]["outcome"] == "better"
     if cfg.stage1.mode == "continue":
-        save_model_atomic(model, _state_path(store, size, depth, seed))
+        save_model_atomic(model, state_path(store, size, depth, seed))
     if is_best:
         save_model_atomic(model, store.stage1_model(size, depth, seed))
     store.add_trial(rec)
     _cleanup(store, size, seed, keep_best=best_record(list(done.values()) + [rec])["frozen"],
              keep_state=depth if cfg.stage1.mode == "continue" else None)
+    vs = rec["vs_best"]
+    tie = f"  (tie with frozen {vs['frozen']}: {vs['images']:+g} image(s), within the margin)" \
+        if vs and vs["outcome"] == "tie" else ""
     say(f"  {label}-> val_acc {rec['val_accuracy']:.3f} val_loss {rec['val_loss']:.3f} in {rec['seconds']:.0f}s"
         + (f" (cached prefix to layer {rec['cache_cut']})" if rec.get("cache_cut") is not None else "")
-        + ("  (best so far)" if is_best else ""))
+        + ("  (best so far)" if is_best else "") + tie)
 
 
 def ensure_best_model(cfg: RunConfig, store: RunStore, images, split: SplitRows, size: int, n_classes: int,
@@ -209,7 +216,8 @@ def ensure_best_model(cfg: RunConfig, store: RunStore, images, split: SplitRows,
     return str(path), int(best["frozen"])
 
 
-def _state_path(store: RunStore, size: int, frozen: int, seed: int):
+def state_path(store: RunStore, size: int, frozen: int, seed: int):
+    """Continue mode: the model a depth ended with, where the next depth of the chain starts from."""
     return store.stage1_model(size, frozen, seed).with_name(f"state-{frozen}.keras")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..config import RunConfig
+from .schedule import optimal_record
 
 
 class RunDirError(RuntimeError):
@@ -402,6 +403,6 @@ def link_latest(run_dir: Path) -> None:
 
 
 def best_record(records: list[dict]) -> dict:
-    """The optimal frozen depth of one size's sweep: highest validation accuracy; ties go to the lower
-    validation loss, then to more frozen layers (cheaper to fine-tune and to cache)."""
-    return max(records, key=lambda r: (r["val_accuracy"], -r["val_loss"], r["frozen"]))
+    """The optimal frozen depth of one size's sweep (``schedule.optimal_record``: the stop rule's own
+    comparison, with its tie margin; a tie goes to more frozen layers)."""
+    return optimal_record(records)
