@@ -156,7 +156,7 @@ def _fake_stage2(monkeypatch, trained):
 
 
 def test_stage2_retrains_a_model_whose_file_was_deleted(tmp_path, monkeypatch):
-    from mstl.train.run import run_stage2
+    from mstl.train.engines import run_stage2
     cfg = preset("smoke")
     store = RunStore(tmp_path / "run")
     store.open(cfg, "fp")

@@ -34,7 +34,7 @@ from ..bench.browser_rows import PROVENANCE, device_dir
 from ..cards import CardError, card_of
 from ..formats import precision_of
 from ..progress import warn
-from ..train.store import read_split  # the run-dir schema (no TensorFlow)
+from ..rundir import read_split
 from .inference import check_artifact
 
 BROWSER_FORMATS = (".onnx", ".tflite")  # onnxruntime-web, LiteRT.js

@@ -82,7 +82,7 @@ def labelled_data(artifacts: list[Artifact], data: Path | None
                 raise BenchError(str(e)) from None
             return (b["paths"], b["labels_array"], f"verification bundle of {folder} ({len(b['paths'])} held-out "
                     "images; agreement against the Keras model's answers on the exporting machine)", b)
-    from ..train.store import read_split  # the run-dir schema (no TensorFlow)
+    from ..rundir import read_split
     for a in artifacts:
         found = read_split(a.run_dir, "test") if a.run_dir else None
         if found:

@@ -694,7 +694,7 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
         say(f"model: {model_path} (stage 2 on the bridge size {sel['size']} model, seed {sel['seed']}: {sel['why']})")
     # Held out: the test and validation splits and the operating-point carve-out (none trained the
     # model); the gate adds the training images that do not calibrate.
-    from ..train.store import SPLIT_LISTS, read_split
+    from ..rundir import SPLIT_LISTS, read_split
     for split in ("test", "train"):
         if read_split(store.dir, split) is None:
             raise FileNotFoundError(f"{store.dir / SPLIT_LISTS[split]}: missing - the run dir's {split} split list "

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import departures_from_paper
-from ..train.store import RunStore, atomic_write_text, best_record, read_split
+from ..rundir import atomic_write_text, read_split, write_via_temp
+from ..train.store import RunStore, best_record
 from .claims import PAPER_BAND, evaluate, observed_text, t_interval
 
 # What the paper's text gives or implies (PROTOCOL.md): 10k/20k -> 85, 30k -> 90, 40k -> 95 (its
@@ -99,7 +100,6 @@ def save_figure(fig, path: Path, **kwargs) -> None:
     """``fig`` as ``path`` (its format from the suffix), written under a temporary name and renamed: a full
     disk leaves the previous figure or none, never a truncated one."""
     import os
-    from ..train.store import write_via_temp
     write_via_temp(path, path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}"),
                     lambda tmp: fig.savefig(tmp, **kwargs))
 
