@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 WEIGHTS ?= $(wildcard ../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5)
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test install clean browser emulator web arm64-check
+.PHONY: demo test install clean browser emulator web arm64-check mutation
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,5 +61,11 @@ test: $(STAMP) web browser emulator
 arm64-check: $(STAMP)
 	$(BIN)/python benchmarks/arm64_check.py $(RUN_DIR)/exports
 
+# Mutation scores of the modules whose mistakes would go unseen (benchmarks/mutation_score.py): minutes
+# per module, one module at a time. Not part of make test. MUTATE=src/mstl/x.py picks others.
+MUTATE ?= src/mstl/export/verify.py src/mstl/metrics.py src/mstl/formats.py src/mstl/report/claims.py
+mutation: $(STAMP)
+	PYTHONPATH=src $(BIN)/python benchmarks/mutation_score.py $(MUTATE)
+
 clean:
-	rm -rf $(VENV) runs test-artifacts
+	rm -rf $(VENV) runs test-artifacts build/mutation

@@ -43,9 +43,6 @@ def test_rising_depth_is_supported_and_flat_depth_is_not():
     assert rising["verdict"] == "supported" and rising["p_value"] < 0.01
     falling = C.claim_depth_rises(_draws(rng, depth=lambda s: 130 - s / 2000))
     assert falling["verdict"] == "contradicted"
-    false_support = sum(C.claim_depth_rises(_draws(np.random.default_rng(i)))["verdict"] == "supported"
-                        for i in range(40))
-    assert false_support <= 6  # alpha 0.05 over 40 null runs: about 2 expected
 
 
 def test_bridge_against_control():
@@ -54,10 +51,8 @@ def test_bridge_against_control():
     assert better["verdict"] == "supported" and better["interval"][0] > 0 and better["p_value"] < 0.01
     worse = C.claim_bridge_beats_control(_draws(rng, acc=lambda s: 0.62, control=0.72))
     assert worse["verdict"] == "contradicted"
-    nulls = [C.claim_bridge_beats_control(_draws(np.random.default_rng(10 + i), n_draws=1, seeds=(1,)))
-             for i in range(30)]
-    assert sum(c["verdict"] != "inconclusive" for c in nulls) <= 5
-    assert all("mcnemar_p" in c for c in nulls)  # one seed, one draw: exact McNemar is given too
+    one = C.claim_bridge_beats_control(_draws(np.random.default_rng(10), n_draws=1, seeds=(1,)))
+    assert "mcnemar_p" in one  # one seed, one draw: exact McNemar is given too
 
 
 def test_intermediate_best_size():
@@ -88,3 +83,31 @@ def test_mcnemar_and_t_interval_against_known_values():
     lo, hi = C.t_interval([1.0, 2.0, 3.0])
     assert (lo, hi) == pytest.approx((2 - 4.303 / np.sqrt(3), 2 + 4.303 / np.sqrt(3)), rel=1e-3)
     assert C.spearman([1, 2, 3, 4], [10, 20, 30, 25]) == pytest.approx(0.8)
+
+
+# How often a test decides when there is nothing to find, measured on many null runs (fixed seeds).
+# benchmarks/claims_null_rates.py, 1,000 runs each at the claims' own resample counts: depth 4.3%
+# (95% CI 3.2-5.7%), bridge with one draw and one seed 5.2% (4.0-6.8%) - the nominal 5% (README).
+# Here: NULL_RUNS runs at the reduced counts, and the rate's 99% interval must hold 5% and stay under
+# 10%: a test at alpha 0.10, or one-sided where it should be two-sided, fails.
+NULL_RUNS = 300
+
+
+def _null_rate(hits: int) -> tuple[float, float]:
+    from mstl.metrics import wilson_interval
+    return wilson_interval(hits, NULL_RUNS, z=2.576)
+
+
+def test_false_rise_rate_is_the_stated_5_percent():
+    hits = sum(C.claim_depth_rises(_draws(np.random.default_rng(i)))["verdict"] == "supported"
+               for i in range(NULL_RUNS))
+    lo, hi = _null_rate(hits)
+    assert lo <= C.ALPHA <= hi and hi < 2 * C.ALPHA, (hits, lo, hi)
+
+
+def test_false_bridge_decision_rate_is_the_stated_5_percent():
+    """Two-sided: 'supported' and 'contradicted' together, with one draw and one seed (the smallest run)."""
+    hits = sum(C.claim_bridge_beats_control(_draws(np.random.default_rng(10 + i), n_draws=1, seeds=(1,)))["verdict"]
+               != "inconclusive" for i in range(NULL_RUNS))
+    lo, hi = _null_rate(hits)
+    assert lo <= C.ALPHA <= hi and hi < 2 * C.ALPHA, (hits, lo, hi)

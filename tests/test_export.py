@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mstl.cli.export import app
-from mstl.formats import FORMATS, select
+from mstl.formats import FORMATS, by_key, select
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -18,13 +18,29 @@ def _manifest(exports):
 
 
 def test_manifest_complete_and_all_verified(smoke_exports):
+    """Every format passed a gate that means something: a Keras reference that is not nearly constant,
+    more confirmation images than a provisional verdict has, every one of them accounted for (compared or
+    a near-tie), and the close-to-noise warning exactly where a few flips would cross the threshold."""
+    from mstl.export.gate import PROVISIONAL_BELOW
+    from mstl.export.verify import MIN_DECISIVE_FLIPS
     m = _manifest(smoke_exports)
     assert {a["key"] for a in m["artifacts"]} == {f.key for f in FORMATS}
+    gate = m["gate"]
+    assert gate["selection_images"] + gate["confirmation_images"] == m["verification_images"]
+    assert gate["confirmation_images"] >= PROVISIONAL_BELOW
     for a in m["artifacts"]:
-        for k in ("name", "format", "precision", "path", "size_bytes", "status", "agreement", "max_abs_diff", "n_compared"):
-            assert k in a, k
-        assert a["status"] == "ok" and a["n_compared"] > 0 and (smoke_exports / a["path"]).is_file()
+        assert a["status"] == "ok" and (smoke_exports / a["path"]).is_file(), a
         assert a["size_bytes"] == (smoke_exports / a["path"]).stat().st_size
+        v = json.loads((smoke_exports / (a["path"] + ".json")).read_text())["verification"]
+        assert v["reference_nearly_constant"] is False and not v["provisional"], a["name"]
+        assert v["n_compared"] + v["n_near_ties"] == v["n_images"] == gate["confirmation_images"]
+        assert a["n_compared"] == v["n_compared"] >= PROVISIONAL_BELOW and a["agreement"] >= v["threshold"]
+        assert a["flips"] == round((1 - a["agreement"]) * a["n_compared"])
+        assert v["threshold"] == by_key(a["key"]).min_agreement
+        noisy = a["n_compared"] * (1 - v["threshold"]) < MIN_DECISIVE_FLIPS
+        assert ("close to noise" in a.get("warning", "")) == noisy, (a["name"], a.get("warning"))
+        assert "nearly constant" not in a.get("warning", "")
+        assert a["heldout"]["n"] == m["heldout_images"] > 0
     assert (smoke_exports / "labels.txt").read_text().split() == ["not", "COVID-19", "COVID-19"]
 
 
@@ -112,14 +128,45 @@ def test_formats_and_runtimes_import_without_tensorflow():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_export_flags_are_the_format_tables():
-    """Every flag of the format table is an option of mstl-export, and the thresholds are the table's."""
-    import typer.main
+def _job_seen(monkeypatch, tmp_path, *flags):
+    """What mstl-export hands the export for these flags (the formats and the thresholds), without exporting."""
+    from types import SimpleNamespace
+    from mstl.export import run as export_run
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    (run / "config.json").write_text("{}")
+    seen = {}
+
+    def job_from_run(run_dir, formats, out, model, calibration, io, thresholds, *rest):
+        seen.update(formats=[f.key for f in formats], thresholds=thresholds, calibration=calibration, io=io)
+        return SimpleNamespace(out_dir=tmp_path / "ex")
+
+    monkeypatch.setattr(export_run, "job_from_run", job_from_run)
+    monkeypatch.setattr(export_run, "run_export", lambda job: {"artifacts": []})
+    res = runner.invoke(app, [str(run), *flags])
+    assert res.exit_code == 0, res.output
+    return seen
+
+
+def test_export_flags_reach_the_gate_and_select_their_formats(monkeypatch, tmp_path):
+    """A threshold flag moves its own precisions' gate and no other; each format flag adds exactly its
+    format to the fp32 references; a threshold for a precision the table has not is refused."""
     from mstl.formats import thresholds
-    params = {p.name for p in typer.main.get_command(app).params}
-    assert {f.flag for f in FORMATS if f.flag} <= params
-    assert thresholds() == {f.precision: f.min_agreement for f in FORMATS}
-    assert thresholds({"int8": 0.95, "fp32": None})["int8"] == 0.95
+    table = {f.precision: f.min_agreement for f in FORMATS}
+    assert _job_seen(monkeypatch, tmp_path)["thresholds"] == table
+    assert _job_seen(monkeypatch, tmp_path, "--min-int8", "0.97")["thresholds"] == {**table, "int8": 0.97}
+    assert _job_seen(monkeypatch, tmp_path, "--min-float", "0.9")["thresholds"] == {**table, "fp32": 0.9, "fp16": 0.9}
+    refs = ["tflite-fp32", "onnx-fp32"]
+    assert _job_seen(monkeypatch, tmp_path)["formats"] == refs
+    for flag in sorted({f.flag for f in FORMATS if f.flag}):
+        added = {f.key for f in FORMATS if f.flag == flag}
+        keys = _job_seen(monkeypatch, tmp_path, f"--{flag}")["formats"]
+        assert set(keys) == set(refs) | added and len(keys) == len(set(keys)), (flag, keys)
+    assert _job_seen(monkeypatch, tmp_path, "--int8", "--format", "onnx")["formats"] == ["onnx-fp32", "onnx-int8"]
+    seen = _job_seen(monkeypatch, tmp_path, "--int8", "--calibration", "7", "--io", "int8")
+    assert (seen["calibration"], seen["io"]) == (7, "int8")
+    with pytest.raises(ValueError, match="unknown precision.*int4"):
+        thresholds({"int4": 0.9})
 
 
 @pytest.mark.slow

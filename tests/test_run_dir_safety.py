@@ -85,3 +85,9 @@ def test_records_without_expected_keys_are_ignored_with_a_warning(tmp_path, caps
                                        '{"size": 24, "seed": 1}\n[1, 2]\n')
     trials = RunStore(run).trials()
     assert len(trials) == 1 and trials[0]["frozen"] == 140
+    said = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert said.count("WARNING:") == 1, said  # once for the file, not once per record
+    assert f"{run / 'results.jsonl'}: 2 record(s) lack frozen" in said and "are ignored" in said, said
+    (run / "results.jsonl").write_text('{"size": 24, "frozen": 140, "seed": 1, "val_accuracy": 0.5, "val_loss": 1.0}\n')
+    assert len(RunStore(run).trials()) == 1
+    assert "WARNING" not in capsys.readouterr().err  # a complete file is read quietly

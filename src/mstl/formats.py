@@ -202,8 +202,12 @@ def precision_of(path: str) -> str:
 
 
 def thresholds(overrides: dict[str, float | None] | None = None) -> dict[str, float]:
-    """Agreement threshold per precision: the table's, unless overridden."""
+    """Agreement threshold per precision: the table's, unless overridden. A precision the table has not
+    is refused (a misspelt key would otherwise leave its gate at the default, silently)."""
     out = {f.precision: f.min_agreement for f in FORMATS}
+    unknown = sorted(set(overrides or {}) - set(out))
+    if unknown:
+        raise ValueError(f"unknown precision(s) {unknown} for a threshold; known: {', '.join(out)}")
     out.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return out
 

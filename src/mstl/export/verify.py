@@ -51,9 +51,10 @@ def verify(rt: Runtime, pixels: np.ndarray, reference: np.ndarray, min_agreement
     if n and n * (1 - min_agreement) < MIN_DECISIVE_FLIPS:
         out["warning"] = (f"only {n} images compared: {MIN_DECISIVE_FLIPS} flips move agreement across the "
                           f"{100 * min_agreement:.1f}% threshold, so the verdict is close to noise; verify on more images")
-    if constant:
-        out["warning"] = ("the Keras model's outputs are nearly constant over these images: any artifact "
-                          "'agrees' with it, so agreement proves little")
+    if constant:  # beside the few-images warning, not instead of it: both are true
+        note = ("the Keras model's outputs are nearly constant over these images: any artifact "
+                "'agrees' with it, so agreement proves little")
+        out["warning"] = f"{out['warning']}; {note}" if out.get("warning") else note
     return out
 
 
