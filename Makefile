@@ -52,8 +52,11 @@ emulator:
 	      echo "qemu-user-static could not be installed: the emulated-CPU test will be skipped"; \
 	    else echo "no qemu-x86_64-static and no root apt-get: the emulated-CPU test will be skipped"; fi; }
 
+# The import rules first (.importlinter: what a board runs never imports TensorFlow, no circles, ...),
+# then the suite, with its slowest tests listed.
 test: $(STAMP) web browser emulator
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 # The Raspberry Pi path on this x86 machine: a Debian 12 arm64 root (cached), the wheel installed
 # there as a Pi user installs it, mstl-bench run there on the demo's exports and their bundle (root;
@@ -63,7 +66,7 @@ arm64-check: $(STAMP)
 
 # Mutation scores of the modules whose mistakes would go unseen (benchmarks/mutation_score.py): minutes
 # per module, one module at a time. Not part of make test. MUTATE=src/mstl/x.py picks others.
-MUTATE ?= src/mstl/export/verify.py src/mstl/metrics.py src/mstl/formats.py src/mstl/report/claims.py
+MUTATE ?= src/mstl/agreement.py src/mstl/metrics.py src/mstl/formats.py src/mstl/report/claims.py
 mutation: $(STAMP)
 	PYTHONPATH=src $(BIN)/python benchmarks/mutation_score.py $(MUTATE)
 

@@ -36,7 +36,7 @@ def _toml_list(values: list[str]) -> str:
 
 
 def module_name(module: str) -> str:
-    """``src/mstl/export/verify.py`` -> ``export_verify``."""
+    """``src/mstl/report/claims.py`` -> ``report_claims``."""
     rel = Path(module).with_suffix("")
     parts = rel.parts[2:] if rel.parts[:2] == ("src", "mstl") else rel.parts
     return "_".join(parts)

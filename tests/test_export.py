@@ -22,7 +22,7 @@ def test_manifest_complete_and_all_verified(smoke_exports):
     more confirmation images than a provisional verdict has, every one of them accounted for (compared or
     a near-tie), and the close-to-noise warning exactly where a few flips would cross the threshold."""
     from mstl.export.gate import PROVISIONAL_BELOW
-    from mstl.export.verify import MIN_DECISIVE_FLIPS
+    from mstl.agreement import MIN_DECISIVE_FLIPS
     m = _manifest(smoke_exports)
     assert {a["key"] for a in m["artifacts"]} == {f.key for f in FORMATS}
     gate = m["gate"]

@@ -1,10 +1,10 @@
-"""The export gate's verdict (export/verify.py) on small hand-made answers: every figure it reports,
+"""The export gate's verdict (mstl/agreement.py) on small hand-made answers: every figure it reports,
 each boundary of its rules, and the held-out deltas. Pure numpy: no model, no runtime."""
 
 import numpy as np
 import pytest
 
-from mstl.export.verify import CONSTANT_STD, MARGIN, MIN_DECISIVE_FLIPS, paired_deltas, verify
+from mstl.agreement import CONSTANT_STD, MARGIN, MIN_DECISIVE_FLIPS, paired_deltas, verify
 from mstl.metrics import roc_auc, wilson_interval
 
 

@@ -75,7 +75,7 @@ def _worker(spec_path: str, out_path: str) -> None:
 def check(exports: Path, images: int | None = None, cpu: str = "Haswell") -> dict[str, Any]:
     """Per int8 artifact: agreement with the Keras model on the confirmation images under the emulated
     CPU, against the artifact's own gate, and how far its outputs there are from this machine's."""
-    from ..export.verify import verify
+    from ..agreement import verify
     from ..cards import CardError, card_of, read_manifest
     manifest = read_manifest(exports)
     sources, reference = confirmation(exports, images)

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import DECISIVE_MARGIN, roc_auc, top1_agreement
-from ..runtimes import Runtime
+from .metrics import DECISIVE_MARGIN, roc_auc, top1_agreement
+from .runtimes import Runtime
 
 MARGIN = DECISIVE_MARGIN
 CONSTANT_STD = 1e-3
