@@ -94,3 +94,14 @@ def read_split(run_dir: Path, split: str):
         return None
     sources, labels = read_list(path)
     return sources, np.asarray(labels)
+
+
+def process_running(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a process of another user counts): the writer a leftover file names."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -297,15 +297,9 @@ def _recover_leftovers(final: Path) -> list[str]:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Another process's export still running (this process's own leftovers are not alive)."""
+    from ..rundir import process_running
+    return pid != os.getpid() and process_running(pid)
 
 
 def _gate_sources(job: ExportJob, pick: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -12,12 +12,8 @@ import numpy as np
 from ..config import departures_from_paper
 from ..rundir import atomic_write_text, read_split, write_via_temp
 from ..train.store import RunStore, best_record
-from .claims import PAPER_BAND, evaluate, observed_text, t_interval
+from .claims import PAPER_ACCURACY, PAPER_BAND, PAPER_FROZEN, evaluate, observed_text, t_interval
 
-# What the paper's text gives or implies (PROTOCOL.md): 10k/20k -> 85, 30k -> 90, 40k -> 95 (its
-# conclusion), 80k -> 120; 50k = 60k without a figure. Accuracy: 69.25% (60k) .. 74.5% (40k).
-PAPER_FROZEN = {10_000: 85, 20_000: 85, 30_000: 90, 40_000: 95, 80_000: 120}
-PAPER_ACCURACY = {40_000: 0.745, 60_000: 0.6925}
 
 
 def collect_draws(store: RunStore) -> list[dict]:
@@ -167,7 +163,7 @@ def _fig2b(plt, figdir: Path, note: str, by_size: dict[int, list[dict]], draws: 
         if many:
             ax.scatter([s for s in s_sizes for _ in units[s]], [100 * v for s in s_sizes for v in units[s]],
                        s=10, alpha=0.5, color="tab:blue")
-    ax.axhspan(100 * PAPER_BAND[0], 100 * PAPER_BAND[1], color="tab:gray", alpha=0.15, label="paper's range 69.25-74.5%")
+    ax.axhspan(100 * PAPER_BAND[0], 100 * PAPER_BAND[1], color="tab:gray", alpha=0.15, label=f"paper's range, rounded ({100 * PAPER_BAND[0]:g}-{100 * PAPER_BAND[1]:g}%)")
     if PAPER_ACCURACY:
         ax.plot(*zip(*[(k, 100 * v) for k, v in sorted(PAPER_ACCURACY.items())]), "s", color="tab:gray", mfc="none",
                 label="paper (40k best, 60k lowest)")

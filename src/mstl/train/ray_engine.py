@@ -192,79 +192,23 @@ def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
     cfg = data.cfg
     ray = start(opts, cfg)
     sizes, seeds = sorted(data.splits), stage1_seeds(cfg)
-    grid = sweep_grid(cfg)
     keys = [(seed, size) for seed in seeds for size in sizes]
     committed = {k: {r["frozen"]: r for r in store.trials() if (r["seed"], r["size"]) == k} for k in keys}
+    grid = sweep_grid(cfg)
     sched = Scheduler({k: grid for k in keys}, committed, cfg.stage1.patience,
                       continue_mode=cfg.stage1.mode == "continue", lookahead=opts.lookahead)
-    pending_dir = store.dir / "stage1" / "pending"
-    shutil.rmtree(pending_dir, ignore_errors=True)  # results of a killed run's tasks: never committed
-    pending_dir.mkdir(parents=True)
-    images = _array_handle(ray, data.bridge.images)
-    calibration = bn_calibration(data)
-    run_id = store.config_hash()
-    prefix_spec = None
-    if cfg.cache:
-        rows = np.concatenate([np.concatenate([s.train, s.val]) for s in data.splits.values()])
-        prefix_spec = {"folder": str(store.dir / "cache"), "rows": rows, "dtype": cfg.prefix_cache,
-                       "budget": cfg.cache_budget_gb * 1e9, "identity": run_id}
-    task = _remote(ray, _stage1_task, opts, cfg)
-    n_slots = slots(ray, opts, cfg)
-    running: dict = {}  # ObjectRef -> (key, depth, pending file)
-    files: dict = {}  # (key, depth) -> pending file of a finished, not yet committed trial
-    t0, n_done = time.monotonic(), 0
+    sweep = _RaySweep(ray, store, data, opts, sched)
     say(f"stage 1 on Ray: {len(keys)} chain(s) (sizes {sizes}, seed(s) {seeds}), depths {grid[0]}..{grid[-1]}, "
         f"look-ahead {sched.lookahead}")
-    try:
-        while not sched.finished:
-            for key, depth in sched.launches(n_slots - len(running)):
-                seed, size = key
-                init = None
-                if cfg.stage1.mode == "continue" and sched.chains[key].committed:
-                    init = str(state_path(store, size, min(sched.chains[key].committed), seed))
-                pending = pending_dir / f"size-{size}-seed-{seed}-frozen-{depth}.keras"
-                ref = task.remote(cfg, run_id, images, data.splits[size], len(data.bridge.classes), depth, seed, calibration,
-                                  init, prefix_spec, str(pending))
-                running[ref] = (key, depth, pending)
-                say(f"trial: size {size} frozen {depth} (seed {seed}) started; {len(running)} running")
-            if not running:
-                raise RuntimeError("stage 1 on Ray: no trial to run although the sweep is not finished")
-            ready, _ = ray.wait(list(running), num_returns=1)
-            ref = ready[0]
-            key, depth, pending = running.pop(ref)
-            try:
-                rec = ray.get(ref)
-            except ray.exceptions.TaskCancelledError:
-                continue
-            except ray.exceptions.RayTaskError as e:
-                raise RuntimeError(f"stage-1 trial size {key[1]} frozen {depth} seed {key[0]} failed on Ray: "
-                                   f"{e.cause if getattr(e, 'cause', None) else e}") from None
-            rec["size"] = int(key[1])
-            n_done += 1
-            files[(key, depth)] = pending
-            sched.done(key, depth, rec)
-            for k, d, r in sched.commits():
-                seed, size = k
-                done = {f: x for f, x in sched.chains[k].committed.items() if f != d}
-                commit_trial(cfg, store, files.pop((k, d)), r, done, size, d, seed,
-                             label=f"size {size} frozen {d} (seed {seed}) ")
-            for k, d in sched.cancels():
-                for ref2, (k2, d2, _) in list(running.items()):
-                    if (k2, d2) == (k, d):
-                        ray.cancel(ref2, force=True)
-                        running.pop(ref2)
-                say(f"  look-ahead trial size {k[1]} frozen {d} cancelled: size {k[1]} stopped above it")
-    finally:
-        for ref in running:
-            ray.cancel(ref, force=True)
-        shutil.rmtree(pending_dir, ignore_errors=True)
+    t0 = time.monotonic()
+    sweep.run()
     wall = time.monotonic() - t0
-    say(f"stage 1 on Ray done in {wall:.0f}s: {n_done} trial(s) run, {sched.launched} launched, "
+    say(f"stage 1 on Ray done in {wall:.0f}s: {sweep.n_done} trial(s) run, {sched.launched} launched, "
         f"{sched.wasted} look-ahead trial(s) beyond a stopping point")
-    if prefix_spec is not None:
+    if sweep.prefix_spec is not None:
         shutil.rmtree(store.dir / "cache", ignore_errors=True)
-    store.write_json("ray_stage1.json", {"wall_s": round(wall, 2), "launched": sched.launched, "ran": n_done,
-                                         "wasted": sched.wasted, "slots": n_slots, "lookahead": sched.lookahead,
+    store.write_json("ray_stage1.json", {"wall_s": round(wall, 2), "launched": sched.launched, "ran": sweep.n_done,
+                                         "wasted": sched.wasted, "slots": sweep.n_slots, "lookahead": sched.lookahead,
                                          "trial_cpus": opts.cpus_per_trial(cfg), "trial_gpus": opts.trial_gpus,
                                          "trial_threads": cfg.trial_threads})
     write_decisions(store, cfg)
@@ -273,6 +217,89 @@ def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
         best[(size, seed)] = best_record([r for r in store.trials() if (r["seed"], r["size"]) == (seed, size)])
         say(f"stage 1: size {size}: optimal frozen depth {best[(size, seed)]['frozen']}")
     return best
+
+
+class _RaySweep:
+    """One stage-1 sweep on Ray: launches what the scheduler asks for, collects results as they come,
+    commits them in serial order and cancels look-ahead trials beyond a stopping point."""
+
+    def __init__(self, ray, store, data, opts: EngineOptions, sched: Scheduler):
+        cfg = data.cfg
+        self.ray, self.store, self.data, self.cfg, self.sched = ray, store, data, cfg, sched
+        self.pending_dir = store.dir / "stage1" / "pending"
+        shutil.rmtree(self.pending_dir, ignore_errors=True)  # results of a killed run's tasks: never committed
+        self.pending_dir.mkdir(parents=True)
+        self.images = _array_handle(ray, data.bridge.images)
+        self.calibration = bn_calibration(data)
+        self.run_id = store.config_hash()
+        self.prefix_spec = None
+        if cfg.cache:
+            rows = np.concatenate([np.concatenate([s.train, s.val]) for s in data.splits.values()])
+            self.prefix_spec = {"folder": str(store.dir / "cache"), "rows": rows, "dtype": cfg.prefix_cache,
+                                "budget": cfg.cache_budget_gb * 1e9, "identity": self.run_id}
+        self.task = _remote(ray, _stage1_task, opts, cfg)
+        self.n_slots = slots(ray, opts, cfg)
+        self.running: dict = {}  # ObjectRef -> (key, depth, pending file)
+        self.files: dict = {}  # (key, depth) -> pending file of a finished, not yet committed trial
+        self.n_done = 0
+
+    def run(self) -> None:
+        try:
+            while not self.sched.finished:
+                self._launch()
+                if not self.running:
+                    raise RuntimeError("stage 1 on Ray: no trial to run although the sweep is not finished")
+                self._collect_one()
+                self._commit()
+                self._cancel()
+        finally:
+            for ref in self.running:
+                self.ray.cancel(ref, force=True)
+            shutil.rmtree(self.pending_dir, ignore_errors=True)
+
+    def _launch(self) -> None:
+        cfg, sched = self.cfg, self.sched
+        for key, depth in sched.launches(self.n_slots - len(self.running)):
+            seed, size = key
+            init = None
+            if cfg.stage1.mode == "continue" and sched.chains[key].committed:
+                init = str(state_path(self.store, size, min(sched.chains[key].committed), seed))
+            pending = self.pending_dir / f"size-{size}-seed-{seed}-frozen-{depth}.keras"
+            ref = self.task.remote(cfg, self.run_id, self.images, self.data.splits[size], len(self.data.bridge.classes),
+                                   depth, seed, self.calibration, init, self.prefix_spec, str(pending))
+            self.running[ref] = (key, depth, pending)
+            say(f"trial: size {size} frozen {depth} (seed {seed}) started; {len(self.running)} running")
+
+    def _collect_one(self) -> None:
+        ray = self.ray
+        ready, _ = ray.wait(list(self.running), num_returns=1)
+        key, depth, pending = self.running.pop(ready[0])
+        try:
+            rec = ray.get(ready[0])
+        except ray.exceptions.TaskCancelledError:
+            return
+        except ray.exceptions.RayTaskError as e:
+            raise RuntimeError(f"stage-1 trial size {key[1]} frozen {depth} seed {key[0]} failed on Ray: "
+                               f"{e.cause if getattr(e, 'cause', None) else e}") from None
+        rec["size"] = int(key[1])
+        self.n_done += 1
+        self.files[(key, depth)] = pending
+        self.sched.done(key, depth, rec)
+
+    def _commit(self) -> None:
+        for k, d, r in self.sched.commits():
+            seed, size = k
+            done = {f: x for f, x in self.sched.chains[k].committed.items() if f != d}
+            commit_trial(self.cfg, self.store, self.files.pop((k, d)), r, done, size, d, seed,
+                         label=f"size {size} frozen {d} (seed {seed}) ")
+
+    def _cancel(self) -> None:
+        for k, d in self.sched.cancels():
+            for ref, (k2, d2, _) in list(self.running.items()):
+                if (k2, d2) == (k, d):
+                    self.ray.cancel(ref, force=True)
+                    self.running.pop(ref)
+            say(f"  look-ahead trial size {k[1]} frozen {d} cancelled: size {k[1]} stopped above it")
 
 
 def run_stage2(store, data, opts: EngineOptions, jobs: list[tuple[int, int, str | None, int | None, int | None]]) -> None:

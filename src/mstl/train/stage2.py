@@ -81,37 +81,59 @@ def train_stage2(cfg: RunConfig, images: np.ndarray, t: TargetSplits, seed: int,
     model = with_new_head(source, 2, cfg.model.dropout)
     stop = StopAtTrainAccuracy(s2.stop_train_accuracy)
     t_train = time.monotonic()
-    key = reused = None
-    # One call per epoch on both paths (same math): on features a step is a tiny matrix product, and
-    # per-call overhead would dominate it.
-    steps = max(1, -(-len(t.train) // s2.batch_size))
+    reused = None
     if cache:
-        n_tr, n_va = len(t.train), len(t.val)
         # the control's network is the same for every seed unless its weights are random (seeded)
         key = stage1_path or (f"control:{cfg.model.weights}" if cfg.model.weights != "none" else None)
         memo = feature_memo if feature_memo is not None and key is not None else {}
         reused = key in memo
-        if not reused:
-            memo[key] = _features(model, images, np.concatenate([t.train, t.val, t.test]))
-        feats = memo[key]
-        f_train = feats[:n_tr]
-        head = _head_model(model, f_train.shape[1])
-        compile_for_training(head, s2.learning_rate, steps)
-        ds = tf.data.Dataset.from_tensor_slices((f_train, t.y_train)).shuffle(len(f_train), seed=seed).batch(s2.batch_size)
-        hist = head.fit(ds, epochs=s2.max_epochs, verbose=0, callbacks=[stop])
-        probs = _head_probs(model, feats[n_tr:])
-        p_val, p_test = probs[:n_va], probs[n_va:]
+        hist, p_val, p_test = _fit_on_features(cfg, model, images, t, seed, stop, memo, key)
     else:
-        compile_for_training(model, s2.learning_rate, steps)
-        ds = make_dataset(images, t.train, t.y_train, s2.batch_size, shuffle=True, seed=seed)
-        hist = model.fit(ds, epochs=s2.max_epochs, verbose=0, callbacks=[stop])
-        p_val = model.predict(make_dataset(images, t.val, t.y_val, 64), verbose=0)
-        p_test = model.predict(make_dataset(images, t.test, t.y_test, 64), verbose=0)
+        hist, p_val, p_test = _fit_end_to_end(cfg, model, images, t, seed, stop)
+    record = _record(t, seed, p_val, p_test, hist.history, stop)
+    record.update({"train_seconds": round(time.monotonic() - t_train, 2), "embedding_cache": bool(cache),
+                   "features_reused": bool(reused), "seconds": round(time.monotonic() - t0, 2)})
+    return model, record
+
+
+def _steps(cfg: RunConfig, t: TargetSplits) -> int:
+    # One call per epoch on both paths (same math): on features a step is a tiny matrix product, and
+    # per-call overhead would dominate it.
+    return max(1, -(-len(t.train) // cfg.stage2.batch_size))
+
+
+def _fit_on_features(cfg, model, images, t: TargetSplits, seed: int, stop, memo: dict, key):
+    """The head trained on the frozen network's pooled features (computed once per network)."""
+    s2 = cfg.stage2
+    n_tr, n_va = len(t.train), len(t.val)
+    if key not in memo:
+        memo[key] = _features(model, images, np.concatenate([t.train, t.val, t.test]))
+    feats = memo[key]
+    f_train = feats[:n_tr]
+    head = _head_model(model, f_train.shape[1])
+    compile_for_training(head, s2.learning_rate, _steps(cfg, t))
+    ds = tf.data.Dataset.from_tensor_slices((f_train, t.y_train)).shuffle(len(f_train), seed=seed).batch(s2.batch_size)
+    hist = head.fit(ds, epochs=s2.max_epochs, verbose=0, callbacks=[stop])
+    probs = _head_probs(model, feats[n_tr:])
+    return hist, probs[:n_va], probs[n_va:]
+
+
+def _fit_end_to_end(cfg, model, images, t: TargetSplits, seed: int, stop):
+    """The plain path (no feature cache): the whole classifier fitted with its base frozen."""
+    s2 = cfg.stage2
+    compile_for_training(model, s2.learning_rate, _steps(cfg, t))
+    ds = make_dataset(images, t.train, t.y_train, s2.batch_size, shuffle=True, seed=seed)
+    hist = model.fit(ds, epochs=s2.max_epochs, verbose=0, callbacks=[stop])
+    p_val = model.predict(make_dataset(images, t.val, t.y_val, 64), verbose=0)
+    p_test = model.predict(make_dataset(images, t.test, t.y_test, 64), verbose=0)
+    return hist, p_val, p_test
+
+
+def _record(t: TargetSplits, seed: int, p_val, p_test, h: dict, stop) -> dict:
     names = t.mapping.names
     test = classification_report(t.y_test, p_test, names)
     val = classification_report(t.y_val, p_val, names) if len(t.val) else {"accuracy": None, "roc_auc": None, "n": 0}
-    h = hist.history
-    record = {
+    return {
         "seed": int(seed),
         "accuracy": test["accuracy"], "ci_low": test["ci_low"], "ci_high": test["ci_high"],
         "sensitivity": test["sensitivity"], "specificity": test["specificity"], "roc_auc": test["roc_auc"],
@@ -123,13 +145,8 @@ def train_stage2(cfg: RunConfig, images: np.ndarray, t: TargetSplits, seed: int,
         "majority_baseline": float(max(np.mean(t.y_test == k) for k in range(len(names)))),
         "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"], "n_val": val["n"],
         "train_accuracy": float(h["accuracy"][-1]), "epochs": len(h["accuracy"]),
-        "stopped_at_threshold": stop.reached_at is not None,
-        "train_seconds": round(time.monotonic() - t_train, 2),
-        "classes": names, "embedding_cache": bool(cache),
-        "features_reused": bool(cache and feature_memo is not None and key is not None and reused),
-        "seconds": round(time.monotonic() - t0, 2),
+        "stopped_at_threshold": stop.reached_at is not None, "classes": names,
     }
-    return model, record
 
 
 def choose_deployable(records: list[dict]) -> dict:

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 from ..config import RunConfig
 from ..rundir import (RESUME_FIX, SPLIT_LISTS, write_failed, append_jsonl, atomic_write_text,  # noqa: F401
-                      read_jsonl, read_split, split_list_path, write_via_temp)
+                      process_running, read_jsonl, read_split, split_list_path, write_via_temp)
 from .schedule import optimal_record
 
 
@@ -56,15 +56,7 @@ def stale_temp_files(run_dir: Path) -> list[Path]:
 
 
 def _running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid == os.getpid() or process_running(pid)
 
 
 _LOCKS: dict[str, int] = {}  # run dirs this process holds, with their lock file descriptors
