@@ -1,6 +1,8 @@
 """On-device runtimes behind one small interface: LiteRT for .tflite, ONNX Runtime for .onnx, and
 Keras for .keras (only where TensorFlow is installed). No TensorFlow import here: a board has none.
 
+The Keras runtime (mstl.keras_runtime) is a plugin found by its entry point.
+
 Every runtime takes raw RGB pixels (uint8, N x H x W x 3) - the exported graphs carry their own
 scaling - quantizes them when the model's input is integer, and returns float probabilities.
 """
@@ -134,25 +136,6 @@ class OnnxRuntime(Runtime):
         return self.sess.run(self._outs, {self._in: x})[0]
 
 
-class KerasRuntime(Runtime):
-    format = "keras"
-
-    def __init__(self, path: str, threads: int = 1):
-        from .tf_env import keras, tf
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-        except RuntimeError:
-            pass  # already initialised in this process
-        self.name, self.version = "Keras", keras.__version__
-        from .model import load_classifier
-        self.model = load_classifier(path)
-        self.input_shape = (1,) + tuple(int(d) for d in self.model.input_shape[1:])
-        self._fn = tf.function(lambda x: self.model(x, training=False))
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self._fn(x).numpy()
-
-
 def load_runtime(path: str | os.PathLike, threads: int = 1) -> Runtime:
     p = Path(path)
     if not p.is_file():
@@ -162,10 +145,21 @@ def load_runtime(path: str | os.PathLike, threads: int = 1) -> Runtime:
         return LiteRTRuntime(str(p), threads)
     if fam == "onnx":
         return OnnxRuntime(str(p), threads)
+    # .keras runs through a runtime that needs TensorFlow: a plugin (entry point "mstl.runtimes"), so
+    # that nothing here imports it - a board has no TensorFlow, and loads it only for a .keras file
     try:
-        return KerasRuntime(str(p), threads)
+        return _plugin(fam)(str(p), threads)
     except ImportError:
         raise RuntimeError_(f"{p}: .keras artifacts need TensorFlow (pip install 'mstl[train]')") from None
+
+
+def _plugin(family: str):
+    from importlib.metadata import entry_points
+    found = [e for e in entry_points(group="mstl.runtimes") if e.name == family]
+    if not found:
+        raise RuntimeError_(f"no runtime for .{family} files is installed (mstl's own package registers the "
+                            "Keras one: reinstall mstl)")
+    return found[0].load()
 
 
 def _quant(detail) -> Quant | None:

@@ -1,0 +1,38 @@
+"""A .keras classifier runs through the same runtime interface as its exports, by the Keras plugin
+(entry point mstl.runtimes), while mstl.runtimes itself never imports TensorFlow."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def test_a_keras_model_runs_through_load_runtime_as_keras_does(smoke_run):
+    from mstl.model import load_classifier
+    from mstl.runtimes import load_runtime
+    path = smoke_run / json.loads((smoke_run / "selection.json").read_text())["model"]
+    rt = load_runtime(path)
+    assert rt.format == "keras" and rt.name == "Keras"
+    pixels = np.random.default_rng(0).integers(0, 256, (3, rt.image_size, rt.image_size, 3), dtype=np.uint8)
+    want = load_classifier(path).predict(pixels.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(rt.predict(pixels), want, atol=1e-5)
+
+
+def test_without_the_plugin_a_keras_file_is_one_clear_error(tmp_path, monkeypatch):
+    import importlib.metadata
+    from mstl.runtimes import RuntimeError_, load_runtime
+    f = tmp_path / "m.keras"
+    f.write_bytes(b"not read")
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
+    with pytest.raises(RuntimeError_, match="no runtime for .keras files is installed"):
+        load_runtime(f)
+
+
+def test_the_edge_runtimes_load_with_tensorflow_blocked():
+    code = ("import sys\nfor k in ('tensorflow', 'keras', 'tf2onnx'): sys.modules[k] = None\n"
+            "import mstl.runtimes, mstl.bench.run, mstl.bench.measure, mstl.app_demo.server, mstl.rundir, mstl.agreement\n"
+            "print('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
