@@ -75,6 +75,40 @@ def atomic_write_text(path: Path, text: str) -> None:
     write_via_temp(path, path.with_name(f".{path.name}.tmp{os.getpid()}"), lambda tmp: tmp.write_text(text))
 
 
+# The run directory's files and folders, named once (train writes them; export, report, the bench and
+# the app read them).
+RESULTS = "results.jsonl"  # stage-1 trial records
+STAGE2_RESULTS = "stage2.jsonl"
+SELECTION = "selection.json"  # the deployable model, and its operating point
+LABELS = "labels.txt"  # class names, one per line, in the model's output order
+CLAIMS = "claims.json"
+REPORT = "report.md"
+TRIALS_CSV = "trials.csv"
+DRAWS = "draws"  # further data draws, each a run dir of its own
+
+
+def draw_dir(run_dir: Path, data_seed: int) -> Path:
+    return Path(run_dir) / DRAWS / f"data-seed-{data_seed}"
+
+
+def draw_dirs(run_dir: Path) -> list[Path]:
+    return sorted((Path(run_dir) / DRAWS).glob("data-seed-*"))
+
+
+def read_selection(run_dir: Path) -> dict[str, Any] | None:
+    """selection.json, or None before stage 2 has chosen."""
+    path = Path(run_dir) / SELECTION
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_labels(folder: Path, names: list[str]) -> None:
+    (Path(folder) / LABELS).write_text("\n".join(names) + "\n")
+
+
+def read_labels(folder: Path) -> list[str]:
+    return (Path(folder) / LABELS).read_text().split("\n")[:-1]
+
+
 # The target's splits as labelled file lists (written by train, read by report, export, bench and the app).
 SPLIT_LISTS = {"test": "target_test.tsv", "val": "target_val.tsv", "train": "target_train.tsv",
                "operating": "target_operating.tsv"}  # the operating-point carve-out (presets without val)

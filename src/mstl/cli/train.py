@@ -247,9 +247,10 @@ app.command("operating-point")(friendly(_operating_point))
 def _run_draws(cfg: RunConfig, store, restart: bool, eng=None) -> None:
     """The further data draws, each a complete run dir under draws/ (resumable like any other)."""
     from dataclasses import replace
+    from ..rundir import draw_dir
     for k in cfg.data_seeds[1:]:
         say(f"data draw {k} ({list(cfg.data_seeds).index(k) + 1} of {len(cfg.data_seeds)})")
-        sub_store, sub = _open(replace(cfg, data_seed=k, data_seeds=()), store.dir / "draws" / f"data-seed-{k}",
+        sub_store, sub = _open(replace(cfg, data_seed=k, data_seeds=()), draw_dir(store.dir, k),
                                restart, link=False)
         from ..train.engines import run_stage1, run_stage2
         run_stage1(sub_store, sub, eng)

@@ -26,6 +26,8 @@ from ..machine import cpu_flags, cpu_model, u8s8_may_saturate
 from ..preprocess import Preprocess
 from ..outputs import OutputError
 from ..runtimes import load_runtime
+from .. import rundir
+from ..rundir import LABELS, SPLIT_LISTS, read_labels, read_selection, read_split, write_labels
 from .gate import CONFIRM_WANTED, SELECTION_MARGIN, SELECTION_SHARE, SPLIT_SEED, Gate
 from .mixed import RANK_IMAGES
 
@@ -358,7 +360,7 @@ def _export_all(job: ExportJob, model) -> dict[str, Any]:
         from .diagnose import explain_exports
         cal_like = ~heldout
         explain_exports(job.out_dir, rows, pixels[cal_like][:EXPLAIN_IMAGES] if cal_like.any() else pixels[:EXPLAIN_IMAGES])
-    (job.out_dir / "labels.txt").write_text("\n".join(job.labels) + "\n")
+    write_labels(job.out_dir, job.labels)
     bundle = _bundle(job, rows, sources, labels, heldout, reference)
     manifest = {
         "artifacts": rows, "labels": job.labels, "source": job.source,
@@ -676,10 +678,9 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
              "export again when the run has finished")
     decision = None  # an operating point belongs to the run's own deployed model, not to --model FILE
     if model_path is None:
-        sel_path = store.dir / "selection.json"
-        if not sel_path.exists():
-            raise FileNotFoundError(f"{run_dir}: no selection.json - stage 2 has not finished (run `mstl-train stage2`)")
-        sel = json.loads(sel_path.read_text())
+        sel = read_selection(store.dir)
+        if sel is None:
+            raise FileNotFoundError(f"{run_dir}: no {rundir.SELECTION} - stage 2 has not finished (run `mstl-train stage2`)")
         decision = sel.get("decision")
         model_path = store.dir / sel["model"]
         if not model_path.is_file():
@@ -688,13 +689,12 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
         say(f"model: {model_path} (stage 2 on the bridge size {sel['size']} model, seed {sel['seed']}: {sel['why']})")
     # Held out: the test and validation splits and the operating-point carve-out (none trained the
     # model); the gate adds the training images that do not calibrate.
-    from ..rundir import SPLIT_LISTS, read_split
     for split in ("test", "train"):
         if read_split(store.dir, split) is None:
             raise FileNotFoundError(f"{store.dir / SPLIT_LISTS[split]}: missing - the run dir's {split} split list "
                                     "(written by mstl-train); copy the run dir whole, or pass --model FILE --data DIR")
-    if not (store.dir / "labels.txt").is_file():
-        raise FileNotFoundError(f"{store.dir / 'labels.txt'}: missing (written by mstl-train); copy the run dir whole, "
+    if not (store.dir / LABELS).is_file():
+        raise FileNotFoundError(f"{store.dir / LABELS}: missing (written by mstl-train); copy the run dir whole, "
                                 "or pass --model FILE --data DIR --labels A,B")
     test_src, test_y = read_split(store.dir, "test")
     val_src, val_y = read_split(store.dir, "val") or ([], np.zeros(0, int))
@@ -702,7 +702,7 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
     val_src, val_y = val_src + op_src, np.concatenate([val_y, op_y])
     verify_src = test_src + val_src
     cal_src, cal_y = read_split(store.dir, "train")
-    labels = (store.dir / "labels.txt").read_text().split("\n")[:-1]
+    labels = read_labels(store.dir)
     demo = cfg.target is None
     extra = list(gate_extra or [])
     if demo and any("calibration" in f.options for f in formats):

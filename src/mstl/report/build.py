@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..config import departures_from_paper
-from ..rundir import atomic_write_text, read_split, write_via_temp
+from ..rundir import (CLAIMS, REPORT, TRIALS_CSV, atomic_write_text, draw_dir, draw_dirs, read_selection, read_split,
+                      write_via_temp)
 from ..train.store import RunStore, best_record
 from .claims import PAPER_ACCURACY, PAPER_BAND, PAPER_FROZEN, evaluate, observed_text, t_interval
 
@@ -19,7 +19,7 @@ from .claims import PAPER_ACCURACY, PAPER_BAND, PAPER_FROZEN, evaluate, observed
 def collect_draws(store: RunStore) -> list[dict]:
     """This run dir and every further data draw under draws/, as the claims module takes them."""
     out = []
-    for d in [store.dir] + sorted((store.dir / "draws").glob("data-seed-*")):
+    for d in [store.dir] + draw_dirs(store.dir):
         st = RunStore(d)
         if not st.config_path.exists():
             continue
@@ -28,10 +28,9 @@ def collect_draws(store: RunStore) -> list[dict]:
         for key in sorted({(r["size"], r["seed"]) for r in trials}):
             optimal[key] = best_record([r for r in trials if (r["size"], r["seed"]) == key])["frozen"]
         test = read_split(d, "test")
-        sel = d / "selection.json"
         out.append({"dir": d, "data_seed": st.config().data_seed, "optimal": optimal, "trials": trials,
                     "stage2": st.stage2_records(), "y_test": test[1] if test else np.zeros(0, int),
-                    "selection": json.loads(sel.read_text()) if sel.exists() else None})
+                    "selection": read_selection(d)})
     return out
 
 
@@ -44,7 +43,7 @@ def study_progress(store: RunStore) -> dict:
     grid = sweep_grid(cfg)
     seeds1 = list(cfg.seeds[: max(1, cfg.stage1_seeds)])
     jobs = {(0, s) for s in cfg.seeds if cfg.stage2.control} | {(z, s) for z in cfg.stage1.sizes for s in cfg.seeds}
-    dirs = [store.dir] + [store.dir / "draws" / f"data-seed-{k}" for k in cfg.data_seeds[1:]]
+    dirs = [store.dir] + [draw_dir(store.dir, k) for k in cfg.data_seeds[1:]]
     s1_done = s1_most = open_sweeps = s2_done = 0
     for d in dirs:
         st = RunStore(d)
@@ -282,8 +281,7 @@ def build_report(run_dir: str | Path) -> Path:
     figs = _figures(store.dir, trials, s2, optimal, random_weights, draws)
     claims = _write_claims(store, draws if s2 else [], progress)
     _write_trials_csv(store, trials)
-    sel_path = store.dir / "selection.json"
-    selection = json.loads(sel_path.read_text()) if sel_path.exists() else None
+    selection = read_selection(store.dir)
     L = [f"# mstl run report: `{store.dir.name}`", ""] + _banners(progress, random_weights)
     L += _claims_section(claims, draws, progress) + _departures_section(cfg)
     L += _settings_lines(store, cfg, trials, draws) + _stage1_section(cfg, trials, optimal, seeds1[0])
@@ -291,7 +289,7 @@ def build_report(run_dir: str | Path) -> Path:
     if selection:
         L += _selection_section(selection)
     L += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + ["", "All trials: `trials.csv`."]
-    out = store.dir / "report.md"
+    out = store.dir / REPORT
     atomic_write_text(out, "\n".join(L) + "\n")
     return out
 
@@ -306,9 +304,9 @@ def _write_claims(store: RunStore, draws: list[dict], progress: dict) -> list[di
         if progress["summary"]:
             c["incomplete"] = progress["summary"]
     if claims:
-        store.write_json("claims.json", claims)
+        store.write_json(CLAIMS, claims)
     else:
-        (store.dir / "claims.json").unlink(missing_ok=True)
+        (store.dir / CLAIMS).unlink(missing_ok=True)
     return claims
 
 
@@ -322,7 +320,7 @@ def _write_trials_csv(store: RunStore, trials: list[dict]) -> None:
     w.writeheader()
     for r in sorted(trials, key=lambda r: (r["size"], r["seed"], -r["frozen"])):
         w.writerow(r)
-    atomic_write_text(store.dir / "trials.csv", buf.getvalue())
+    atomic_write_text(store.dir / TRIALS_CSV, buf.getvalue())
 
 
 def _banners(progress: dict, random_weights: bool) -> list[str]:

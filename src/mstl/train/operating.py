@@ -4,7 +4,6 @@ selection.json under ``decision``; export copies it into every card (src/mstl/de
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from ..decision import DEFAULT_RULE, calibrate, calibration_report, operating_point, rates, rates_at
 from ..progress import say
+from ..rundir import SELECTION, read_labels, read_selection
 
 
 class NoValidationSplit(ValueError):
@@ -32,13 +32,12 @@ def fit(run_dir: Path, rule: str = DEFAULT_RULE) -> dict[str, Any]:
 
     store = RunStore(run_dir)
     cfg = store.config()
-    sel_path = store.dir / "selection.json"
-    if not sel_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no selection.json - stage 2 has not finished (run `mstl-train stage2`)")
-    selection = json.loads(sel_path.read_text())
+    selection = read_selection(store.dir)
+    if selection is None:
+        raise FileNotFoundError(f"{run_dir}: no {SELECTION} - stage 2 has not finished (run `mstl-train stage2`)")
     val, chosen_on = _choosing_split(store, cfg)
     test = read_split(store.dir, "test")
-    labels = (store.dir / "labels.txt").read_text().split("\n")[:-1]
+    labels = read_labels(store.dir)
     pos = positive_index(labels, getattr(cfg.target, "positive_class", None) if cfg.target else None)
     prep = Preprocess(cfg.data.image_size, cfg.data.resize_method)
     model = load_classifier(store.dir / selection["model"])
@@ -62,7 +61,7 @@ def fit(run_dir: Path, rule: str = DEFAULT_RULE) -> dict[str, Any]:
         decision["calibration_test"] = calibration_report(test_p, test_y, op["temperature"])
         _figures(store.dir / "figures", test_p, test_y, pos, op["temperature"], op["threshold"])
     selection["decision"] = decision
-    store.write_json("selection.json", selection)
+    store.write_json(SELECTION, selection)
     _say(decision)
     return decision
 

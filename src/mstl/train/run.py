@@ -10,6 +10,7 @@ import numpy as np
 
 from ..config import RunConfig
 from ..progress import say
+from ..rundir import SELECTION
 from ..tf_env import enable_determinism, keras, pin_threads, tf
 from .prepare import (Source, SplitRows, TargetSplits, bridge_splits, check_disjoint, load_source, resolve_sources,
                       target_splits)
@@ -149,7 +150,7 @@ def run_stage2(store: RunStore, data: RunData, todo: list[tuple], n_jobs: int) -
 def select(store: RunStore) -> dict:
     """The deployable model among the stage-2 records, into selection.json."""
     selection = choose_deployable(store.stage2_records())
-    store.write_json("selection.json", selection)
+    store.write_json(SELECTION, selection)
     say(f"deployable model: size {selection['size']} seed {selection['seed']} - {selection['why']}")
     if "warning" in selection:
         say(f"  note: {selection['warning']}")

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..config import RunConfig
-from ..rundir import (RESUME_FIX, SPLIT_LISTS, write_failed, append_jsonl, atomic_write_text,  # noqa: F401
-                      process_running, read_jsonl, read_split, split_list_path, write_via_temp)
+# Re-exported for training code: the run directory's names and writers live in mstl.rundir.
+from ..rundir import (CLAIMS, DRAWS, LABELS, REPORT, RESULTS, SELECTION, STAGE2_RESULTS, TRIALS_CSV,  # noqa: F401
+                      RESUME_FIX, SPLIT_LISTS, append_jsonl, atomic_write_text, draw_dirs, process_running,
+                      read_jsonl, read_split, split_list_path, write_failed, write_via_temp)
 from .schedule import optimal_record
 
 
@@ -62,7 +64,7 @@ def _running(pid: int) -> bool:
 _LOCKS: dict[str, int] = {}  # run dirs this process holds, with their lock file descriptors
 
 # What mstl writes in a run dir (relative glob patterns): all that --restart may remove.
-OUTPUTS = ("results.jsonl", "stage2.jsonl", "selection.json", "claims.json", "report.md", "trials.csv", "labels.txt",
+OUTPUTS = (RESULTS, STAGE2_RESULTS, SELECTION, CLAIMS, REPORT, TRIALS_CSV, LABELS,
            "target_*.tsv", "stage1/size-*-seed-*/*.keras", "stage2/classifier-size-*-seed-*.keras", "figures/*.png",
            "cache/*.npy", "cache/*.json", "cache/.*.lock", "stage1/pending/*.keras", "ray_stage1.json", "exports/*", "bench/*", "bench.json", "bench.md",
            *(f"{folder}/{pattern}" if folder else pattern for folder in TEMP_FOLDERS for pattern in TEMP_PATTERNS))
@@ -97,7 +99,7 @@ def is_run_dir(path: Path) -> bool:
 def remove_outputs(run_dir: Path) -> list[str]:
     """Delete what mstl writes in ``run_dir`` (and its further data draws), then the folders it made
     if they are empty. Returns the files left because mstl did not write them."""
-    for sub in sorted((run_dir / "draws").glob("data-seed-*")):
+    for sub in draw_dirs(run_dir):
         if is_run_dir(sub):
             remove_outputs(sub)
             (sub / "config.json").unlink(missing_ok=True)
@@ -107,7 +109,7 @@ def remove_outputs(run_dir: Path) -> list[str]:
             if p.is_file() or p.is_symlink():
                 p.unlink(missing_ok=True)
     kept = []
-    for folder in ("stage1", "stage2", "figures", "cache", "exports", "bench", "draws"):
+    for folder in ("stage1", "stage2", "figures", "cache", "exports", "bench", DRAWS):
         root = run_dir / folder
         if not root.is_dir():
             continue
@@ -131,11 +133,11 @@ class RunStore:
 
     @property
     def results_path(self) -> Path:
-        return self.dir / "results.jsonl"
+        return self.dir / RESULTS
 
     @property
     def stage2_path(self) -> Path:
-        return self.dir / "stage2.jsonl"
+        return self.dir / STAGE2_RESULTS
 
     def stage1_model(self, size: int, frozen: int, seed: int) -> Path:
         return self.dir / "stage1" / f"size-{size}-seed-{seed}" / f"frozen-{frozen}.keras"
