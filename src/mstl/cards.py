@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 
 class CardError(ValueError):
@@ -81,6 +82,19 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         if m.get(key) is not None and not isinstance(m[key], want):
             raise CardError(f"{path}: the exports manifest's '{key}' is {_kind(m[key])}; {fix}")
     return m
+
+
+class FileState(NamedTuple):
+    """What tells that a file was replaced or rewritten without reading it (a touch alone changes only
+    mtime: the app re-hashes then)."""
+    ino: int
+    size: int
+    mtime_ns: int
+
+
+def file_state(path: str | os.PathLike) -> FileState:
+    st = os.stat(path)
+    return FileState(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..bench.browser_rows import PROVENANCE, device_dir
-from ..cards import CardError, card_of
+from ..cards import CardError, card_of, file_state, sha256_file
 from ..formats import precision_of
 from ..progress import warn
 from ..rundir import read_split
@@ -144,7 +144,7 @@ class DeviceBench:
         with self._state_lock:
             for name, a in self.artifacts.items():
                 try:
-                    state = _file_state(a["path"])
+                    state = file_state(a["path"])
                 except OSError:
                     out[name] = "its file was removed"
                     continue
@@ -277,7 +277,7 @@ def _pin(path: Path) -> dict | None:
     card = card_of(path)
     if check_artifact(path, card) is not None:
         return None
-    state = _file_state(path)
+    state = file_state(path)
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if card.get("sha256") and digest != card["sha256"]:
@@ -287,14 +287,9 @@ def _pin(path: Path) -> dict | None:
             "state": state}
 
 
-def _file_state(path: Path) -> tuple[int, int, int]:
-    st = path.stat()
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
 def _sha256_path(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cards import card_of, file_mismatch
+from ..cards import card_of, file_mismatch, file_state
 from ..data.images import open_image
 from ..preprocess import Preprocess
 from ..runtimes import load_runtime
@@ -46,11 +46,6 @@ def _give_back_memory() -> None:
         pass  # not glibc (macOS, musl): nothing to do
 
 
-def _identity(path: Path) -> tuple[int, int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
 class Classifier:
     def __init__(self, model_path: str | os.PathLike, workers: int | None = None, threads_per_worker: int = 1,
                  max_pixels: int = 40_000_000, allow_unverified: bool = False, uncertain_band: float = 0.0):
@@ -58,7 +53,7 @@ class Classifier:
         self.uncertain_band = uncertain_band
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such model file; pass --model with an exported .tflite or .onnx")
-        self._loaded = _identity(self.path)  # what /model describes, however the file changes later
+        self._loaded = file_state(self.path)  # what /model describes, however the file changes later
         self.card: dict[str, Any] = card_of(self.path) or {}
         self.problem = check_artifact(self.path, self.card)
         if self.problem and not allow_unverified:
@@ -100,9 +95,9 @@ class Classifier:
         if isinstance(card.get("source"), dict):
             card["source"] = {k: (Path(v).name if isinstance(v, str) and ("/" in v or "\\" in v) else v)
                               for k, v in card["source"].items()}
-        card["size_bytes"] = self._loaded[0]
+        card["size_bytes"] = self._loaded.size
         card["served_by"] = self.runtime
-        if _identity(self.path) != self._loaded:
+        if file_state(self.path) != self._loaded:
             card["stale"] = (f"{self.path.name} changed on disk since the app loaded it (re-exported?): the app "
                              "still serves the model it loaded and describes; restart mstl-app to serve the new one")
         card["verified"] = self.problem is None
