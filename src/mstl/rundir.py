@@ -96,9 +96,19 @@ def draw_dirs(run_dir: Path) -> list[Path]:
 
 
 def read_selection(run_dir: Path) -> dict[str, Any] | None:
-    """selection.json, or None before stage 2 has chosen."""
+    """selection.json, or None before stage 2 has chosen; a file that is not a JSON object (edited by
+    hand, copied in part) is a ValueError that names it and the command that writes it again."""
     path = Path(run_dir) / SELECTION
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    again = f"run `mstl-train stage2 {Path(run_dir)}` to write it again"
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); {again}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a JSON object; {again}")
+    return doc
 
 
 def write_labels(folder: Path, names: list[str]) -> None:
@@ -106,7 +116,10 @@ def write_labels(folder: Path, names: list[str]) -> None:
 
 
 def read_labels(folder: Path) -> list[str]:
-    return (Path(folder) / LABELS).read_text().split("\n")[:-1]
+    """The class names of labels.txt, one a line; a last line without its newline (an editor that
+    strips it) is still a class."""
+    names = (Path(folder) / LABELS).read_text().split("\n")
+    return names[:-1] if names[-1] == "" else names
 
 
 # The target's splits as labelled file lists (written by train, read by report, export, bench and the app).
