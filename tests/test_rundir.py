@@ -248,7 +248,15 @@ def test_data_draws_are_found_in_order_and_nothing_else_counts(tmp_path):
 
 # --- the writer a leftover file names -------------------------------------------------------------------
 
-def test_process_running_tells_live_from_gone(monkeypatch):
+def test_process_running_tells_live_from_gone_and_leaves_the_process_alone(monkeypatch):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert process_running(sleeper.pid)
+        with pytest.raises(subprocess.TimeoutExpired):
+            sleeper.wait(timeout=0.3)  # asking sent it no signal that stops it: still running
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     assert process_running(os.getpid())
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # exited and reaped: its pid names no process now
