@@ -192,16 +192,17 @@ def test_continue_mode_and_a_zero_look_ahead_simulate_no_speculation():
     assert (spec["trials"], spec["launched"], spec["wasted"], spec["sweep_s"]) == (3, 5, 2, 10.0)
 
 
-def test_a_cancelled_trial_frees_its_worker_for_another_chain_at_once():
+def test_a_cancelled_trial_frees_its_worker_for_another_chain_at_once_and_only_its_worker():
     a, b = (1, 400), (1, 100)
-    grids = {a: [150, 140, 130], b: [150, 140, 130]}
+    grids = {a: [150, 140, 130], b: [150, 140, 130, 120]}
     records = {a: {150: acc(0.9), 140: acc(0.5), 130: acc(0.5)}, b: {d: acc(0.5 + (150 - d) / 100) for d in grids[b]}}
-    secs = {(a, 150): 10, (a, 140): 15, (a, 130): 100, (b, 150): 20, (b, 140): 20, (b, 130): 20}
-    out = simulate(grids, records, lambda k, d: secs[(k, d)], 3, patience=1, lookahead=2)
+    secs = {(a, 150): 10, (a, 140): 15, (a, 130): 100, **{(b, d): 20 for d in grids[b]}}
+    out = simulate(grids, records, lambda k, d: secs[(k, d)], 3, patience=1, lookahead=3)
     # t=0: a150, b150, a140; t=10: a130 (look-ahead); t=15: a140 is worse, a stops, a130 is cancelled and
-    # its worker and a140's run b140 and b130 (15 -> 35); b150 ends at 20, the sweep at 35, not a130's 110
-    assert out["sweep_s"] == 35.0
-    assert (out["trials"], out["launched"], out["wasted"]) == (5, 6, 1)
+    # its worker and a140's run b140 and b130 (15 -> 35) - two workers, so b120 waits for b150's (20 -> 40).
+    # The sweep ends at 40: not at a130's 110, and not at 35 as a fourth worker would make it
+    assert out["sweep_s"] == 40.0
+    assert (out["trials"], out["launched"], out["wasted"]) == (6, 7, 1)
 
 
 def test_results_committed_together_fill_every_free_worker():
