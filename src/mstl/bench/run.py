@@ -30,10 +30,15 @@ class Artifact:
     precision: str
     labels: list[str] | None
     run_dir: Path | None
+    # What the exports manifest beside the file says of it, read once by collect: the sha256 it lists
+    # (None: no manifest there, or the file is not in it), or why the manifest could not be read.
+    listed_sha256: str | None = None
+    manifest_error: str | None = None
 
 
 def collect(paths: list[Path]) -> list[Artifact]:
     out = []
+    manifests: dict[Path, dict | CardError | None] = {}  # a folder's manifest, read once for all its files
     for p in paths:
         if p.is_dir():
             manifest = p / MANIFEST
@@ -44,16 +49,37 @@ def collect(paths: list[Path]) -> list[Artifact]:
             for a in m["artifacts"]:
                 name = a.get("path") or a["name"]
                 out.append(Artifact(p / name, a["format"], a.get("precision") or precision_of(name), m.get("labels"),
-                                    run_dir))
+                                    run_dir, listed_sha256=a.get("sha256")))
         elif p.exists() or p.suffix in (".tflite", ".onnx", ".keras"):
             fam = for_file(str(p))
             card = card_of(p)
             precision = (card or {}).get("precision") or ("fp32" if fam == "keras" else precision_of(str(p)))
             run_dir = Path(card["source"]["run_dir"]) if card and card.get("source", {}).get("run_dir") else None
-            out.append(Artifact(p, fam, precision, (card or {}).get("labels"), run_dir))
+            artifact = Artifact(p, fam, precision, (card or {}).get("labels"), run_dir)
+            if card is None and fam != "keras":
+                _listing_of(artifact, manifests)
+            out.append(artifact)
         else:
             raise BenchError(f"{p}: no such file or folder")
     return out
+
+
+def _listing_of(artifact: Artifact, manifests: dict[Path, dict | CardError | None]) -> None:
+    """Fills in what the manifest beside a card-less artifact file lists for it (its folder's manifest
+    read at most once per collect)."""
+    folder = artifact.path.parent
+    if folder not in manifests:
+        try:
+            manifests[folder] = read_manifest(folder) if (folder / MANIFEST).is_file() else None
+        except CardError as e:
+            manifests[folder] = e
+    m = manifests[folder]
+    if isinstance(m, CardError):
+        artifact.manifest_error = str(m)
+    elif m is not None:
+        name = artifact.path.name
+        artifact.listed_sha256 = next((r.get("sha256") for r in m["artifacts"]
+                                       if r.get("name") == name or r.get("path") == name), None)
 
 
 def _map_labels(folder_classes: list[str], y: np.ndarray, model_labels: list[str] | None, data: Path) -> np.ndarray:
@@ -107,7 +133,7 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         card = card_of(a.path) if a.format != "keras" else None  # read once: sha256, preprocessing, gate
         problem = file_mismatch(a.path, card) if card and a.path.is_file() else None
         if card is None and a.format != "keras" and a.path.is_file():
-            problem = _manifest_mismatch(a.path)
+            problem = _manifest_mismatch(a)
         if problem:
             say(f"  refused: {problem}")
             results.append({"artifact": a.path.name, "path": str(a.path), "format": a.format, "precision": a.precision,
@@ -165,19 +191,13 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
             "results": results}
 
 
-def _manifest_mismatch(path: Path) -> str | None:
+def _manifest_mismatch(a: Artifact) -> str | None:
     """Without its card, an artifact is still checked against the sha256 its exports manifest lists."""
     from ..cards import sha256_file
-    manifest = path.parent / MANIFEST
-    if not manifest.is_file():
-        return None
-    try:
-        rows = read_manifest(path.parent)["artifacts"]
-    except CardError as e:
-        return f"{path.name} has no card and cannot be checked against its manifest: {e}"
-    want = next((r.get("sha256") for r in rows if r.get("name") == path.name or r.get("path") == path.name), None)
-    if want and sha256_file(path) != want:
-        return (f"{path.name} is not the file {manifest.name} lists (sha256 differs) and has no card: it was replaced "
+    if a.manifest_error:
+        return f"{a.path.name} has no card and cannot be checked against its manifest: {a.manifest_error}"
+    if a.listed_sha256 and sha256_file(a.path) != a.listed_sha256:
+        return (f"{a.path.name} is not the file {MANIFEST} lists (sha256 differs) and has no card: it was replaced "
                 "after export; re-export it")
     return None
 
