@@ -33,6 +33,7 @@ import numpy as np
 from ..bench.browser_rows import PROVENANCE, device_dir
 from ..cards import CardError, card_of, file_state, sha256_file
 from ..formats import precision_of
+from ..metrics import percent
 from ..progress import warn
 from ..rundir import read_split
 from .inference import check_artifact
@@ -468,7 +469,7 @@ def to_row(posted: dict[str, Any], bench: DeviceBench) -> dict[str, Any]:
             at = agreement["at_operating_point"]
             notes.append(f"decisions at the card's operating point (threshold {at['threshold']:.3f}): "
                          f"{100 * at['decision_agreement']:.1f}% the server's; sensitivity "
-                         f"{_pct(at['sensitivity'])}, specificity {_pct(at['specificity'])} in the browser")
+                         f"{percent(at['sensitivity'])}, specificity {percent(at['specificity'])} in the browser")
     else:
         notes.append("agreement not measured (no held-out samples)")
     session = bench._sessions.get(posted.get("session")) if isinstance(posted.get("session"), str) else None
@@ -519,7 +520,3 @@ def _at_operating_point(got: np.ndarray, ref: np.ndarray, labels: np.ndarray, de
     return {"threshold": float(decision["threshold"]), "temperature": float(decision.get("temperature", 1.0)),
             "decision_agreement": float(np.mean(mine == theirs)), "sensitivity": r["sensitivity"],
             "specificity": r["specificity"]}
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..metrics import percent_with_ci
+
 
 def _fmt(v, spec=".2f", scale=1.0, none="-"):
     return none if v is None else format(v * scale, spec)
@@ -49,7 +51,7 @@ def _bundle_cell(b: dict[str, Any] | None) -> str:
     """Top-1 agreement with the export's Keras answers (95% interval) and the largest probability gap."""
     if not b or b.get("agreement") is None:
         return "-"
-    return (f"{100 * b['agreement']:.1f} [{100 * b['ci95'][0]:.1f}, {100 * b['ci95'][1]:.1f}] "
+    return (f"{percent_with_ci(b['agreement'], b['ci95'], unit='')} "
             f"max|Δ| {b['max_abs_diff']:.3f}" + ("" if b.get("same_build") else " (other build)"))
 
 

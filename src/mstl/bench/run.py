@@ -15,6 +15,7 @@ from ..cards import MANIFEST, CardError, card_of, file_mismatch, read_manifest
 from ..preprocess import Preprocess
 from ..progress import say
 from ..machine import machine_info
+from ..metrics import percent
 from .measure import DEFAULT_TIMEOUT_S, measure_isolated
 from .report import measured_here
 
@@ -237,14 +238,10 @@ def _at_operating_point(r: dict, card: dict, y) -> None:
     if d.get("chosen_on"):
         r.setdefault("notes", []).append(
             f"at the card's operating point ({d.get('target')}, threshold {at['threshold']:.3f}): sensitivity "
-            f"{_p(at['sensitivity'])}, specificity {_p(at['specificity'])}; at 0.5: {_p(half['sensitivity'])} / "
-            f"{_p(half['specificity'])}")
+            f"{percent(at['sensitivity'])}, specificity {percent(at['specificity'])}; at 0.5: "
+            f"{percent(half['sensitivity'])} / {percent(half['specificity'])}")
     else:
         r.setdefault("notes", []).append("no operating point in the card: decides at 0.5")
-
-
-def _p(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _portability_note(card: dict, fmt: str) -> str | None:
