@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import re
 import secrets
 import tempfile
@@ -34,6 +33,7 @@ from ..bench.browser_rows import PROVENANCE, device_dir
 from ..cards import CardError, card_of, file_state, sha256_file
 from ..formats import precision_of
 from ..metrics import percent
+from ..outputs import write_then_rename
 from ..progress import warn
 from ..rundir import read_split
 from .inference import check_artifact
@@ -319,13 +319,7 @@ def _folder_lock(folder: Path):
 def _write_new(path: Path, text: str) -> None:
     """``text`` at ``path`` whole or not at all: written under a temporary name of its own (not *.json,
     so never counted as a row), then renamed."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_then_rename(path, path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"), lambda tmp: tmp.write_text(text))
 
 
 def parse_body(body: bytes) -> Any:

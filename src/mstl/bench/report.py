@@ -166,14 +166,11 @@ def save(report: dict[str, Any], path: Path, markdown: bool | None = None) -> No
     """The report as Markdown (``markdown``, or by default a ``.md`` name) or else as JSON, written under a
     temporary name and renamed: a full disk leaves the old file, never a truncated one."""
     import os
-    from ..outputs import write_error
+    from ..outputs import write_error, write_then_rename
     as_md = path.suffix == ".md" if markdown is None else markdown
     text = to_markdown(report) if as_md else json.dumps(report, indent=2, default=float)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_then_rename(path, path.with_name(f".{path.name}.tmp{os.getpid()}"), lambda tmp: tmp.write_text(text))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise write_error(e, path) or e from None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..outputs import write_then_rename
 from .images import load_image, resize_array
 from .sources import DatasetIndex, index_dataset, npz_image, npz_images
 
@@ -31,11 +32,10 @@ def _unescape(text: str) -> str:
 
 
 def write_list(path: Path, sources: list[str], labels) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    text = "".join(f"{_escape(s)}\t{int(y)}\n" for s, y in zip(sources, labels))
     # surrogateescape: names that are not UTF-8 keep their exact bytes
-    tmp.write_text("".join(f"{_escape(s)}\t{int(y)}\n" for s, y in zip(sources, labels)),
-                   encoding="utf-8", errors="surrogateescape")
-    os.replace(tmp, path)
+    write_then_rename(path, path.with_name(f".{path.name}.tmp{os.getpid()}"),
+                      lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"))
 
 
 def read_list(path: Path) -> tuple[list[str], np.ndarray]:
