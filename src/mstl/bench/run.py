@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..data.filelist import labelled_folder
+from ..data.sources import is_npz_ref
 from ..formats import for_file, precision_of
 from ..cards import MANIFEST, CardError, card_of, file_mismatch, read_manifest
 from ..preprocess import Preprocess
@@ -148,7 +149,7 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
                 decoded[prep] = str(Path(scratch.name) / f"pixels-{len(decoded)}.npy")
                 np.save(decoded[prep], prep.load_many(sources))
             pixels, y = decoded[prep], y_all
-            e2e = [s for s in sources if not s.startswith("npz:")][:20]
+            e2e = [s for s in sources if not is_npz_ref(s)][:20]
         names = class_names or ([f"class_{k}" for k in range(int(y.max()) + 1)] if y is not None else None)
         if a.format == "keras" and len(threads) > 1:
             # TensorFlow fixes its thread count once per process: one process per thread count
