@@ -12,7 +12,7 @@ import numpy as np
 from ..data.filelist import labelled_folder
 from ..data.sources import is_npz_ref
 from ..formats import for_file, precision_of
-from ..cards import MANIFEST, CardError, card_of, file_mismatch, read_manifest
+from ..cards import MANIFEST, CardError, card_of, file_mismatch, read_manifest, unverified_reason
 from ..preprocess import Preprocess
 from ..progress import say
 from ..machine import machine_info
@@ -159,17 +159,13 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         else:
             r = measure_isolated(str(a.path), threads, runs, warmup, pixels, y, names, e2e, timeout=timeout, prep=prep)
         r.update({"format": a.format, "precision": a.precision, "artifact": a.path.name, "path": str(a.path)})
-        if card is None and a.format != "keras":
-            r["verified"] = False  # unverified is the default: nothing says this file passed a gate
-            r.setdefault("notes", []).append(f"NOT VERIFIED: no model card ({a.path.name}.json) - the export gate's "
-                                             "verdict is unknown; re-export, or copy the card with the artifact")
+        if a.format != "keras":  # the Keras model is the reference the gate compares with, not an artifact
+            unverified = unverified_reason(a.path, card)
+            r["verified"] = unverified is None
+            if unverified:
+                r.setdefault("notes", []).append(f"NOT VERIFIED: {unverified}")
         if card is not None:
-            status = (card.get("verification") or {}).get("status")
-            r["verified"] = status == "ok"
             r["recipe"] = card.get("recipe")
-            if status != "ok":
-                r.setdefault("notes", []).append(f"NOT VERIFIED: export gate {status or 'never run'} "
-                                                 f"({(card.get('verification') or {}).get('reason', 'no reason recorded')})")
             note = _portability_note(card, a.format)
             if note:
                 r.setdefault("notes", []).append(note)
