@@ -1,6 +1,6 @@
 """Labelled image lists shared by train (writes them), export and bench (read them): one
 ``<source>\t<label>`` per line, where a source is a file path or a MedMNIST ``npz:<file>:<split>:<i>``
-(sources.npz_ref)
+(sources.npz_ref).
 Decoding goes through the edge code path (Pillow), exactly as a device would feed a model."""
 
 from __future__ import annotations
