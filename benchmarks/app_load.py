@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import socket
 import sys
 import threading
 import time
@@ -18,12 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _app_process import free_port
 
 
 def start_server(model: Path, port: int):

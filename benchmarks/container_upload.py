@@ -12,28 +12,15 @@ idle_rss_mb, rss_after_mb, upload_bytes, seconds.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
 import zlib
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-POLL = """
-import sys, time, os, httpx
-base, stop = sys.argv[1], sys.argv[2]
-with httpx.Client(timeout=60) as c:
-    while not os.path.exists(stop):
-        t = time.perf_counter()
-        c.get(base + "/health")
-        print(f"{time.perf_counter() - t:.4f}", flush=True)
-        time.sleep(0.05)
-"""
+from _app_process import health_polled, mstl_app_command, rss_mb, running_app, statuses
 
 TINY_MODEL = """
 import sys
@@ -85,19 +72,6 @@ def tiny_model(folder: Path) -> Path:
     return folder / "exports" / "classifier-fp32.tflite"
 
 
-def status_mb(pid: int, key: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=None, help="an exported .tflite with its card (default: make one)")
@@ -106,54 +80,28 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="the app's interpreters (the issue's --workers 2)")
     a = ap.parse_args()
     import httpx
-    scratch = Path(tempfile.mkdtemp(prefix="mstl-container-"))
-    model = a.model or tiny_model(scratch)
+    model = a.model or tiny_model(Path(tempfile.mkdtemp(prefix="mstl-container-")))
     data = container_ico(a.side)
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("mstl-app")), "--model", str(model), "--port",
-                               str(port), "--workers", str(a.workers), "--device-samples", "0"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                sys.exit("server did not start: " + (server.stderr.read() if server.poll() is not None else ""))
-            time.sleep(0.2)
-        idle = status_mb(server.pid, "VmRSS")
-        stop = scratch / "stop"
-        poller = subprocess.Popen([sys.executable, "-c", POLL, base, str(stop)], stdout=subprocess.PIPE, text=True)
-        time.sleep(0.5)
+    command = mstl_app_command(model, "--workers", str(a.workers), "--device-samples", "0")
+    with running_app(command) as app:
+        pid = app.process.pid
+        idle = rss_mb(pid, "VmRSS")
 
         def upload(_):
-            try:
-                with httpx.Client(timeout=600) as c:
-                    return c.post(base + "/predict", files={"file": ("icon.ico", data, "image/x-icon")}).status_code
-            except httpx.HTTPError as e:
-                return type(e).__name__
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(a.uploads) as pool:
-            codes = Counter(pool.map(upload, range(a.uploads)))
-        seconds = time.perf_counter() - t0
-        time.sleep(1.0)
-        stop.touch()
-        health = [float(v) for v in poller.communicate(timeout=120)[0].split()]
+            with httpx.Client(timeout=600) as c:
+                return c.post(app.base + "/predict", files={"file": ("icon.ico", data, "image/x-icon")}).status_code
+        with health_polled(app.base, interval_s=0.05, timeout_s=60) as health_ms:
+            time.sleep(0.5)
+            codes, seconds = statuses(upload, a.uploads, a.uploads)
+            time.sleep(1.0)
         print(f"upload_bytes={len(data)}")
         print(f"declared=16x16 embedded={a.side}x{a.side} RGBA uploads={a.uploads} workers={a.workers}")
         print(f"status_codes={dict(codes)}")
         print(f"seconds={seconds:.1f}")
         print(f"idle_rss_mb={idle:.0f}")
-        print(f"peak_rss_mb={status_mb(server.pid, 'VmHWM'):.0f}")
-        print(f"rss_after_mb={status_mb(server.pid, 'VmRSS'):.0f}")
-        print(f"health_worst_s={max(health):.3f}")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        print(f"peak_rss_mb={rss_mb(pid, 'VmHWM'):.0f}")
+        print(f"rss_after_mb={rss_mb(pid, 'VmRSS'):.0f}")
+        print(f"health_worst_s={max(health_ms) / 1000:.3f}")
 
 
 if __name__ == "__main__":

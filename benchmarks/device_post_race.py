@@ -13,32 +13,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from threading import Barrier
 
-SERVE = """
-import sys, uvicorn
-from pathlib import Path
-from mstl.app_demo.device import DeviceBench
-from mstl.app_demo.inference import Classifier
-from mstl.app_demo.server import create_app
-model = Path(sys.argv[1])
-app = create_app(Classifier(model, workers=1), device=DeviceBench(model.parent, n_samples=int(sys.argv[3])))
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="error")
-"""
+from _app_process import device_app_command, running_app, statuses
+
 CAP = 1000  # device.MAX_STORED_ROWS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -54,51 +35,36 @@ def main() -> None:
     folder = model.parent.parent / "bench" / "device"
     shutil.rmtree(folder, ignore_errors=True)
     reference = DeviceBench(model.parent, n_samples=a.samples).reference(model.name).tolist()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-c", SERVE, str(model), str(port), str(a.samples)])
+    with running_app(device_app_command(model, a.samples)) as app:
 
-    def round_of(n: int) -> Counter:
-        with httpx.Client(timeout=120) as c:
-            sessions = [(c.get(base + "/device/manifest").json().get("session") or {}).get("id") for _ in range(n)]
-        barrier = Barrier(n)
-
-        def post(session):
-            body = {"artifact": model.name, "runtime": "race", "backend": "wasm", "threads": 1, "runs": 10,
-                    "load_ms": 10.0, "first_ms": 3.0, "latency_ms": {"p50": 1.0, "p90": 1.2, "p99": 1.5, "mean": 1.1},
-                    "probs": reference, "session": session, "device": {"hardware_concurrency": 4}}
+        def round_of(n: int) -> Counter:
             with httpx.Client(timeout=120) as c:
-                barrier.wait()
-                return c.post(base + "/device/results", json=body).status_code
-        with ThreadPoolExecutor(n) as pool:
-            return Counter(pool.map(post, sessions))
-    try:
-        with httpx.Client(timeout=120) as c:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    c.get(base + "/health")
-                    break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline:
-                        sys.exit("the server did not start")
-                    time.sleep(0.2)
-        statuses = round_of(a.posts)
+                sessions = [(c.get(app.base + "/device/manifest").json().get("session") or {}).get("id")
+                            for _ in range(n)]
+            barrier = Barrier(n)
+
+            def post(i):
+                body = {"artifact": model.name, "runtime": "race", "backend": "wasm", "threads": 1, "runs": 10,
+                        "load_ms": 10.0, "first_ms": 3.0,
+                        "latency_ms": {"p50": 1.0, "p90": 1.2, "p99": 1.5, "mean": 1.1},
+                        "probs": reference, "session": sessions[i], "device": {"hardware_concurrency": 4}}
+                with httpx.Client(timeout=120) as c:
+                    barrier.wait()
+                    return c.post(app.base + "/device/results", json=body).status_code
+            return statuses(post, n, n)[0]
+        counted = round_of(a.posts)
         files = sorted(folder.glob("*.json"))
         print(f"posts={a.posts}")
-        print(f"statuses={dict(statuses)}")
+        print(f"statuses={dict(counted)}")
         print(f"files_written={len(files)} distinct_names={len({f.name for f in files})}")
         for f in files:
             f.unlink()
         for i in range(CAP - 5):
             (folder / f"prefilled-{i:04d}.json").write_text("{}")
-        statuses = round_of(a.near_cap)
+        counted = round_of(a.near_cap)
         print(f"prefilled={CAP - 5} cap={CAP} posts={a.near_cap}")
-        print(f"statuses_near_cap={dict(statuses)}")
+        print(f"statuses_near_cap={dict(counted)}")
         print(f"files_after={len(list(folder.glob('*.json')))}")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

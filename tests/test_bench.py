@@ -214,7 +214,9 @@ def test_artifact_that_failed_its_gate_is_flagged_in_the_table(smoke_exports, tm
                               "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")])
     assert res.exit_code == 0, res.output
     (row,) = json.loads((tmp_path / "r.json").read_text())["results"]
-    assert row["verified"] is False and any("NOT VERIFIED: export gate failed" in n for n in row["notes"])
+    assert row["verified"] is False
+    assert any(n.startswith("NOT VERIFIED: classifier-fp32.onnx failed its export verification (agreement 0.91")
+               for n in row["notes"])
     assert "NOT VERIFIED" in (tmp_path / "r.md").read_text() and "NOT VERIFIED" in res.output
 
 

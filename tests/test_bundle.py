@@ -76,7 +76,7 @@ def test_an_artifact_without_its_card_is_unverified_and_a_replaced_one_is_refuse
     report = run_bench([fp32, int8], None, [1], 3, 1)
     row = next(r for r in report["results"] if r["artifact"] == int8.name)
     assert row["status"] == "ok" and row["verified"] is False
-    assert any(n.startswith("NOT VERIFIED: no model card") for n in row["notes"])
+    assert any(n.startswith("NOT VERIFIED: classifier-int8.tflite has no model card") for n in row["notes"])
     (line,) = recommendations(report)
     assert "deploy classifier-fp32.tflite" in line and "no verified quantized form" in line
     shutil.copyfile(fp32, int8)  # another file under the int8 name, still without a card

@@ -10,6 +10,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
+from helpers_fakes import forbid, write_text_on_a_full_disk
 from mstl.cli import bench as bench_cli
 from mstl.cli.bench import app
 
@@ -20,10 +21,7 @@ runner = CliRunner()
 def no_measuring(monkeypatch):
     """Fails the test if the bench gets as far as measuring."""
     import mstl.bench.run as run
-
-    def refuse(*a, **k):
-        raise AssertionError("measured before refusing")
-    monkeypatch.setattr(run, "run_bench", refuse)
+    forbid(monkeypatch, run, "run_bench", "measured before refusing")
 
 
 @pytest.fixture
@@ -106,15 +104,10 @@ def test_full_disk_while_saving_keeps_the_old_file(tmp_path, monkeypatch):
     from mstl.outputs import OutputError
     out = tmp_path / "bench.json"
     out.write_text('{"old": true}')
-    real = Path.write_text
-
-    def full(self, text, *a, **k):
-        real(self, text[:10], *a, **k)
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(Path, "write_text", full)
-    with pytest.raises(OutputError, match=f"{tmp_path}: cannot write bench.json: the disk is full"):
-        save(_report(), out)
-    monkeypatch.setattr(Path, "write_text", real)
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", write_text_on_a_full_disk(keep=10))
+        with pytest.raises(OutputError, match=f"{tmp_path}: cannot write bench.json: the disk is full"):
+            save(_report(), out)
     assert json.loads(out.read_text()) == {"old": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
 

@@ -142,8 +142,6 @@ def test_export_of_a_run_dir_without_its_split_lists_is_named(tmp_path):
 
 
 def test_export_of_a_run_being_trained_warns(tmp_path, monkeypatch):
-    import subprocess
-    import sys
     import mstl.progress
     import mstl.train.store as s
     warned = []
@@ -154,16 +152,9 @@ def test_export_of_a_run_being_trained_warns(tmp_path, monkeypatch):
         write_list(store.dir / name, ["a.png", "b.png"], np.array([0, 1]))
     (store.dir / "labels.txt").write_text("a\nb\n")
     os.close(s._LOCKS.pop(str(store.dir.resolve())))
-    code = ("import sys, time; from mstl.train.store import RunStore; RunStore(sys.argv[1]).lock(); "
-            "print('locked', flush=True); time.sleep(60)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    trainer = subprocess.Popen([sys.executable, "-c", code, str(store.dir)], stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert trainer.stdout.readline().strip() == "locked"
+    from helpers_processes import trainer_holding
+    with trainer_holding(store.dir) as trainer:
         job = _job(store)
-    finally:
-        trainer.kill()
-        trainer.wait()
     assert job.labels == ["a", "b"]
     assert any(f"is being trained now (process {trainer.pid})" in w for w in warned), warned
 

@@ -101,11 +101,11 @@ def test_the_cache_and_image_lists_check_the_file_they_read(tmp_path):
     """A file replaced after it was indexed (now 4 images where the index has 10) is named, not an
     IndexError from the decoding threads."""
     from mstl.data.cache import build_cache
-    from mstl.data.filelist import load_sources, source_ref
+    from mstl.data.filelist import load_sources
     p = tmp_path / "octmnist.npz"
     np.savez(p, train_images=IMAGES, train_labels=LABELS)
     index = index_dataset(p)
-    refs = [source_ref(index, i) for i in range(len(index))]
+    refs = list(index.paths)
     np.savez(p, train_images=IMAGES[:4], train_labels=LABELS[:4])
     with pytest.raises(DataError, match=r"no image 4 in train_images \(it holds 4\).*run the command again"):
         build_cache(index, 8, "bilinear", root=tmp_path / "cache", quiet=True)

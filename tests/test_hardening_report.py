@@ -3,13 +3,12 @@ terminal - with how many trials are done; the Claims table is written for a read
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 from typer.testing import CliRunner
 
+from helpers_processes import run_without_tensorflow, trainer_holding
 from mstl.cli.train import app
 from mstl.config import preset
 from mstl.report.build import build_report, study_progress
@@ -92,18 +91,10 @@ def test_report_while_another_process_trains_names_it(run):
     run.add_trial(_trial(24, 140, 0.6))
     import mstl.train.store as s
     os.close(s._LOCKS.pop(str(run.dir.resolve())))  # this process lets go; a "trainer" takes the lock
-    code = ("import sys, time; from mstl.train.store import RunStore; RunStore(sys.argv[1]).lock(); "
-            "print('locked', flush=True); time.sleep(60)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    trainer = subprocess.Popen([sys.executable, "-c", code, str(run.dir)], stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert trainer.stdout.readline().strip() == "locked"
+    with trainer_holding(run.dir) as trainer:
         assert run.writer() == str(trainer.pid)
         text = build_report(run.dir).read_text()
         assert f"process {trainer.pid} is training this run now" in text
-    finally:
-        trainer.kill()
-        trainer.wait()
     deadline = time.monotonic() + 5
     while run.writer() is not None and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -127,16 +118,7 @@ def test_observed_text_for_each_claim_shape():
 def test_incomplete_report_needs_no_tensorflow(run):
     """The progress count reads the depth grid from the base registry, not from Keras: `report` stays TF-free."""
     run.add_trial(_trial(24, 140, 0.6))
-    code = ("import sys, importlib.abc\n"
-            "class Block(importlib.abc.MetaPathFinder):\n"
-            "    def find_spec(self, name, path, target=None):\n"
-            "        if name.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx'):\n"
-            "            raise ImportError('blocked: ' + name)\n"
-            "sys.meta_path.insert(0, Block())\n"
-            "from mstl.cli.train import app\n"
-            "app(['report', sys.argv[1]])\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    res = subprocess.run([sys.executable, "-c", code, str(run.dir)], capture_output=True, text=True, env=env)
+    res = run_without_tensorflow("from mstl.cli.train import app\napp(['report', sys.argv[1]])\n", str(run.dir))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "incomplete: 1 of at most 7 trials" in " ".join((res.stdout + res.stderr).split())
 

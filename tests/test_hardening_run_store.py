@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from helpers_fakes import write_text_on_a_full_disk
 from mstl.config import preset
 from mstl.outputs import OutputError
 from mstl.train.store import RunStore, append_jsonl, atomic_write_text, remove_outputs, save_model_atomic
@@ -48,15 +49,10 @@ def test_full_disk_while_writing_json_keeps_the_old_file(tmp_path, monkeypatch):
     from pathlib import Path
     sel = tmp_path / "selection.json"
     sel.write_text('{"size": 24}')
-    real = Path.write_text
-
-    def full(self, text, *a, **k):
-        real(self, text[:3], *a, **k)
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(Path, "write_text", full)
-    with pytest.raises(OutputError, match="the disk is full"):
-        atomic_write_text(sel, '{"size": 48}')
-    monkeypatch.setattr(Path, "write_text", real)
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", write_text_on_a_full_disk(keep=3))
+        with pytest.raises(OutputError, match="the disk is full"):
+            atomic_write_text(sel, '{"size": 48}')
     assert json.loads(sel.read_text()) == {"size": 24} and [p.name for p in tmp_path.iterdir()] == ["selection.json"]
 
 

@@ -4,6 +4,7 @@ seeds, a plan for zero workers."""
 import pytest
 from typer.testing import CliRunner
 
+from helpers_fakes import forbid
 from mstl.cli.train import app
 
 runner = CliRunner()
@@ -12,10 +13,7 @@ runner = CliRunner()
 @pytest.fixture
 def no_training(monkeypatch):
     import mstl.cli.train as t
-
-    def refuse(*a, **k):
-        raise AssertionError("went on to prepare data or train")
-    monkeypatch.setattr(t, "_open", refuse)
+    forbid(monkeypatch, t, "_open", "went on to prepare data or train")
 
 
 @pytest.mark.parametrize("flags, named", [(["--sizes", "24,24"], "--sizes 24,24: 24 given more than once"),

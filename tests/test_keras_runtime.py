@@ -2,8 +2,6 @@
 (entry point mstl.runtimes), while mstl.runtimes itself never imports TensorFlow."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -31,8 +29,7 @@ def test_without_the_plugin_a_keras_file_is_one_clear_error(tmp_path, monkeypatc
 
 
 def test_the_edge_runtimes_load_with_tensorflow_blocked():
-    code = ("import sys\nfor k in ('tensorflow', 'keras', 'tf2onnx'): sys.modules[k] = None\n"
-            "import mstl.runtimes, mstl.bench.run, mstl.bench.measure, mstl.app_demo.server, mstl.rundir, mstl.agreement\n"
-            "print('ok')")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    from helpers_processes import run_without_tensorflow
+    res = run_without_tensorflow("import mstl.runtimes, mstl.bench.run, mstl.bench.measure, mstl.app_demo.server, "
+                                 "mstl.rundir, mstl.agreement\nprint('ok')")
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -63,17 +61,11 @@ def test_read_only_run_dir_is_named(tmp_path, monkeypatch):
 def test_second_writer_is_refused_naming_the_first(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    code = ("import sys, time; from mstl.train.store import RunStore; RunStore(sys.argv[1]).lock(); "
-            "print('locked', flush=True); time.sleep(60)")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        from mstl.train.store import RunDirError
+    from helpers_processes import trainer_holding
+    from mstl.train.store import RunDirError
+    with trainer_holding(run) as holder:
         with pytest.raises(RunDirError, match=f"another mstl-train \\(process {holder.pid}\\)"):
             RunStore(run).lock()
-    finally:
-        holder.kill()
-        holder.wait()
     time.sleep(0.2)
     RunStore(run).lock()  # a killed writer leaves no stale lock
 

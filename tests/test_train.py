@@ -191,14 +191,7 @@ def test_training_learns_an_easy_task(tmp_path, demo_data):
 
 def test_report_runs_without_tensorflow(smoke_run):
     """`mstl-train report` on a board or a laptop without TensorFlow: the run dir is read TF-free."""
-    code = ("import sys, importlib.abc\n"
-            "class Block(importlib.abc.MetaPathFinder):\n"
-            "    def find_spec(self, name, path, target=None):\n"
-            "        if name.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx'):\n"
-            "            raise ImportError('blocked: ' + name)\n"
-            "sys.meta_path.insert(0, Block())\n"
-            "from mstl.cli.train import app\n"
-            "app(['report', sys.argv[1]])\n")
-    res = subprocess.run([sys.executable, "-c", code, str(smoke_run)], capture_output=True, text=True)
+    from helpers_processes import run_without_tensorflow
+    res = run_without_tensorflow("from mstl.cli.train import app\napp(['report', sys.argv[1]])\n", str(smoke_run))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "report:" in res.stdout + res.stderr

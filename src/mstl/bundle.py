@@ -34,17 +34,18 @@ def write(out_dir: Path, sources: list[str], labels: np.ndarray, reference: np.n
           image_size: int, resize_method: str, artifacts: dict[str, str]) -> dict[str, Any]:
     """``artifacts``: file name -> sha256 of the artifacts whose agreement the bundle checks. Returns the
     manifest's entry (path, sha256, images)."""
-    from .data.images import load_image
+    from .data.filelist import load_sources
+    from .data.sources import is_npz_ref
     folder = out_dir / FOLDER
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "images").mkdir(parents=True)
     entries = []
     for i, (src, y, p) in enumerate(zip(sources, labels, reference)):
         stem = f"{i:04d}-{class_names[int(y)]}"
-        if src.startswith("npz:") or not Path(src).is_file():  # an array in a .npz: as the PNG it decodes to
+        if is_npz_ref(src) or not Path(src).is_file():  # an array in a .npz: as the PNG it decodes to
             from PIL import Image
             name = f"images/{stem}.png"
-            Image.fromarray(load_image(src, image_size, resize_method)).save(folder / name)
+            Image.fromarray(load_sources([src], image_size, resize_method)[0]).save(folder / name)
         else:
             name = f"images/{stem}{Path(src).suffix.lower()}"
             shutil.copyfile(src, folder / name)

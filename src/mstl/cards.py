@@ -106,6 +106,23 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def unverified_reason(path: str | os.PathLike, card: dict | None) -> str | None:
+    """Why the artifact at ``path`` does not count as verified, or None when it does. Only a card that
+    records a passing export gate is a pass: no card, a failed gate and a gate that never ran are not
+    (the app refuses to serve such a file; the bench marks its row NOT VERIFIED and recommends it not).
+    Whether the file is the one the card describes is file_mismatch's question."""
+    name = Path(path).name
+    if not card:
+        return (f"{name} has no model card ({name}.json): the export gate's verdict is unknown; re-export it, or "
+                "copy the card with the artifact")
+    gate = card.get("verification") or {}
+    if gate.get("status") == "ok":
+        return None
+    if gate.get("status") == "failed":
+        return f"{name} failed its export verification ({gate.get('reason') or 'no reason recorded'})"
+    return f"{name} has no export verification in its card (gate {gate.get('status') or 'never run'}): re-export it"
+
+
 def file_mismatch(path: str | os.PathLike, card: dict | None) -> str | None:
     """Why ``path`` is not the file its card describes (its sha256 differs), or None when it is or the
     card records no digest."""

@@ -129,3 +129,18 @@ def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
         "min": float(a.min()), "max": float(a.max()),
         "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
     }
+
+
+def percent(v: float | None, unit: str = "%") -> str:
+    """A proportion as a percentage to one decimal ("93.4%"; a table column's unit is its header's, so
+    unit ""), or "-" where there is none: every report, note and terminal line writes rates this way."""
+    return "-" if v is None else f"{100 * v:.1f}{unit}"
+
+
+def percent_with_ci(v: float | None, ci: Sequence[float] | None, unit: str = "%") -> str:
+    """A proportion and its 95% interval, "93.4% [90.1, 95.2]"; the bare percentage where no interval
+    was computed, "-" where there is no proportion."""
+    if v is None or ci is None:
+        return percent(v, unit)
+    lo, hi = ci
+    return f"{percent(v, unit)} [{100 * lo:.1f}, {100 * hi:.1f}]"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
+from contextlib import suppress
 from pathlib import Path
+from typing import Callable
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -34,6 +36,20 @@ def write_error(e: OSError, path: str | os.PathLike | None, fix: str = "") -> Ou
     where = f"{target.parent}: " if target is not None else ""
     tail = f"; {fix}" if fix else "; free some space (or choose another folder) and run the command again"
     return OutputError(f"{where}cannot write {target.name if target is not None else 'an output'}: {why}{tail}")
+
+
+def write_then_rename(path: Path, tmp: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)``, then ``tmp`` renamed onto ``path``: the file is there whole or not at all. A failure
+    (a full disk, an interrupt) removes what ``tmp`` held and is raised as it came: what it means for the
+    user is the caller's to say (a run dir names the resume, the app answers 507). ``tmp`` is the caller's
+    too: beside ``path``, hidden, and named so that nothing reads it as an output."""
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def nearest_folder(path: Path) -> Path:

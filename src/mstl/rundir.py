@@ -58,17 +58,11 @@ def write_failed(e: OSError, path: Path) -> Exception:
 def write_via_temp(path: Path, tmp: Path, write) -> None:
     """``write(tmp)``, then ``tmp`` renamed to ``path``; a failed write (a full disk) removes what it had
     written, so nothing half-written is left to pass for an output."""
+    from .outputs import write_then_rename
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise write_failed(e, path) from None
-        raise
+        write_then_rename(path, tmp, write)
+    except OSError as e:
+        raise write_failed(e, path) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

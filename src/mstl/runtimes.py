@@ -35,6 +35,31 @@ class Quant:
         return (q.astype(np.float32) - self.zero_point) * self.scale
 
 
+def litert_quant(detail: dict) -> Quant | None:
+    """A LiteRT tensor's (scale, zero point), from its interpreter details; None when it has none."""
+    scale, zp = detail.get("quantization", (0.0, 0))
+    if not scale:
+        return None
+    return Quant(float(scale), int(zp))
+
+
+def to_input(x: np.ndarray, dtype, quant: Quant | None) -> np.ndarray:
+    """Pixels as a model input of ``dtype``: an integer input takes them quantized (rounded and clipped
+    to its range, even on the identity grid, so that 200 never wraps into an int8's -56); a float one
+    as float32. The runtimes, the bias correction and the layer diagnosis all feed LiteRT this way."""
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.integer):
+        return x.astype(np.float32)
+    if x.dtype == dtype and (quant is None or (quant.scale == 1.0 and quant.zero_point == 0)):
+        return x
+    return (quant or Quant(1.0, 0)).quantize(x.astype(np.float32), dtype)
+
+
+def to_float(t: np.ndarray, quant: Quant | None) -> np.ndarray:
+    """A tensor as the real numbers it stands for: dequantized where it is quantized, else float32."""
+    return quant.dequantize(t) if quant else t.astype(np.float32)
+
+
 class Runtime:
     format: str = ""
     name: str = ""
@@ -54,18 +79,14 @@ class Runtime:
         x = np.asarray(pixels)
         if x.ndim == 3:
             x = x[None]
-        if np.issubdtype(self.input_dtype, np.integer):
-            if self.input_quant and (self.input_quant.scale != 1.0 or self.input_quant.zero_point != 0 or x.dtype != self.input_dtype):
-                return self.input_quant.quantize(x.astype(np.float32), self.input_dtype)
-            return x.astype(self.input_dtype, copy=False)
-        return x.astype(np.float32)
+        return to_input(x, self.input_dtype, self.input_quant)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """One prepared batch-1 input -> raw output (the timed call)."""
         raise NotImplementedError
 
     def output_probs(self, raw: np.ndarray) -> np.ndarray:
-        out = self.output_quant.dequantize(raw) if self.output_quant else raw.astype(np.float32)
+        out = to_float(raw, self.output_quant)
         return out.reshape(out.shape[0], -1)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
@@ -100,8 +121,8 @@ class LiteRTRuntime(Runtime):
         self._in, self._out = inp["index"], out["index"]
         self.input_shape = tuple(int(v) for v in inp["shape"])
         self.input_dtype = np.dtype(inp["dtype"])
-        self.input_quant = _quant(inp)
-        self.output_quant = _quant(out) if np.issubdtype(np.dtype(out["dtype"]), np.integer) else None
+        self.input_quant = litert_quant(inp)
+        self.output_quant = litert_quant(out) if np.issubdtype(np.dtype(out["dtype"]), np.integer) else None
         self._set, self._invoke, self._get = self.interp.set_tensor, self.interp.invoke, self.interp.get_tensor
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -160,13 +181,6 @@ def _plugin(family: str):
         raise RuntimeError_(f"no runtime for .{family} files is installed (mstl's own package registers the "
                             "Keras one: reinstall mstl)")
     return found[0].load()
-
-
-def _quant(detail) -> Quant | None:
-    scale, zp = detail.get("quantization", (0.0, 0))
-    if not scale:
-        return None
-    return Quant(float(scale), int(zp))
 
 
 def _pkg_version(name: str) -> str:

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import re
 import secrets
 import tempfile
@@ -33,6 +32,8 @@ import numpy as np
 from ..bench.browser_rows import PROVENANCE, device_dir
 from ..cards import CardError, card_of, file_state, sha256_file
 from ..formats import precision_of
+from ..metrics import percent
+from ..outputs import write_then_rename
 from ..progress import warn
 from ..rundir import read_split
 from .inference import check_artifact
@@ -318,13 +319,7 @@ def _folder_lock(folder: Path):
 def _write_new(path: Path, text: str) -> None:
     """``text`` at ``path`` whole or not at all: written under a temporary name of its own (not *.json,
     so never counted as a row), then renamed."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_then_rename(path, path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"), lambda tmp: tmp.write_text(text))
 
 
 def parse_body(body: bytes) -> Any:
@@ -468,7 +463,7 @@ def to_row(posted: dict[str, Any], bench: DeviceBench) -> dict[str, Any]:
             at = agreement["at_operating_point"]
             notes.append(f"decisions at the card's operating point (threshold {at['threshold']:.3f}): "
                          f"{100 * at['decision_agreement']:.1f}% the server's; sensitivity "
-                         f"{_pct(at['sensitivity'])}, specificity {_pct(at['specificity'])} in the browser")
+                         f"{percent(at['sensitivity'])}, specificity {percent(at['specificity'])} in the browser")
     else:
         notes.append("agreement not measured (no held-out samples)")
     session = bench._sessions.get(posted.get("session")) if isinstance(posted.get("session"), str) else None
@@ -519,7 +514,3 @@ def _at_operating_point(got: np.ndarray, ref: np.ndarray, labels: np.ndarray, de
     return {"threshold": float(decision["threshold"]), "temperature": float(decision.get("temperature", 1.0)),
             "decision_agreement": float(np.mean(mine == theirs)), "sensitivity": r["sensitivity"],
             "specificity": r["specificity"]}
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cards import card_of, file_mismatch, file_state
+from ..cards import card_of, file_mismatch, file_state, unverified_reason
 from ..data.images import open_image
 from ..preprocess import Preprocess
 from ..runtimes import load_runtime
@@ -24,13 +24,7 @@ class UnverifiedModel(ValueError):
 
 def check_artifact(path: Path, card: dict | None) -> str | None:
     """None when ``path`` passed the export gate and is the file its card describes; else why not."""
-    if not card:
-        return f"{path.name} has no model card ({path.name}.json): it was never verified against its Keras model"
-    status = (card.get("verification") or {}).get("status")
-    if status != "ok":
-        reason = (card.get("verification") or {}).get("reason", "no verification recorded")
-        return f"{path.name} failed its export verification ({reason})"
-    return file_mismatch(path, card)
+    return unverified_reason(path, card) or file_mismatch(path, card)
 
 
 LARGE_PICTURE = 4_000_000  # pixels; after decoding one this large, freed heap goes back to the system

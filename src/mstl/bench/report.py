@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..metrics import percent_with_ci
+
 
 def _fmt(v, spec=".2f", scale=1.0, none="-"):
     return none if v is None else format(v * scale, spec)
@@ -49,7 +51,7 @@ def _bundle_cell(b: dict[str, Any] | None) -> str:
     """Top-1 agreement with the export's Keras answers (95% interval) and the largest probability gap."""
     if not b or b.get("agreement") is None:
         return "-"
-    return (f"{100 * b['agreement']:.1f} [{100 * b['ci95'][0]:.1f}, {100 * b['ci95'][1]:.1f}] "
+    return (f"{percent_with_ci(b['agreement'], b['ci95'], unit='')} "
             f"max|Δ| {b['max_abs_diff']:.3f}" + ("" if b.get("same_build") else " (other build)"))
 
 
@@ -164,14 +166,11 @@ def save(report: dict[str, Any], path: Path, markdown: bool | None = None) -> No
     """The report as Markdown (``markdown``, or by default a ``.md`` name) or else as JSON, written under a
     temporary name and renamed: a full disk leaves the old file, never a truncated one."""
     import os
-    from ..outputs import write_error
+    from ..outputs import write_error, write_then_rename
     as_md = path.suffix == ".md" if markdown is None else markdown
     text = to_markdown(report) if as_md else json.dumps(report, indent=2, default=float)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_then_rename(path, path.with_name(f".{path.name}.tmp{os.getpid()}"), lambda tmp: tmp.write_text(text))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise write_error(e, path) or e from None

@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 
 from ..data.filelist import labelled_folder
+from ..data.sources import is_npz_ref
 from ..formats import for_file, precision_of
-from ..cards import MANIFEST, CardError, card_of, file_mismatch, read_manifest
+from ..cards import MANIFEST, CardError, card_of, file_mismatch, read_manifest, unverified_reason
 from ..preprocess import Preprocess
 from ..progress import say
 from ..machine import machine_info
+from ..metrics import percent
 from .measure import DEFAULT_TIMEOUT_S, measure_isolated
 from .report import measured_here
 
@@ -30,10 +32,15 @@ class Artifact:
     precision: str
     labels: list[str] | None
     run_dir: Path | None
+    # What the exports manifest beside the file says of it, read once by collect: the sha256 it lists
+    # (None: no manifest there, or the file is not in it), or why the manifest could not be read.
+    listed_sha256: str | None = None
+    manifest_error: str | None = None
 
 
 def collect(paths: list[Path]) -> list[Artifact]:
     out = []
+    manifests: dict[Path, dict | CardError | None] = {}  # a folder's manifest, read once for all its files
     for p in paths:
         if p.is_dir():
             manifest = p / MANIFEST
@@ -44,16 +51,37 @@ def collect(paths: list[Path]) -> list[Artifact]:
             for a in m["artifacts"]:
                 name = a.get("path") or a["name"]
                 out.append(Artifact(p / name, a["format"], a.get("precision") or precision_of(name), m.get("labels"),
-                                    run_dir))
+                                    run_dir, listed_sha256=a.get("sha256")))
         elif p.exists() or p.suffix in (".tflite", ".onnx", ".keras"):
             fam = for_file(str(p))
             card = card_of(p)
             precision = (card or {}).get("precision") or ("fp32" if fam == "keras" else precision_of(str(p)))
             run_dir = Path(card["source"]["run_dir"]) if card and card.get("source", {}).get("run_dir") else None
-            out.append(Artifact(p, fam, precision, (card or {}).get("labels"), run_dir))
+            artifact = Artifact(p, fam, precision, (card or {}).get("labels"), run_dir)
+            if card is None and fam != "keras":
+                _listing_of(artifact, manifests)
+            out.append(artifact)
         else:
             raise BenchError(f"{p}: no such file or folder")
     return out
+
+
+def _listing_of(artifact: Artifact, manifests: dict[Path, dict | CardError | None]) -> None:
+    """Fills in what the manifest beside a card-less artifact file lists for it (its folder's manifest
+    read at most once per collect)."""
+    folder = artifact.path.parent
+    if folder not in manifests:
+        try:
+            manifests[folder] = read_manifest(folder) if (folder / MANIFEST).is_file() else None
+        except CardError as e:
+            manifests[folder] = e
+    m = manifests[folder]
+    if isinstance(m, CardError):
+        artifact.manifest_error = str(m)
+    elif m is not None:
+        name = artifact.path.name
+        artifact.listed_sha256 = next((r.get("sha256") for r in m["artifacts"]
+                                       if r.get("name") == name or r.get("path") == name), None)
 
 
 def _map_labels(folder_classes: list[str], y: np.ndarray, model_labels: list[str] | None, data: Path) -> np.ndarray:
@@ -107,7 +135,7 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         card = card_of(a.path) if a.format != "keras" else None  # read once: sha256, preprocessing, gate
         problem = file_mismatch(a.path, card) if card and a.path.is_file() else None
         if card is None and a.format != "keras" and a.path.is_file():
-            problem = _manifest_mismatch(a.path)
+            problem = _manifest_mismatch(a)
         if problem:
             say(f"  refused: {problem}")
             results.append({"artifact": a.path.name, "path": str(a.path), "format": a.format, "precision": a.precision,
@@ -121,7 +149,7 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
                 decoded[prep] = str(Path(scratch.name) / f"pixels-{len(decoded)}.npy")
                 np.save(decoded[prep], prep.load_many(sources))
             pixels, y = decoded[prep], y_all
-            e2e = [s for s in sources if not s.startswith("npz:")][:20]
+            e2e = [s for s in sources if not is_npz_ref(s)][:20]
         names = class_names or ([f"class_{k}" for k in range(int(y.max()) + 1)] if y is not None else None)
         if a.format == "keras" and len(threads) > 1:
             # TensorFlow fixes its thread count once per process: one process per thread count
@@ -131,17 +159,13 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
         else:
             r = measure_isolated(str(a.path), threads, runs, warmup, pixels, y, names, e2e, timeout=timeout, prep=prep)
         r.update({"format": a.format, "precision": a.precision, "artifact": a.path.name, "path": str(a.path)})
-        if card is None and a.format != "keras":
-            r["verified"] = False  # unverified is the default: nothing says this file passed a gate
-            r.setdefault("notes", []).append(f"NOT VERIFIED: no model card ({a.path.name}.json) - the export gate's "
-                                             "verdict is unknown; re-export, or copy the card with the artifact")
+        if a.format != "keras":  # the Keras model is the reference the gate compares with, not an artifact
+            unverified = unverified_reason(a.path, card)
+            r["verified"] = unverified is None
+            if unverified:
+                r.setdefault("notes", []).append(f"NOT VERIFIED: {unverified}")
         if card is not None:
-            status = (card.get("verification") or {}).get("status")
-            r["verified"] = status == "ok"
             r["recipe"] = card.get("recipe")
-            if status != "ok":
-                r.setdefault("notes", []).append(f"NOT VERIFIED: export gate {status or 'never run'} "
-                                                 f"({(card.get('verification') or {}).get('reason', 'no reason recorded')})")
             note = _portability_note(card, a.format)
             if note:
                 r.setdefault("notes", []).append(note)
@@ -165,19 +189,13 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
             "results": results}
 
 
-def _manifest_mismatch(path: Path) -> str | None:
+def _manifest_mismatch(a: Artifact) -> str | None:
     """Without its card, an artifact is still checked against the sha256 its exports manifest lists."""
     from ..cards import sha256_file
-    manifest = path.parent / MANIFEST
-    if not manifest.is_file():
-        return None
-    try:
-        rows = read_manifest(path.parent)["artifacts"]
-    except CardError as e:
-        return f"{path.name} has no card and cannot be checked against its manifest: {e}"
-    want = next((r.get("sha256") for r in rows if r.get("name") == path.name or r.get("path") == path.name), None)
-    if want and sha256_file(path) != want:
-        return (f"{path.name} is not the file {manifest.name} lists (sha256 differs) and has no card: it was replaced "
+    if a.manifest_error:
+        return f"{a.path.name} has no card and cannot be checked against its manifest: {a.manifest_error}"
+    if a.listed_sha256 and sha256_file(a.path) != a.listed_sha256:
+        return (f"{a.path.name} is not the file {MANIFEST} lists (sha256 differs) and has no card: it was replaced "
                 "after export; re-export it")
     return None
 
@@ -217,14 +235,10 @@ def _at_operating_point(r: dict, card: dict, y) -> None:
     if d.get("chosen_on"):
         r.setdefault("notes", []).append(
             f"at the card's operating point ({d.get('target')}, threshold {at['threshold']:.3f}): sensitivity "
-            f"{_p(at['sensitivity'])}, specificity {_p(at['specificity'])}; at 0.5: {_p(half['sensitivity'])} / "
-            f"{_p(half['specificity'])}")
+            f"{percent(at['sensitivity'])}, specificity {percent(at['specificity'])}; at 0.5: "
+            f"{percent(half['sensitivity'])} / {percent(half['specificity'])}")
     else:
         r.setdefault("notes", []).append("no operating point in the card: decides at 0.5")
-
-
-def _p(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _portability_note(card: dict, fmt: str) -> str | None:

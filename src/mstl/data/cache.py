@@ -16,7 +16,7 @@ import numpy as np
 
 from ..progress import progress_bar
 from .images import ImageError, load_image, resize_array
-from .sources import DatasetIndex, Skipped, npz_image, npz_images
+from .sources import DatasetIndex, Skipped, npz_images, npz_source_image
 
 CACHE_VERSION = 2  # 2: 16-bit, 1-bit and palette pictures reduced like 8-bit ones, slivers along their long side
 
@@ -42,14 +42,12 @@ class ImageCache:
 
 def _reader(index: DatasetIndex, size: int, method: str):
     if index.layout == "medmnist":
-        arrays = npz_images(index.root)  # checked again: the file may have changed since it was indexed
-        for i in range(len(index)):
-            _, split, j = index.paths[i].split(":")
-            npz_image(arrays, index.root, split, int(j))
+        arrays = {index.root: npz_images(index.root)}  # checked again: the file may have changed since it was indexed
+        for ref in index.paths:  # every entry still there, before the decoding threads start
+            npz_source_image(ref, arrays)
 
         def read(i: int) -> np.ndarray:
-            _, split, j = index.paths[i].split(":")
-            return resize_array(arrays[split][int(j)], size, method)
+            return resize_array(npz_source_image(index.paths[i], arrays), size, method)
         return read
 
     def read(i: int) -> np.ndarray:

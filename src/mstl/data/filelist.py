@@ -1,5 +1,6 @@
 """Labelled image lists shared by train (writes them), export and bench (read them): one
-``<source>\t<label>`` per line, where a source is a file path or ``npz:<file>:<split>:<i>``.
+``<source>\t<label>`` per line, where a source is a file path or a MedMNIST ``npz:<file>:<split>:<i>``
+(sources.npz_ref).
 Decoding goes through the edge code path (Pillow), exactly as a device would feed a model."""
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..outputs import write_then_rename
 from .images import load_image, resize_array
-from .sources import DatasetIndex, index_dataset, npz_image, npz_images
+from .sources import index_dataset, is_npz_ref, npz_source_image
 
 
 _ESCAPES = (("%", "%25"), ("\t", "%09"), ("\n", "%0A"), ("\r", "%0D"))
@@ -31,11 +33,10 @@ def _unescape(text: str) -> str:
 
 
 def write_list(path: Path, sources: list[str], labels) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    text = "".join(f"{_escape(s)}\t{int(y)}\n" for s, y in zip(sources, labels))
     # surrogateescape: names that are not UTF-8 keep their exact bytes
-    tmp.write_text("".join(f"{_escape(s)}\t{int(y)}\n" for s, y in zip(sources, labels)),
-                   encoding="utf-8", errors="surrogateescape")
-    os.replace(tmp, path)
+    write_then_rename(path, path.with_name(f".{path.name}.tmp{os.getpid()}"),
+                      lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"))
 
 
 def read_list(path: Path) -> tuple[list[str], np.ndarray]:
@@ -48,24 +49,16 @@ def read_list(path: Path) -> tuple[list[str], np.ndarray]:
     return sources, np.asarray(labels, dtype=np.int64)
 
 
-def source_ref(index: DatasetIndex, i: int) -> str:
-    p = index.paths[i]
-    return f"npz:{index.root}:{p.split(':', 1)[1]}" if p.startswith("npz:") else p
-
-
 def load_sources(sources: list[str], size: int, method: str, workers: int = 4) -> np.ndarray:
     """Decode a list of sources to an (N, size, size, 3) uint8 array."""
-    npz: dict[str, object] = {}
+    npz: dict[str, dict[str, np.ndarray]] = {}
 
     def one(ref: str) -> np.ndarray:
-        if ref.startswith("npz:"):
-            _, file, split, i = ref.rsplit(":", 3)
-            if file not in npz:
-                npz[file] = npz_images(file)
-            return resize_array(npz_image(npz[file], file, split, int(i)), size, method)
+        if is_npz_ref(ref):
+            return resize_array(npz_source_image(ref, npz), size, method)
         return load_image(ref, size, method)
 
-    if any(s.startswith("npz:") for s in sources):
+    if any(is_npz_ref(s) for s in sources):
         return np.stack([one(s) for s in sources]) if sources else np.zeros((0, size, size, 3), np.uint8)
     with ThreadPoolExecutor(workers) as pool:
         arrs = list(pool.map(one, sources))
@@ -75,4 +68,4 @@ def load_sources(sources: list[str], size: int, method: str, workers: int = 4) -
 def labelled_folder(path: str | os.PathLike) -> tuple[list[str], np.ndarray, list[str]]:
     """All images of a labelled dataset folder (any layout), as (sources, labels, class names)."""
     index = index_dataset(path)
-    return [source_ref(index, i) for i in range(len(index))], index.labels, index.classes
+    return list(index.paths), index.labels, index.classes

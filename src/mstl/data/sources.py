@@ -49,7 +49,7 @@ class DatasetIndex:
     root: str
     layout: str
     classes: list[str]
-    paths: list[str]  # file paths, or "npz:<split>:<i>" references for MedMNIST
+    paths: list[str]  # file paths, or npz_ref references for MedMNIST
     labels: np.ndarray  # int64, index into classes
     splits: list[str | None]
     patients: list[str | None]
@@ -81,9 +81,10 @@ class DatasetIndex:
         h = hashlib.sha256()
         h.update(("|".join(self.classes) + "\n").encode())
         for p, y in zip(self.paths, self.labels):
-            rel = os.path.relpath(p, self.root) if not p.startswith("npz:") else p
+            # an .npz entry by its split and number only ("npz:<split>:<i>"): where the file lies is not content
+            rel = os.path.relpath(p, self.root) if not is_npz_ref(p) else "npz:" + npz_entry(p)
             try:
-                size = os.path.getsize(p) if not p.startswith("npz:") else 0
+                size = os.path.getsize(p) if not is_npz_ref(p) else 0
             except OSError:
                 size = -1
             # surrogateescape: a file name that is not UTF-8 still has its exact bytes, and a name
@@ -169,12 +170,12 @@ def shared_images(bridge: DatasetIndex, target: DatasetIndex) -> list[str]:
     folders count), or the same entry of the same .npz file."""
     def keys(index: DatasetIndex) -> dict:
         out: dict = {}
-        if index.paths and index.paths[0].startswith("npz:"):  # entries of one .npz file
+        if index.paths and is_npz_ref(index.paths[0]):  # entries of one .npz file
             try:
                 st = os.stat(index.root)
             except OSError:
                 return out
-            return {(st.st_dev, st.st_ino, p): p for p in index.paths}
+            return {(st.st_dev, st.st_ino, npz_entry(p)): p for p in index.paths}
         for p in index.paths:
             try:
                 st = os.stat(p)
@@ -328,6 +329,42 @@ def npz_images(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: cannot read its images ({e}); download it again") from None
 
 
+# A MedMNIST image is named by one reference, in dataset indexes, file lists (a run dir's target_*.tsv)
+# and bundles alike: npz:<file>:<split>:<i>, the .npz file's absolute path first (it may hold ':').
+NPZ_PREFIX = "npz:"
+
+
+def npz_ref(file: str, split: str, i: int) -> str:
+    return f"{NPZ_PREFIX}{file}:{split}:{i}"
+
+
+def is_npz_ref(source: str) -> bool:
+    return source.startswith(NPZ_PREFIX)
+
+
+def parse_npz_ref(ref: str) -> tuple[str, str, int]:
+    """(file, split, i) of ``npz:<file>:<split>:<i>``; a DataError for anything else."""
+    parts = ref[len(NPZ_PREFIX):].rsplit(":", 2)
+    if len(parts) != 3 or not parts[0] or parts[1] not in NPZ_SPLITS or not parts[2].isdigit():
+        raise DataError(f"{ref}: not a MedMNIST image reference (npz:<file>:<split>:<index>, split one of "
+                        f"{'/'.join(NPZ_SPLITS)}); list the images again from the .npz file")
+    return parts[0], parts[1], int(parts[2])
+
+
+def npz_entry(ref: str) -> str:
+    """``<split>:<i>`` of a reference: the entry, whichever path the file was reached by."""
+    _, split, i = parse_npz_ref(ref)
+    return f"{split}:{i}"
+
+
+def npz_source_image(ref: str, arrays_by_file: dict[str, dict[str, np.ndarray]]) -> np.ndarray:
+    """The image a reference names, each file's arrays read (and checked) once into ``arrays_by_file``."""
+    file, split, i = parse_npz_ref(ref)
+    if file not in arrays_by_file:
+        arrays_by_file[file] = npz_images(file)
+    return npz_image(arrays_by_file[file], file, split, i)
+
+
 def npz_image(arrays: dict[str, np.ndarray], path: str, split: str, i: int) -> np.ndarray:
     """Image ``i`` of ``split``, or a DataError when the file no longer holds it (replaced since listed)."""
     if split not in arrays or not 0 <= i < len(arrays[split]):
@@ -358,11 +395,12 @@ def _index_npz(path: Path) -> DatasetIndex:
     classes = MEDMNIST_CLASSES.get(stem, [f"class_{i}" for i in range(n_classes)])
     if len(classes) < n_classes:
         classes = [f"class_{i}" for i in range(n_classes)]
+    root = str(path.resolve())
     paths, labels, splits = [], [], []
     for s, lab in label_arrays.items():
         for i, y in enumerate(lab):
-            paths.append(f"npz:{s}:{i}")
+            paths.append(npz_ref(root, s, i))
             labels.append(int(y))
             splits.append(s)
-    return DatasetIndex(str(path.resolve()), "medmnist", classes, paths, np.asarray(labels, np.int64), splits,
+    return DatasetIndex(root, "medmnist", classes, paths, np.asarray(labels, np.int64), splits,
                         [None] * len(paths))

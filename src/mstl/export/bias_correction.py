@@ -312,27 +312,16 @@ def _litert_means(linear: list, litert_bytes: bytes, pixels: np.ndarray) -> dict
             if len(d["shape"]) == 4 and (first.endswith(f"/{bn.name}_1/batchnorm/add_1") or first.endswith(f"/{bn.name}/batchnorm/add_1")):
                 found[bn.name] = d
                 break
+    from ..runtimes import litert_quant, to_float, to_input
     inp = it.get_input_details()[0]
+    in_quant = litert_quant(inp)
     sums = {k: 0.0 for k in found}
     for img in np.asarray(pixels):
-        x = img[None]
-        scale, zp = inp["quantization"]
-        if np.issubdtype(inp["dtype"], np.integer) and scale and (scale != 1.0 or zp != 0):
-            x = np.rint(x / scale + zp)
-        it.set_tensor(inp["index"], np.clip(x, *(_limits(inp["dtype"]))).astype(inp["dtype"]))
+        it.set_tensor(inp["index"], to_input(img[None], inp["dtype"], in_quant))
         it.invoke()
         for name, d in found.items():
-            s, z = d["quantization"]
-            t = it.get_tensor(d["index"]).astype(np.float32)
-            sums[name] = sums[name] + ((t - z) * s if s else t).mean(axis=(0, 1, 2))
+            sums[name] = sums[name] + to_float(it.get_tensor(d["index"]), litert_quant(d)).mean(axis=(0, 1, 2))
     return {name: total / len(pixels) for name, total in sums.items()}
-
-
-def _limits(dtype):
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return info.min, info.max
-    return -np.inf, np.inf
 
 
 def restore_betas(model: "keras.Model", saved: dict) -> None:

@@ -56,15 +56,13 @@ def _litert_tensors(path: Path, pixels: np.ndarray) -> tuple[list[str], dict[str
         warnings.simplefilter("ignore", UserWarning)
         it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
     it.allocate_tensors()
+    from ..runtimes import litert_quant, to_float, to_input
     inp = it.get_input_details()[0]
+    in_quant = litert_quant(inp)
     details = it.get_tensor_details()
     order, acts = [], {}
     for k in range(len(pixels)):
-        x = pixels[k:k + 1]
-        scale, zp = inp["quantization"]
-        if np.issubdtype(inp["dtype"], np.integer) and scale and (scale != 1.0 or zp != 0):
-            x = np.clip(np.rint(x / scale + zp), np.iinfo(inp["dtype"]).min, np.iinfo(inp["dtype"]).max)
-        it.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        it.set_tensor(inp["index"], to_input(pixels[k:k + 1], inp["dtype"], in_quant))
         it.invoke()
         for d in details:
             if len(d["shape"]) not in (2, 4) or d["shape"][0] != 1 or d["shape"][-1] < 2:
@@ -73,8 +71,7 @@ def _litert_tensors(path: Path, pixels: np.ndarray) -> tuple[list[str], dict[str
                 t = it.get_tensor(d["index"])
             except ValueError:
                 continue
-            s, z = d["quantization"]
-            t = (t.astype(np.float32) - z) * s if s else t.astype(np.float32)
+            t = to_float(t, litert_quant(d))
             if d["name"] not in acts:
                 order.append(d["name"])
             acts.setdefault(d["name"], []).append(t)

@@ -24,7 +24,7 @@ from ..formats import MIN_INT8_MAC_SHARE, BuildOptions, Format, Recipe
 from ..progress import say
 from ..machine import cpu_flags, cpu_model, u8s8_may_saturate
 from ..preprocess import Preprocess
-from ..outputs import OutputError
+from ..outputs import OutputError, write_then_rename
 from ..runtimes import load_runtime
 from .. import rundir
 from ..rundir import LABELS, SPLIT_LISTS, read_labels, read_selection, read_split, write_labels
@@ -76,9 +76,7 @@ def _sha256(data: bytes) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_then_rename(path, path.with_name(f".{path.name}.partial{os.getpid()}"), lambda tmp: tmp.write_bytes(data))
 
 
 def final_activation(model) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import departures_from_paper
+from ..metrics import percent, percent_with_ci
 from ..rundir import (CLAIMS, REPORT, TRIALS_CSV, atomic_write_text, draw_dir, draw_dirs, read_selection, read_split,
                       write_via_temp)
 from ..train.store import RunStore, best_record
@@ -228,14 +229,11 @@ def _mean(records: list[dict], key: str):
 
 
 def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+    return percent(v, unit="")  # the column header says %
 
 
 def _rate(r: dict, key: str) -> str:
-    if r.get(key) is None:
-        return "-"
-    lo, hi = r[f"{key}_ci95"]
-    return f"{100 * r[key]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return percent_with_ci(r.get(key), r.get(f"{key}_ci95"))
 
 
 def _operating_point_section(d: dict | None) -> list[str]:

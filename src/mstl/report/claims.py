@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import percent
+
 ALPHA = 0.05
 BOOTSTRAP = 4000
 PERMUTATIONS = 10000
@@ -256,10 +258,6 @@ def claim_accuracy_band(draws: list[dict]) -> dict[str, Any]:
     return entry
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
-
-
 def _by_size(d: dict, fmt) -> str:
     return ", ".join(f"{k} → {fmt(v)}" for k, v in sorted(d.items(), key=lambda kv: int(kv[0])))
 
@@ -277,13 +275,13 @@ def observed_text(observed: Any) -> str:
                 f"{_by_size(o.get('optimal_by_size') or {}, depths)}")
     if "best_size" in o:
         return (f"best size {o['best_size']} (picked on {o.get('chosen_on')}); mean accuracy by size: "
-                f"{_by_size(o.get('mean_accuracy_by_size') or {}, _pct)}")
+                f"{_by_size(o.get('mean_accuracy_by_size') or {}, percent)}")
     if "control_accuracy" in o:
-        return (f"size {o['size']}: {_pct(o['accuracy'])} against the control's {_pct(o['control_accuracy'])} "
+        return (f"size {o['size']}: {percent(o['accuracy'])} against the control's {percent(o['control_accuracy'])} "
                 f"(difference {100 * o['delta']:+.1f} points)")
     if "units" in o:
         return "no stage-2 result yet" if o.get("mean") is None else \
-            f"mean {_pct(o['mean'])} over {o['units']} (draw, seed) unit(s)"
+            f"mean {percent(o['mean'])} over {o['units']} (draw, seed) unit(s)"
     if o and all(isinstance(k, str) and k.isdigit() for k in o):
         return f"optimal frozen by size: {_by_size(o, depths)}"
     return "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in o.items())

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..decision import DEFAULT_RULE, calibrate, calibration_report, operating_point, rates, rates_at
+from ..metrics import percent_with_ci
 from ..progress import say
 from ..rundir import SELECTION, read_labels, read_selection
 
@@ -87,8 +88,7 @@ def _choosing_split(store, cfg) -> tuple[tuple[list[str], np.ndarray], str]:
 
 def _say(d: dict[str, Any]) -> None:
     def pct(r, key):
-        lo, hi = r[f"{key}_ci95"] or (None, None)
-        return "-" if r[key] is None else f"{100 * r[key]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+        return percent_with_ci(r[key], r[f"{key}_ci95"])
     say(f"operating point ({d['target']}, on the {d['chosen_on']}): threshold {d['threshold']:.4f} on the calibrated "
         f"{d['positive_class']} probability, temperature {d['temperature']:.3f}")
     if d.get("temperature_note"):

@@ -157,11 +157,11 @@ def data_fingerprint(bridge: Source, target: Source) -> str:
 def write_split_files(run_dir: Path, t: TargetSplits, src: Source) -> None:
     """The target's test and training splits as labelled file lists (binary labels), so that export
     (calibration, verification) and bench (accuracy) use exactly the run's images."""
-    from ..data.filelist import source_ref, write_list
+    from ..data.filelist import write_list
     from ..rundir import split_list_path, write_labels
     for split, rows, y in (("test", t.test, t.y_test), ("val", t.val, t.y_val), ("train", t.train, t.y_train),
                            ("operating", t.operating, t.y_operating)):
         if split == "operating" and not len(rows):
             continue
-        write_list(split_list_path(run_dir, split), [source_ref(src.index, int(r)) for r in rows], y)
+        write_list(split_list_path(run_dir, split), [src.index.paths[int(r)] for r in rows], y)
     write_labels(run_dir, t.mapping.names)
