@@ -41,7 +41,7 @@ def bomb_png(side: int, kind: str = "lines") -> tuple[bytes, int]:
 
 
 def rss_mb(pid: int, key: str) -> float:
-    from mstl.machine import proc_status_mb
+    from mstl.edge.core.machine import proc_status_mb
     mb = proc_status_mb(key, pid)
     return float("nan") if mb is None else mb
 

@@ -25,9 +25,9 @@ from threading import Barrier
 SERVE = """
 import sys, uvicorn
 from pathlib import Path
-from mstl.app_demo.device import DeviceBench
-from mstl.app_demo.inference import Classifier
-from mstl.app_demo.server import create_app
+from mstl.edge.app.device import DeviceBench
+from mstl.edge.app.inference import Classifier
+from mstl.edge.app.server import create_app
 model = Path(sys.argv[1])
 app = create_app(Classifier(model, workers=1), device=DeviceBench(model.parent, n_samples=int(sys.argv[3])))
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="error")
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=20)
     a = ap.parse_args()
     import httpx
-    from mstl.app_demo.device import DeviceBench
+    from mstl.edge.app.device import DeviceBench
     model = Path(a.model)
     folder = model.parent.parent / "bench" / "device"
     shutil.rmtree(folder, ignore_errors=True)

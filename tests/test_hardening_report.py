@@ -153,7 +153,7 @@ def test_full_disk_while_drawing_a_figure_leaves_no_truncated_png(run, monkeypat
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-    from mstl.outputs import OutputError
+    from mstl.edge.core.outputs import OutputError
     run.add_trial(_trial(24, 140, 0.6))
     build_report(run.dir)
     before = (run.dir / "figures" / "fig3_heatmap.png").read_bytes()

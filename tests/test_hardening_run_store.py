@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from mstl.config import preset
-from mstl.outputs import OutputError
+from mstl.edge.core.outputs import OutputError
 from mstl.train.store import RunStore, append_jsonl, atomic_write_text, remove_outputs, save_model_atomic
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
@@ -177,7 +177,7 @@ def test_stage2_retrains_a_model_whose_file_was_deleted(tmp_path, monkeypatch):
 
 def test_export_refuses_a_selection_whose_model_is_gone(tmp_path):
     from mstl.export.run import job_from_run
-    from mstl.formats import select
+    from mstl.edge.core.formats import select
     cfg = preset("smoke")
     store = RunStore(tmp_path / "run")
     store.open(cfg, "fp")

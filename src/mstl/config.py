@@ -238,7 +238,7 @@ def _from_sub(cls, d):
 
 
 def _file_digest(path: str) -> str:
-    from .cards import sha256_file
+    from .edge.core.cards import sha256_file
     try:
         return sha256_file(path)[:16]
     except OSError:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..progress import say
+from ..edge.core.progress import say
 from ..tf_env import keras
 
 INT8_MAX = 127

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..progress import say
+from ..edge.core.progress import say
 
 SHOW = 8
 

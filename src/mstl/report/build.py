@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import departures_from_paper
-from ..rundir import (CLAIMS, REPORT, TRIALS_CSV, atomic_write_text, draw_dir, draw_dirs, read_selection, read_split,
+from ..edge.core.rundir import (CLAIMS, REPORT, TRIALS_CSV, atomic_write_text, draw_dir, draw_dirs, read_selection, read_split,
                       write_via_temp)
 from ..train.store import RunStore, best_record
 from .claims import PAPER_ACCURACY, PAPER_BAND, PAPER_FROZEN, evaluate, observed_text, t_interval

@@ -111,7 +111,7 @@ def calibrate(cfg: RunConfig) -> tuple[list[dict], list[dict], int, str]:
     import time
     from dataclasses import replace
     from ..bases import get_base
-    from ..progress import say
+    from ..edge.core.progress import say
     from .prepare import SplitRows
     from .run import prepare, setup_runtime
     from .stage1 import DepthSession, run_trial

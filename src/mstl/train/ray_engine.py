@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..progress import say
+from ..edge.core.progress import say
 from .schedule import Scheduler, sweep_grid
 from .stage1 import commit_trial, state_path
 from .store import best_record

@@ -16,7 +16,7 @@ from ..config import RunConfig
 from ..data.pipeline import make_dataset
 from ..data.splits import balanced_class_weights
 from ..model import base_of, build_classifier, compile_for_training, freeze, load_classifier
-from ..progress import say
+from ..edge.core.progress import say
 from ..tf_env import keras, tf
 from .prepare import SplitRows
 from .prefix_cache import PrefixCacheStore, cut_for, cut_points, upper_model

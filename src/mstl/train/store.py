@@ -1,5 +1,5 @@
 """The run directory for training: resolved config, lock, records and atomically written models.
-Its file formats and writers are mstl.rundir's (TF-free, shared with the bench and the app)."""
+Its file formats and writers are mstl.edge.core.rundir's (TF-free, shared with the bench and the app)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..config import RunConfig
-# Re-exported for training code: the run directory's names and writers live in mstl.rundir.
-from ..rundir import (CLAIMS, DRAWS, LABELS, REPORT, RESULTS, SELECTION, STAGE2_RESULTS, TRIALS_CSV,  # noqa: F401
+# Re-exported for training code: the run directory's names and writers live in mstl.edge.core.rundir.
+from ..edge.core.rundir import (CLAIMS, DRAWS, LABELS, REPORT, RESULTS, SELECTION, STAGE2_RESULTS, TRIALS_CSV,  # noqa: F401
                       RESUME_FIX, SPLIT_LISTS, append_jsonl, atomic_write_text, draw_dirs, process_running,
                       read_jsonl, read_split, split_list_path, write_failed, write_via_temp)
 from .schedule import optimal_record
@@ -78,7 +78,7 @@ def _complete(records: list[dict], keys: tuple[str, ...], path: Path) -> list[di
     """Records with every key the run needs; others are named once and ignored (their work reruns)."""
     good = [r for r in records if isinstance(r, dict) and all(k in r for k in keys)]
     if len(good) < len(records):
-        from ..progress import warn
+        from ..edge.core.progress import warn
         bad = next(r for r in records if r not in good)
         missing = [k for k in keys if not isinstance(bad, dict) or k not in bad]
         warn(f"{path}: {len(records) - len(good)} record(s) lack {', '.join(missing)} and are ignored "
@@ -174,7 +174,7 @@ class RunStore:
         if restart:
             kept = remove_outputs(self.dir)
             if kept:
-                from ..progress import warn
+                from ..edge.core.progress import warn
                 warn(f"--restart kept {len(kept)} file(s) that mstl did not write, e.g. {kept[0]}")
         atomic_write_text(self.config_path, json.dumps({
             "mstl_run_dir": 1, "config_hash": digest, "data_fingerprint": data_fingerprint,
@@ -214,7 +214,7 @@ class RunStore:
         for p in stale:
             p.unlink(missing_ok=True)
         if stale:
-            from ..progress import say
+            from ..edge.core.progress import say
             say(f"removed {len(stale)} temporary file(s) left by an interrupted write, e.g. "
                 f"{stale[0].relative_to(self.dir)}")
 
@@ -262,7 +262,7 @@ class RunStore:
         is gone is named; its training runs again (and its new record replaces the old)."""
         missing = self.missing_stage2_models()
         if missing:
-            from ..progress import warn
+            from ..edge.core.progress import warn
             warn(f"{len(missing)} stage-2 model file(s) missing, e.g. {self.stage2_model(*missing[0])}: trained again")
         return {(r["size"], r["seed"]) for r in self.stage2_records()} - set(missing)
 

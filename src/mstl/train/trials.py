@@ -55,7 +55,7 @@ def cpu_flags() -> tuple[str, ...]:
         try:
             from numpy.core._multiarray_umath import __cpu_features__ as features
         except ImportError:
-            from ..machine import cpu_flags as from_cpuinfo
+            from ..edge.core.machine import cpu_flags as from_cpuinfo
             return tuple(from_cpuinfo())
     return tuple(sorted({flag for name, flag in _NUMPY_FLAGS.items() if features.get(name)}))
 

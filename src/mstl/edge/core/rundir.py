@@ -122,7 +122,7 @@ def read_split(run_dir: Path, split: str):
     """(sources, labels) of a target split of ``run_dir``, or None when the run has no such list
     (a paper-preset run has no validation split; an exports folder copied out of its run has none)."""
     import numpy as np
-    from .data.filelist import read_list
+    from .filelist import read_list
     path = split_list_path(run_dir, split)
     if not path.is_file():
         return None

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import classification_report, percentiles
-from ..runtimes import RuntimeError_, load_runtime
+from ..core.metrics import classification_report, percentiles
+from ..core.runtimes import RuntimeError_, load_runtime
 
 
 def _peak_rss_mb() -> float:
@@ -22,7 +22,7 @@ def _peak_rss_mb() -> float:
     Linux's ru_maxrss survives fork+exec, so a spawned worker would report its parent's size (a
     pytest or notebook parent holding TensorFlow: 1.2 GB for a 3 MB model); VmHWM belongs to the
     worker's own address space."""
-    from ..machine import proc_status_mb
+    from ..core.machine import proc_status_mb
     own = proc_status_mb("VmHWM")
     if own is not None:
         return own
@@ -52,7 +52,7 @@ def latency(rt, x: np.ndarray, runs: int, warmup: int) -> dict[str, Any]:
 
 def end_to_end(rt, files: list[str], runs: int, prep=None) -> dict[str, float]:
     """File -> label latency as an app sees it: decode (EXIF, colour), resize, quantize, infer, argmax."""
-    from ..preprocess import Preprocess
+    from ..core.preprocess import Preprocess
     prep = prep or Preprocess(rt.image_size)
     samples = []
     for i in range(runs):

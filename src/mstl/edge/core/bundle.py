@@ -34,7 +34,7 @@ def write(out_dir: Path, sources: list[str], labels: np.ndarray, reference: np.n
           image_size: int, resize_method: str, artifacts: dict[str, str]) -> dict[str, Any]:
     """``artifacts``: file name -> sha256 of the artifacts whose agreement the bundle checks. Returns the
     manifest's entry (path, sha256, images)."""
-    from .data.images import load_image
+    from .images import load_image
     folder = out_dir / FOLDER
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "images").mkdir(parents=True)
