@@ -234,7 +234,7 @@ def test_u8s8_artifact_from_a_vnni_cpu_is_flagged_on_avx2_without_vnni(monkeypat
 
 def test_device_rows_folder_with_junk_is_read_with_warnings(tmp_path, capsys):
     """A hand-edited or truncated file in RUN_DIR/bench/device is named and left out, not a traceback."""
-    from mstl.edge.bench.browser_rows import device_dir, load_device_rows
+    from mstl.edge.core.browser_rows import device_dir, load_device_rows
     folder = device_dir(tmp_path / "exports")
     folder.mkdir(parents=True)
     (folder / "a-list.json").write_text("[1, 2]")

@@ -408,7 +408,7 @@ def test_the_reference_is_computed_from_the_pinned_bytes(served):
 
 
 def test_the_bench_says_why_it_leaves_out_a_row_of_an_earlier_export(served, capsys):
-    from mstl.edge.bench.browser_rows import load_device_rows
+    from mstl.edge.core.browser_rows import load_device_rows
     run, bench, client = served
     sid = _session(client)
     saved = client.post("/device/results", json=_body(sid, bench.reference(NAME).tolist())).json()["saved_as"]

@@ -54,7 +54,7 @@ def bench(
             raise UserError(f"{log}: no such file")
         extra.append(parse_benchmark_model(log.read_text(errors="replace"), str(log)))
     if include_device_results:
-        from ..edge.bench.browser_rows import device_dir, load_device_rows
+        from ..edge.core.browser_rows import device_dir, load_device_rows
         for p in paths or []:
             folder = p if p.is_dir() else p.parent
             found = load_device_rows(folder)
@@ -80,7 +80,7 @@ def bench(
         low = [r for r in report["results"] if r.get("status") == "ok" and r.get("accuracy") is not None
                and r["accuracy"] < min_accuracy]
         if low:
-            from ..edge.bench.browser_rows import row_name
+            from ..edge.core.browser_rows import row_name
             raise UserError("below --min-accuracy " + f"{min_accuracy}: " + ", ".join(
                 f"{row_name(r)} {100 * r['accuracy']:.1f}%" for r in low))
     if failed:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bench.browser_rows import PROVENANCE, device_dir
+from ..core.browser_rows import PROVENANCE, device_dir
 from ..core.cards import CardError, card_of, file_state, sha256_file
 from ..core.formats import precision_of
 from ..core.progress import warn
