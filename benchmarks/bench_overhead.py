@@ -61,7 +61,7 @@ def bare_p50(path: Path, x: np.ndarray, runs: int, warmup: int) -> float:
 
 
 def harness_p50(path: Path, x: np.ndarray, runs: int, warmup: int) -> float:
-    from mstl.edge.bench.measure import latency
+    from mstl.edge.core.timing import latency
     from mstl.edge.core.runtimes import load_runtime
     return latency(load_runtime(path, threads=1), x, runs, warmup)["p50"]
 

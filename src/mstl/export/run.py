@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..edge.bench.emulate import GATE_LIST, GATE_REFERENCE, SELECTION
+from ..edge.core.agreement import GATE_LIST, GATE_REFERENCE, SELECTION
 from ..edge.core.bundle import DEFAULT_SAMPLES
 from ..edge.core.filelist import write_list
 from ..data.splits import stratified_sample
@@ -489,7 +489,7 @@ def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, thresho
 def _cost(builds: dict[str, bytes], work: Path, fmt: Format, job: ExportJob, runs: int = 60) -> dict[str, Any]:
     """What keeping layers in float costs on this CPU: p50 latency at 1 thread, batch 1, of each build
     (the bench measures the shipped artifact against fp32 again, on every device)."""
-    from ..edge.bench.measure import latency
+    from ..edge.core.timing import latency
     out: dict[str, Any] = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "threads": 1, "runs": runs}
     x = np.zeros((1, job.image_size, job.image_size, 3), np.uint8)
     for label, data in builds.items():

@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-GATE_LIST = "gate.tsv"
-GATE_REFERENCE = "gate-reference.npy"
+from ..core.agreement import GATE_LIST, GATE_REFERENCE, SELECTION
+
 EMULATOR = "qemu-x86_64-static"
-SELECTION = -2  # the gate list's label for a selection image
 
 
 def emulator() -> str | None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..core.metrics import classification_report, percentiles
 from ..core.runtimes import RuntimeError_, load_runtime
+from ..core.timing import latency
 
 
 def _peak_rss_mb() -> float:
@@ -28,26 +29,6 @@ def _peak_rss_mb() -> float:
         return own
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB elsewhere
-
-
-def latency(rt, x: np.ndarray, runs: int, warmup: int) -> dict[str, Any]:
-    """Steady-state latency of rt.run on one prepared input: the call is all that is timed."""
-    run = rt.run
-    t0 = time.perf_counter_ns()
-    run(x)
-    first = (time.perf_counter_ns() - t0) / 1e6
-    for _ in range(warmup):
-        run(x)
-    samples = np.empty(runs)
-    clock = time.perf_counter_ns
-    for i in range(runs):
-        t = clock()
-        run(x)
-        samples[i] = clock() - t
-    stats = percentiles(samples / 1e6)
-    stats["first"] = first
-    stats["images_per_s"] = 1000.0 / stats["mean"]
-    return stats
 
 
 def end_to_end(rt, files: list[str], runs: int, prep=None) -> dict[str, float]:
