@@ -305,7 +305,7 @@ def _plan(**options):
     """Estimate a sweep before running it: trials, cache sizes and wall time on N workers (a simulation
     of the Ray engine's schedule with measured trial times: --from-run RUN_DIR, else one calibration trial)."""
     from ..train.plan import cache_sizes, plan
-    from ..train.schedule import sweep_grid
+    from ..sweep import sweep_grid
     as_json, workers, from_run = options.pop("as_json"), options.pop("workers"), options.pop("from_run")
     lookahead = options.pop("lookahead")
     for unused in ("run_dir", "restart"):

@@ -38,7 +38,7 @@ def study_progress(store: RunStore) -> dict:
     """How much of the configured study the records hold, over every data draw: stage-1 trials (a sweep
     whose stop rule has not ended it can still run up to its whole depth grid: "at most"), stage-2
     trainings (control and every size, per seed), and the process training the run now, if any."""
-    from ..train.schedule import next_depth, sweep_grid
+    from ..sweep import next_depth, sweep_grid
     cfg = store.config()
     grid = sweep_grid(cfg)
     seeds1 = list(cfg.seeds[: max(1, cfg.stage1_seeds)])
@@ -377,7 +377,7 @@ def _settings_lines(store: RunStore, cfg, trials: list[dict], draws: list[dict])
 
 
 def _stage1_section(cfg, trials: list[dict], optimal: dict[int, int], seed: int) -> list[str]:
-    from ..train.schedule import next_depth, sweep_grid
+    from ..sweep import next_depth, sweep_grid
     grid = sweep_grid(cfg)
     L = ["## Stage 1: optimal frozen depth per bridge size (Fig. 2a)", "",
          "| size | optimal frozen | val acc % | depths tried | paper's optimal frozen |", "|---|---|---|---|---|"]

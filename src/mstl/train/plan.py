@@ -12,7 +12,8 @@ from typing import Callable
 import numpy as np
 
 from ..config import RunConfig
-from .schedule import Key, simulate, sweep_grid
+from ..sweep import sweep_grid
+from .schedule import Key, simulate
 
 
 def fit_seconds(trials: list[dict]) -> tuple[float, float]:

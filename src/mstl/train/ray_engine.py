@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..edge.core.progress import say
-from .schedule import Scheduler, sweep_grid
+from ..sweep import sweep_grid
+from .schedule import Scheduler
 from .stage1 import commit_trial, state_path
 from .store import best_record
 from .trials import add_stage2_record, bn_calibration, conditions, stage1_seeds, write_decisions

@@ -21,7 +21,7 @@ from ..tf_env import keras, tf
 from .prepare import SplitRows
 from .prefix_cache import PrefixCacheStore, cut_for, cut_points, upper_model
 from .store import RunStore, best_record, save_model_atomic
-from .schedule import next_depth, sweep_grid
+from ..sweep import next_depth, sweep_grid
 from .trials import conditions, versus_best
 
 

@@ -14,7 +14,7 @@ from ..config import RunConfig
 from ..edge.core.rundir import (CLAIMS, DRAWS, LABELS, REPORT, RESULTS, SELECTION, STAGE2_RESULTS, TRIALS_CSV,  # noqa: F401
                       RESUME_FIX, SPLIT_LISTS, append_jsonl, atomic_write_text, draw_dirs, process_running,
                       read_jsonl, read_split, split_list_path, write_failed, write_via_temp)
-from .schedule import optimal_record
+from ..sweep import optimal_record
 
 
 class RunDirError(RuntimeError):
@@ -312,6 +312,6 @@ def link_latest(run_dir: Path) -> None:
 
 
 def best_record(records: list[dict]) -> dict:
-    """The optimal frozen depth of one size's sweep (``schedule.optimal_record``: the stop rule's own
+    """The optimal frozen depth of one size's sweep (``mstl.sweep.optimal_record``: the stop rule's own
     comparison, with its tie margin; a tie goes to more frozen layers)."""
     return optimal_record(records)
