@@ -153,7 +153,7 @@ def test_export_of_a_run_being_trained_warns(tmp_path, monkeypatch):
     for name in ("target_test.tsv", "target_train.tsv"):
         write_list(store.dir / name, ["a.png", "b.png"], np.array([0, 1]))
     (store.dir / "labels.txt").write_text("a\nb\n")
-    os.close(s._LOCKS.pop(str(store.dir.resolve())))
+    os.close(s.LOCKS_HELD.pop(str(store.dir.resolve())))
     code = ("import sys, time; from mstl.train.store import RunStore; RunStore(sys.argv[1]).lock(); "
             "print('locked', flush=True); time.sleep(60)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

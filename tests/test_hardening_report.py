@@ -36,7 +36,7 @@ def run(tmp_path):
     store.open(preset("smoke"), "fp")
     yield store
     import mstl.train.store as s
-    fd = s._LOCKS.pop(str(store.dir.resolve()), None)
+    fd = s.LOCKS_HELD.pop(str(store.dir.resolve()), None)
     if fd is not None:
         os.close(fd)
 
@@ -91,7 +91,7 @@ def test_report_cli_says_incomplete(run):
 def test_report_while_another_process_trains_names_it(run):
     run.add_trial(_trial(24, 140, 0.6))
     import mstl.train.store as s
-    os.close(s._LOCKS.pop(str(run.dir.resolve())))  # this process lets go; a "trainer" takes the lock
+    os.close(s.LOCKS_HELD.pop(str(run.dir.resolve())))  # this process lets go; a "trainer" takes the lock
     code = ("import sys, time; from mstl.train.store import RunStore; RunStore(sys.argv[1]).lock(); "
             "print('locked', flush=True); time.sleep(60)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

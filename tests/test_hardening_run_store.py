@@ -121,7 +121,7 @@ def test_open_sweeps_leftovers_on_resume(tmp_path):
     RunStore(run).open(preset("smoke"), "fp")
     stale = _leftovers(run)
     import mstl.train.store as store
-    os.close(store._LOCKS.pop(str(run.resolve())))  # let go of the lock, as a finished process would
+    os.close(store.LOCKS_HELD.pop(str(run.resolve())))  # let go of the lock, as a finished process would
     RunStore(run).open(preset("smoke"), "fp")
     assert not any(p.exists() for p in stale)
 

@@ -31,13 +31,12 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from ..edge.core.sources import DataError
     from ..data.splits import SelectionError
     from ..edge.core.outputs import OutputError
+    from ..edge.core.rundir import RunDirError
 
     errors: list[type[BaseException]] = [UserError, ImageError, DataError, SelectionError, FileNotFoundError,
-                                         ValueError, OutputError]
+                                         ValueError, OutputError, RunDirError]
     if "mstl.model" in sys.modules:
         errors.append(sys.modules["mstl.model"].WeightsError)
-    if "mstl.train.store" in sys.modules:
-        errors.append(sys.modules["mstl.train.store"].RunDirError)
     return tuple(errors)
 
 

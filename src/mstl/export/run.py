@@ -667,10 +667,10 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
                  gate_confirm: int = CONFIRM_WANTED, gate_extra: list[str] | None = None) -> ExportJob:
     """An export job for a run dir: the deployable stage-2 classifier, its test split for verification
     and its training split for calibration."""
-    from ..train.store import RunStore
+    from ..config import run_config
 
-    store = RunStore(run_dir)
-    cfg = store.config()
+    store = rundir.RunDir(run_dir)
+    cfg = run_config(run_dir)
     writer = store.writer()
     if writer:
         from ..edge.core.progress import warn
