@@ -66,8 +66,8 @@ arm64-check: $(STAMP)
 
 # Mutation scores of the modules whose mistakes would go unseen (benchmarks/mutation_score.py): minutes
 # per module, one module at a time. Not part of make test. MUTATE=src/mstl/x.py picks others.
-MUTATE ?= src/mstl/agreement.py src/mstl/metrics.py src/mstl/formats.py src/mstl/report/claims.py \
-	src/mstl/train/schedule.py src/mstl/rundir.py
+MUTATE ?= src/mstl/edge/core/agreement.py src/mstl/edge/core/metrics.py src/mstl/edge/core/formats.py src/mstl/report/claims.py \
+	src/mstl/sweep.py src/mstl/train/schedule.py src/mstl/edge/core/rundir.py
 mutation: $(STAMP)
 	PYTHONPATH=src $(BIN)/python benchmarks/mutation_score.py $(MUTATE)
 

@@ -24,9 +24,9 @@ from typing import Callable, Iterator
 SERVE_WITH_DEVICE = """
 import sys, uvicorn
 from pathlib import Path
-from mstl.app_demo.device import DeviceBench
-from mstl.app_demo.inference import Classifier
-from mstl.app_demo.server import create_app
+from mstl.edge.app.device import DeviceBench
+from mstl.edge.app.inference import Classifier
+from mstl.edge.app.server import create_app
 model = Path(sys.argv[1])
 app = create_app(Classifier(model, workers=1), device=DeviceBench(model.parent, n_samples=int(sys.argv[3])))
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="error")
@@ -104,7 +104,7 @@ def running_app(command: Callable[[int], list[str]], startup_s: float = 120, por
 
 def rss_mb(pid: int, key: str) -> float:
     """VmRSS, VmHWM, ... of process PID in MB; nan where /proc has none."""
-    from mstl.machine import proc_status_mb
+    from mstl.edge.core.machine import proc_status_mb
     mb = proc_status_mb(key, pid)
     return float("nan") if mb is None else mb
 

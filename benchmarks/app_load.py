@@ -22,8 +22,8 @@ from _app_process import free_port
 
 def start_server(model: Path, port: int):
     import uvicorn
-    from mstl.app_demo.inference import Classifier
-    from mstl.app_demo.server import create_app
+    from mstl.edge.app.inference import Classifier
+    from mstl.edge.app.server import create_app
     server = uvicorn.Server(uvicorn.Config(create_app(Classifier(model)), host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -39,7 +39,7 @@ def build_int8(workdir: Path, weights: str) -> Path:
     model = build_classifier(ModelConfig(alpha=1.0, weights=weights, dropout=0.0), 150, 2, "imagenet",
                              calibration_images=cal[:64])
     path = workdir / "mobilenetv2-150-int8.tflite"
-    from mstl.formats import BuildOptions
+    from mstl.edge.core.formats import BuildOptions
     path.write_bytes(build(model, workdir, BuildOptions(calibration=cal)))
     return path
 
@@ -61,8 +61,8 @@ def bare_p50(path: Path, x: np.ndarray, runs: int, warmup: int) -> float:
 
 
 def harness_p50(path: Path, x: np.ndarray, runs: int, warmup: int) -> float:
-    from mstl.bench.measure import latency
-    from mstl.runtimes import load_runtime
+    from mstl.edge.core.timing import latency
+    from mstl.edge.core.runtimes import load_runtime
     return latency(load_runtime(path, threads=1), x, runs, warmup)["p50"]
 
 
@@ -82,8 +82,8 @@ def main() -> None:
     a = ap.parse_args()
     local = SHARED / "weights" / "mobilenet_v2_1.0_imagenet_no_top.weights.h5"
     weights = a.weights or os.environ.get("MSTL_WEIGHTS") or (str(local) if local.exists() else "none")
-    from mstl.bench.measure import end_to_end
-    from mstl.runtimes import load_runtime
+    from mstl.edge.bench.measure import end_to_end
+    from mstl.edge.core.runtimes import load_runtime
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -114,7 +114,7 @@ def main() -> None:
             im.load()
             full = (time.perf_counter_ns() - t) / 1e6
         print(f"full_decode_12mp_ms={full:.1f}")
-        from mstl.machine import cpu_model
+        from mstl.edge.core.machine import cpu_model
         print(f"# measured on {cpu_model()}, {os.cpu_count()} cores, 1 thread; 224 px file: {f224.name}", file=sys.stderr)
 
 

@@ -36,9 +36,9 @@ def main() -> None:
         raise SystemExit("needs Debian's chromium (make test installs it)")
     import uvicorn
     from playwright.sync_api import sync_playwright
-    from mstl.app_demo.inference import Classifier
-    from mstl.app_demo.server import create_app
-    from mstl.machine import cpu_flags
+    from mstl.edge.app.inference import Classifier
+    from mstl.edge.app.server import create_app
+    from mstl.edge.core.machine import cpu_flags
     exports = a.run_dir / "exports"
     work = Path(tempfile.mkdtemp(prefix="browser-bench-"))
     run = work / "run"  # a scratch copy: the rows posted here do not join the real run's table

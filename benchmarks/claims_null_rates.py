@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_claims import _draws  # noqa: E402  (the one generator of synthetic records)
 
-from mstl.metrics import wilson_interval  # noqa: E402
+from mstl.edge.core.metrics import wilson_interval  # noqa: E402
 from mstl.report import claims as C  # noqa: E402
 
 # claim -> (how one null run is made, the verdicts that are false decisions)

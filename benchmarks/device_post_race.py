@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=20)
     a = ap.parse_args()
     import httpx
-    from mstl.app_demo.device import DeviceBench
+    from mstl.edge.app.device import DeviceBench
     model = Path(a.model)
     folder = model.parent.parent / "bench" / "device"
     shutil.rmtree(folder, ignore_errors=True)

@@ -39,8 +39,8 @@ def main() -> int:
         if res.returncode not in (0, 2):  # 2: a gate failed; the figures still say by how much
             print(res.stdout[-2000:] + res.stderr[-2000:], file=sys.stderr)
             return res.returncode
-    from mstl.bench.measure import measure_isolated
-    from mstl.machine import cpu_flags, cpu_model, int8_speed_hint
+    from mstl.edge.bench.measure import measure_isolated
+    from mstl.edge.core.machine import cpu_flags, cpu_model, int8_speed_hint
     manifest = json.loads((exports / "manifest.json").read_text())
     rows = {a["key"]: a for a in manifest["artifacts"]}
     print(f"cpu={cpu_model()}")
@@ -76,7 +76,7 @@ def main() -> int:
             print(f"{fmt}_{key}_p50_ms={p50[key]:.3f}")
         print(f"{fmt}_int8_speedup={p50['fp32'] / p50['int8']:.3f}")
     if args.emulate:
-        from mstl.bench.emulate import check
+        from mstl.edge.bench.emulate import check
         emu = check(exports, args.emulate)
         for r in emu["artifacts"].values():
             print(f"{r['format']}_int8_emulated_avx2_agreement={r['agreement']:.4f}")

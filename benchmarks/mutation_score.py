@@ -2,7 +2,7 @@
 dropped argument) in one module at a time and runs the fast tests that concern it; a mutant the tests
 fail on is killed. Not part of make test (minutes per module).
 
-    PYTHONPATH=src python benchmarks/mutation_score.py src/mstl/metrics.py [MODULE ...]
+    PYTHONPATH=src python benchmarks/mutation_score.py src/mstl/edge/core/metrics.py [MODULE ...]
     make mutation
 
 Prints, per module, ``mutation_score_<module>=<killed / (total - equivalent)>`` and the counts. The
@@ -92,7 +92,7 @@ def _survivors(work: Path, mutmut: list[str], env: dict) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("modules", nargs="+", help="source files, e.g. src/mstl/metrics.py")
+    ap.add_argument("modules", nargs="+", help="source files, e.g. src/mstl/edge/core/metrics.py")
     ap.add_argument("--tests", nargs="*", help="test files for a module not in [tool.mstl.mutation.tests]")
     ap.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     ap.add_argument("--show-survivors", action="store_true", help="print each surviving mutant's name")

@@ -27,10 +27,10 @@ import numpy as np
 
 
 def _images(run: Path):
-    from mstl.data.filelist import read_list
+    from mstl.edge.core.filelist import read_list
     from mstl.export.gate import split
-    from mstl.metrics import DECISIVE_MARGIN
-    from mstl.preprocess import Preprocess
+    from mstl.edge.core.metrics import DECISIVE_MARGIN
+    from mstl.edge.core.preprocess import Preprocess
     ex = run / "exports"
     gate_src, _ = read_list(ex / "gate.tsv")
     ref = np.load(ex / "gate-reference.npy")
@@ -45,7 +45,7 @@ def _images(run: Path):
 
 
 def _score(tag: str, artifact: Path, px, ref, sel, conf, limit: int | None = None) -> None:
-    from mstl.runtimes import load_runtime
+    from mstl.edge.core.runtimes import load_runtime
     rt = load_runtime(artifact)
     idx = np.flatnonzero(sel | conf)
     if limit:
@@ -106,7 +106,7 @@ def main() -> int:
     ap.add_argument("--only", default="nncf,aeq")
     ap.add_argument("--int16-images", type=int, default=600, help="confirmation images for the int16 recipe")
     args = ap.parse_args()
-    from mstl.machine import cpu_flags, cpu_model
+    from mstl.edge.core.machine import cpu_flags, cpu_model
     print(f"cpu={cpu_model()}")
     print(f"cpu_flags={','.join(sorted(cpu_flags()))}")
     data = _images(args.run_dir)

@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--skip-ray", action="store_true", help="no serial-vs-Ray check on --preset")
     ap.add_argument("--skip-threads", action="store_true", help="no 1-vs-2-threads check on --preset")
     a = ap.parse_args()
-    from mstl.machine import cpu_flags
+    from mstl.edge.core.machine import cpu_flags
     root = a.keep or Path(tempfile.mkdtemp(prefix="ray-sweep-"))
     root.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)

@@ -263,7 +263,7 @@ def main() -> None:
         cached2x = timed_sweep(cfg2, cache=True)
         print(f"sweep_cached_2x_s={cached2x:.1f}")
         print(f"sweep_cost_2x={cached2x / cached:.2f}")
-    from mstl.machine import cpu_model
+    from mstl.edge.core.machine import cpu_model
     print(f"# total {time.perf_counter() - t_start:.0f}s on {cpu_model()}", file=sys.stderr)
 
 

@@ -4,7 +4,7 @@ The device page (`mstl-app`, /device) runs the exported model in the browser wit
 LiteRT.js. Hospitals and phones on a closed network have no CDN, so the JavaScript and WebAssembly
 files ship inside the package: this script downloads the pinned npm packages (`npm pack`: the
 registry's tarballs, integrity-checked by npm), copies the files the page loads into
-src/mstl/app_demo/static/vendor/, and writes vendor.json (versions, integrity, each file's size and
+src/mstl/edge/app/static/vendor/, and writes vendor.json (versions, integrity, each file's size and
 sha256). `make install` runs it once; the wheel then carries the files.
 
     python scripts/fetch_web_assets.py [--force]
@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VENDOR = ROOT / "src" / "mstl" / "app_demo" / "static" / "vendor"
+VENDOR = ROOT / "src" / "mstl" / "edge" / "app" / "static" / "vendor"
 PACKAGES = {  # npm package@version -> {file in the tarball: where the page loads it from, under vendor/}
     "onnxruntime-web@1.30.0": {
         "package/dist/ort.wasm.min.mjs": "ort/ort.wasm.min.mjs",

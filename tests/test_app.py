@@ -13,14 +13,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def classifier(smoke_exports):
-    from mstl.app_demo.inference import Classifier
+    from mstl.edge.app.inference import Classifier
     return Classifier(smoke_exports / "classifier-int8.tflite", workers=2)
 
 
 @pytest.fixture(scope="module")
 def client(classifier):
     from starlette.testclient import TestClient
-    from mstl.app_demo.server import create_app
+    from mstl.edge.app.server import create_app
     return TestClient(create_app(classifier, max_upload=200_000))
 
 
@@ -93,7 +93,7 @@ def test_bad_uploads(client, files, status, words):
 
 def test_too_many_pixels(classifier, monkeypatch):
     from starlette.testclient import TestClient
-    from mstl.app_demo.server import create_app
+    from mstl.edge.app.server import create_app
     monkeypatch.setattr(classifier, "max_pixels", 1000)
     r = TestClient(create_app(classifier)).post("/predict", files={"file": ("x.jpeg", _jpeg(), "image/jpeg")})
     assert r.status_code == 413 and "too many pixels" in r.json()["error"]
@@ -110,7 +110,7 @@ def test_sliver_under_the_pixel_cap_is_refused(client):
 
 def test_a_fault_of_the_app_is_a_json_500_without_traceback(classifier, monkeypatch):
     from starlette.testclient import TestClient
-    from mstl.app_demo.server import create_app
+    from mstl.edge.app.server import create_app
 
     def broken(*args, **kwargs):
         raise KeyError("secret/server/path")
@@ -138,7 +138,7 @@ def test_concurrent_requests_are_consistent(client):
 def test_browser_upload_shows_label(classifier, tmp_path):
     pw = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     from _browser import CHROMIUM_ARGS, chromium_or_skip, serving
-    from mstl.app_demo.server import create_app
+    from mstl.edge.app.server import create_app
     chromium = chromium_or_skip()
     from mstl.data.synthetic import cxr_image
     img = tmp_path / "chest-film.jpeg"
@@ -172,7 +172,7 @@ def test_chunked_upload_over_the_limit_gets_413_json(client):
 def test_unverified_or_altered_artifacts_are_refused(smoke_exports, tmp_path):
     import json
     import shutil as sh
-    from mstl.app_demo.inference import Classifier, UnverifiedModel
+    from mstl.edge.app.inference import Classifier, UnverifiedModel
     src = smoke_exports / "classifier-int8.tflite"
     nocard = tmp_path / "nocard.tflite"
     sh.copy(src, nocard)

@@ -27,12 +27,12 @@ Memory footprint delta from the start of the tool (MB): init=2.94922 overall=10.
 
 
 def test_import_without_tensorflow():
-    code = "import sys, mstl.bench.run, mstl.bench.measure, mstl.cli.bench; assert 'tensorflow' not in sys.modules"
+    code = "import sys, mstl.edge.bench.run, mstl.edge.bench.measure, mstl.cli.bench; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_parse_benchmark_model():
-    from mstl.bench.android import parse_benchmark_model
+    from mstl.edge.bench.android import parse_benchmark_model
     r = parse_benchmark_model(BENCHMARK_MODEL_LOG, "phone.txt")
     assert r["artifact"] == "classifier-int8.tflite" and r["precision"] == "int8"
     lat = r["latency"]["4"]
@@ -55,10 +55,10 @@ def test_bench_exports_json_and_markdown(smoke_exports, tmp_path):
     """The figures are the artifacts' own: the accuracy is the one the artifact's answers on the
     bundle's held-out images give (recomputed here, in this process, from the runtime), the percentiles
     are ordered and come from the runs asked for, and the markdown row shows the JSON's numbers."""
-    from mstl import bundle
-    from mstl.cards import card_of
-    from mstl.preprocess import Preprocess
-    from mstl.runtimes import load_runtime
+    from mstl.edge.core import bundle
+    from mstl.edge.core.cards import card_of
+    from mstl.edge.core.preprocess import Preprocess
+    from mstl.edge.core.runtimes import load_runtime
     out = tmp_path / "b.json"
     md = tmp_path / "b.md"
     res = runner.invoke(app, [str(smoke_exports), "--runs", "20", "--warmup", "2", "--threads", "1",
@@ -119,7 +119,7 @@ def test_min_accuracy_and_broken_artifact(smoke_exports, tmp_path):
 def test_dead_worker_is_reported_within_seconds(tmp_path, monkeypatch):
     """A runtime that crashes the process (segfault, OOM kill) must not hang the bench."""
     import time
-    from mstl.bench import measure as m
+    from mstl.edge.bench import measure as m
     fake = tmp_path / "boom.tflite"
     fake.write_bytes(b"x")
     monkeypatch.setattr(m, "_worker", _die_with_sigkill)
@@ -141,7 +141,7 @@ def _row(fmt, precision, p50, size, verified=True, delta=None):
 
 
 def test_recommendation_follows_measured_speed_and_verification():
-    from mstl.bench.report import recommendations
+    from mstl.edge.bench.report import recommendations
     machine = {"cpu_flags": ["avx2", "fma"]}
     fast = {"machine": machine, "threads": [1], "results": [_row("tflite", "fp32", 2.0, 8.9), _row("tflite", "int8", 1.0, 2.7, delta=0.0)]}
     (line,) = recommendations(fast)
@@ -158,7 +158,7 @@ def test_recommendation_follows_measured_speed_and_verification():
 @pytest.mark.slow
 def test_xnnpack_is_detected_not_assumed(smoke_exports, monkeypatch):
     from ai_edge_litert import interpreter as lit
-    from mstl.runtimes import load_runtime
+    from mstl.edge.core.runtimes import load_runtime
     path = smoke_exports / "classifier-int8.tflite"
     assert load_runtime(path).xnnpack is True
     real = lit.Interpreter
@@ -173,8 +173,8 @@ def test_xnnpack_is_detected_not_assumed(smoke_exports, monkeypatch):
 def test_peak_memory_is_the_models_not_the_labelled_sets(smoke_exports, tmp_path):
     """The labelled set reaches the worker as a memory-mapped file, read after the peak is taken; and
     the peak is the worker's own, not the parent's (Linux's ru_maxrss survives fork+exec)."""
-    from mstl.bench.measure import measure_isolated
-    from mstl.runtimes import load_runtime
+    from mstl.edge.bench.measure import measure_isolated
+    from mstl.edge.core.runtimes import load_runtime
     model = str(smoke_exports / "classifier-int8.tflite")
     size = load_runtime(model).image_size
     pixels = np.zeros((100_000_000 // (size * size * 3), size, size, 3), np.uint8)  # ~100 MB
@@ -221,8 +221,8 @@ def test_artifact_that_failed_its_gate_is_flagged_in_the_table(smoke_exports, tm
 
 
 def test_u8s8_artifact_from_a_vnni_cpu_is_flagged_on_avx2_without_vnni(monkeypatch):
-    from mstl.bench import run as bench_run
-    from mstl import machine
+    from mstl.edge.bench import run as bench_run
+    from mstl.edge.core import machine
     card = {"builder_options": {"activations": "uint8"}, "machine": {"cpu_flags": ["avx2", "avx512_vnni"]}}
     monkeypatch.setattr(machine, "cpu_flags", lambda: ["avx2", "fma"])
     assert "saturate" in bench_run._portability_note(card, "onnx")
@@ -236,7 +236,7 @@ def test_u8s8_artifact_from_a_vnni_cpu_is_flagged_on_avx2_without_vnni(monkeypat
 
 def test_device_rows_folder_with_junk_is_read_with_warnings(tmp_path, capsys):
     """A hand-edited or truncated file in RUN_DIR/bench/device is named and left out, not a traceback."""
-    from mstl.bench.browser_rows import device_dir, load_device_rows
+    from mstl.edge.core.browser_rows import device_dir, load_device_rows
     folder = device_dir(tmp_path / "exports")
     folder.mkdir(parents=True)
     (folder / "a-list.json").write_text("[1, 2]")

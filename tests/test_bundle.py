@@ -7,7 +7,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from mstl.bench.run import BenchError, run_bench
+from mstl.edge.bench.run import BenchError, run_bench
 from mstl.cli.export import app as export_app
 
 runner = CliRunner()
@@ -70,7 +70,7 @@ def test_bundle_samples_sets_how_many_images_leave_with_the_exports(smoke_run, t
 
 def test_an_artifact_without_its_card_is_unverified_and_a_replaced_one_is_refused(copied):
     """Issue 23: a missing card is not a pass. Without the card the manifest's sha256 still binds the file."""
-    from mstl.bench.report import recommendations
+    from mstl.edge.bench.report import recommendations
     fp32, int8 = copied / "classifier-fp32.tflite", copied / "classifier-int8.tflite"
     (copied / "classifier-int8.tflite.json").unlink()
     report = run_bench([fp32, int8], None, [1], 3, 1)

@@ -94,7 +94,7 @@ NULL_RUNS = 300
 
 
 def _null_rate(hits: int) -> tuple[float, float]:
-    from mstl.metrics import wilson_interval
+    from mstl.edge.core.metrics import wilson_interval
     return wilson_interval(hits, NULL_RUNS, z=2.576)
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mstl.decision import (calibrate, calibration_report, choose_threshold, decide, fit_temperature,
+from mstl.edge.core.decision import (calibrate, calibration_report, choose_threshold, decide, fit_temperature,
                            operating_point, parse_rule, rates)
 
 
@@ -101,7 +101,7 @@ def _served(smoke_exports, tmp_path, decision):
     """The int8 TFLite with its card's decision replaced (the artifact's bytes, and so its sha256, unchanged)."""
     import json
     import shutil
-    from mstl.app_demo.inference import Classifier
+    from mstl.edge.app.inference import Classifier
     src = smoke_exports / "classifier-int8.tflite"
     dst = tmp_path / src.name
     shutil.copyfile(src, dst)
@@ -135,7 +135,7 @@ def test_the_app_decides_at_the_cards_threshold_and_refers_inside_the_band(smoke
 
 
 def _source(n_per_class=100):
-    from mstl.data.sources import DatasetIndex
+    from mstl.edge.core.sources import DatasetIndex
     from mstl.train.prepare import Source
     labels = np.repeat([0, 1], n_per_class)
     index = DatasetIndex("root", "folders", ["NORMAL", "PNEUMONIA"], [f"img{i}.png" for i in range(len(labels))],

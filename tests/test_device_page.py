@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-VENDOR = Path(__file__).resolve().parents[1] / "src" / "mstl" / "app_demo" / "static" / "vendor" / "vendor.json"
+VENDOR = Path(__file__).resolve().parents[1] / "src" / "mstl" / "edge" / "app" / "static" / "vendor" / "vendor.json"
 
 
 @pytest.fixture
 def bench_app(smoke_exports, tmp_path):
     """The smoke run's exports in a scratch run dir (rows land in its bench/device/), served by the app."""
     from starlette.testclient import TestClient
-    from mstl.app_demo.inference import Classifier
-    from mstl.app_demo.server import create_app
+    from mstl.edge.app.inference import Classifier
+    from mstl.edge.app.server import create_app
     run = tmp_path / "run"
     shutil.copytree(smoke_exports.parent, run, ignore=shutil.ignore_patterns("bench", "stage1", "stage2", "cache"))
     clf = Classifier(run / "exports" / "classifier-int8.tflite", workers=1, uncertain_band=0.05)
@@ -44,7 +44,7 @@ def test_manifest_lists_verified_artifacts_with_the_servers_answers(bench_app):
 
 
 def _reference(run, name):
-    from mstl.app_demo.device import DeviceBench
+    from mstl.edge.app.device import DeviceBench
     return DeviceBench(run / "exports").reference(name).tolist()
 
 
@@ -89,7 +89,7 @@ def test_posted_rows_are_checked_not_trusted(bench_app):
 def _answers_are_the_apps(run, best, answers):
     """The page's own answers with its fastest agreeing model are the app's decisions (card threshold,
     temperature, the app's 'uncertain - refer' band) on the server's probabilities for the same samples."""
-    from mstl.decision import decide
+    from mstl.edge.core.decision import decide
     card = json.loads((run / "exports" / f"{best}.json").read_text())
     labels = card["labels"]
     server = decide(np.asarray(_reference(run, best)), card["decision"], 0.05)
@@ -103,7 +103,7 @@ def _answers_are_the_apps(run, best, answers):
 
 def test_batch_one_copy_of_a_tflite_gives_the_same_answers(smoke_exports):
     from ai_edge_litert.interpreter import Interpreter
-    from mstl.app_demo.device import fixed_batch_tflite
+    from mstl.edge.app.device import fixed_batch_tflite
     data = (smoke_exports / "classifier-int8.tflite").read_bytes()
     outs = []
     for blob in (data, fixed_batch_tflite(data)):
@@ -160,9 +160,9 @@ def test_phone_browser_runs_the_models_and_its_rows_reach_mstl_bench(bench_app, 
 
 def test_no_samples_means_no_dataset_images_served_and_no_agreement(smoke_exports):
     from starlette.testclient import TestClient
-    from mstl.app_demo.device import DeviceBench
-    from mstl.app_demo.inference import Classifier
-    from mstl.app_demo.server import create_app
+    from mstl.edge.app.device import DeviceBench
+    from mstl.edge.app.inference import Classifier
+    from mstl.edge.app.server import create_app
     clf = Classifier(smoke_exports / "classifier-int8.tflite", workers=1)
     client = TestClient(create_app(clf, device=DeviceBench(smoke_exports, n_samples=0)))
     m = client.get("/device/manifest").json()
@@ -173,9 +173,9 @@ def test_no_samples_means_no_dataset_images_served_and_no_agreement(smoke_export
 def test_stored_rows_are_capped(smoke_exports, tmp_path):
     """Anyone who reaches the app can post rows; they must not fill the server's disk."""
     from starlette.testclient import TestClient
-    from mstl.app_demo.device import DeviceBench
-    from mstl.app_demo.inference import Classifier
-    from mstl.app_demo.server import create_app
+    from mstl.edge.app.device import DeviceBench
+    from mstl.edge.app.inference import Classifier
+    from mstl.edge.app.server import create_app
     run = tmp_path / "run"
     shutil.copytree(smoke_exports.parent, run, ignore=shutil.ignore_patterns("bench", "stage1", "stage2", "cache"))
     exports = run / "exports"
@@ -198,7 +198,7 @@ def test_page_preprocessing_is_the_servers(bench_app):
     import base64
     import io
     from PIL import Image
-    from mstl.data.images import load_image
+    from mstl.edge.core.images import load_image
     pw = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     from _browser import CHROMIUM_ARGS, chromium_or_skip, serving
     chromium = chromium_or_skip()

@@ -4,7 +4,7 @@ without it the test is skipped."""
 
 import pytest
 
-from mstl.bench.emulate import check, emulator
+from mstl.edge.bench.emulate import check, emulator
 
 
 @pytest.mark.skipif(emulator() is None, reason="qemu-x86_64-static not installed (make test installs it as root)")

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mstl.cli.export import app
-from mstl.formats import FORMATS, by_key, select
+from mstl.edge.core.formats import FORMATS, by_key, select
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -22,7 +22,7 @@ def test_manifest_complete_and_all_verified(smoke_exports):
     more confirmation images than a provisional verdict has, every one of them accounted for (compared or
     a near-tie), and the close-to-noise warning exactly where a few flips would cross the threshold."""
     from mstl.export.gate import PROVISIONAL_BELOW
-    from mstl.agreement import MIN_DECISIVE_FLIPS
+    from mstl.edge.core.agreement import MIN_DECISIVE_FLIPS
     m = _manifest(smoke_exports)
     assert {a["key"] for a in m["artifacts"]} == {f.key for f in FORMATS}
     gate = m["gate"]
@@ -46,7 +46,7 @@ def test_manifest_complete_and_all_verified(smoke_exports):
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=[f.key for f in FORMATS])
 def test_artifact_loads_with_claimed_types_and_card(smoke_exports, fmt):
-    from mstl.runtimes import load_runtime
+    from mstl.edge.core.runtimes import load_runtime
     path = smoke_exports / fmt.filename("classifier")
     rt = load_runtime(path)
     card = json.loads((smoke_exports / (path.name + ".json")).read_text())
@@ -124,7 +124,7 @@ def test_select_table():
 
 
 def test_formats_and_runtimes_import_without_tensorflow():
-    code = "import sys, mstl.formats, mstl.runtimes; assert 'tensorflow' not in sys.modules, 'tf imported'"
+    code = "import sys, mstl.edge.core.formats, mstl.edge.core.runtimes; assert 'tensorflow' not in sys.modules, 'tf imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -151,7 +151,7 @@ def _job_seen(monkeypatch, tmp_path, *flags):
 def test_export_flags_reach_the_gate_and_select_their_formats(monkeypatch, tmp_path):
     """A threshold flag moves its own precisions' gate and no other; each format flag adds exactly its
     format to the fp32 references; a threshold for a precision the table has not is refused."""
-    from mstl.formats import thresholds
+    from mstl.edge.core.formats import thresholds
     table = {f.precision: f.min_agreement for f in FORMATS}
     assert _job_seen(monkeypatch, tmp_path)["thresholds"] == table
     assert _job_seen(monkeypatch, tmp_path, "--min-int8", "0.97")["thresholds"] == {**table, "int8": 0.97}

@@ -20,7 +20,7 @@ runner = CliRunner()
 @pytest.fixture
 def no_measuring(monkeypatch):
     """Fails the test if the bench gets as far as measuring."""
-    import mstl.bench.run as run
+    import mstl.edge.bench.run as run
     forbid(monkeypatch, run, "run_bench", "measured before refusing")
 
 
@@ -65,7 +65,7 @@ def test_unwritable_outputs_are_refused_before_measuring(artifact, tmp_path, no_
 def test_read_only_output_folder_is_refused_before_measuring(artifact, tmp_path, no_measuring, monkeypatch):
     """As root, permission bits do not stop a write: a read-only mount is what does (simulated here at the
     probe's own system call)."""
-    import mstl.outputs as outputs
+    import mstl.edge.core.outputs as outputs
     ro = tmp_path / "ro"
     ro.mkdir()
     real_open = os.open
@@ -81,13 +81,13 @@ def test_read_only_output_folder_is_refused_before_measuring(artifact, tmp_path,
 
 
 def _report():
-    from mstl.machine import machine_info
+    from mstl.edge.core.machine import machine_info
     return {"machine": machine_info(), "threads": [1], "runs": 1, "warmup": 0, "data": None, "n_images": 0,
             "results": []}
 
 
 def test_markdown_and_json_are_written_as_asked_whatever_the_suffix(artifact, tmp_path, monkeypatch):
-    import mstl.bench.run as run
+    import mstl.edge.bench.run as run
     monkeypatch.setattr(run, "run_bench", lambda *a, **k: _report())
     md, js = tmp_path / "table.json", tmp_path / "report.md"
     res = runner.invoke(app, [str(artifact), "--threads", "1", "--markdown", str(md), "--json", str(js)])
@@ -100,8 +100,8 @@ def test_markdown_and_json_are_written_as_asked_whatever_the_suffix(artifact, tm
 
 def test_full_disk_while_saving_keeps_the_old_file(tmp_path, monkeypatch):
     from pathlib import Path
-    from mstl.bench.report import save
-    from mstl.outputs import OutputError
+    from mstl.edge.bench.report import save
+    from mstl.edge.core.outputs import OutputError
     out = tmp_path / "bench.json"
     out.write_text('{"old": true}')
     with monkeypatch.context() as m:
@@ -122,7 +122,7 @@ def _report_then_hang(args, queue):
 
 
 def test_hung_worker_is_killed_and_reported(tmp_path):
-    from mstl.bench import measure as m
+    from mstl.edge.bench import measure as m
     fake = tmp_path / "hang.onnx"
     fake.write_bytes(b"x")
     saved, m._worker = m._worker, _hang
@@ -137,7 +137,7 @@ def test_hung_worker_is_killed_and_reported(tmp_path):
 
 
 def test_worker_that_hangs_after_reporting_is_not_left_running(tmp_path):
-    from mstl.bench import measure as m
+    from mstl.edge.bench import measure as m
     fake = tmp_path / "linger.onnx"
     fake.write_bytes(b"x")
     saved, m._worker = m._worker, _report_then_hang

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mstl.bench import run as bench_run
-from mstl.bench.run import _manifest_mismatch, collect, run_bench
+from mstl.edge.bench import run as bench_run
+from mstl.edge.bench.run import _manifest_mismatch, collect, run_bench
 
 
 def _exports(folder, names=("classifier-fp32.tflite", "classifier-int8.tflite")):

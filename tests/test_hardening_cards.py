@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from mstl.cards import CardError, card_of, read_manifest
+from mstl.edge.core.cards import CardError, card_of, read_manifest
 from mstl.cli.bench import app as bench_app
 
 runner = CliRunner()
@@ -69,7 +69,7 @@ def test_card_absent_is_still_none(tmp_path):
 
 def test_the_app_names_a_broken_card(tmp_path):
     pytest.importorskip("PIL")
-    from mstl.app_demo.inference import Classifier
+    from mstl.edge.app.inference import Classifier
     art = tmp_path / "classifier-int8.tflite"
     art.write_bytes(b"tflite")
     (tmp_path / "classifier-int8.tflite.json").write_text("Expecting value")
@@ -78,7 +78,7 @@ def test_the_app_names_a_broken_card(tmp_path):
 
 
 def test_the_bundle_names_a_broken_manifest(tmp_path):
-    from mstl.bundle import FOLDER, INDEX, BundleError, read
+    from mstl.edge.core.bundle import FOLDER, INDEX, BundleError, read
     (tmp_path / FOLDER).mkdir()
     (tmp_path / FOLDER / INDEX).write_text("{}")
     (tmp_path / "manifest.json").write_text("[]")
@@ -87,7 +87,7 @@ def test_the_bundle_names_a_broken_manifest(tmp_path):
 
 
 def test_a_manifest_without_precision_is_read_from_the_name(tmp_path):
-    from mstl.bench.run import collect
+    from mstl.edge.bench.run import collect
     (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": [{"path": "classifier-int8.onnx", "format": "onnx"}]}))
     (a,) = collect([tmp_path])
     assert a.format == "onnx" and a.precision == "int8"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from mstl.data.images import ImageError, load_image, open_image, verify_image
+from mstl.edge.core.images import ImageError, load_image, open_image, verify_image
 
 
 def zero_png(width: int, height: int, color_type: int = 6) -> bytes:
@@ -97,7 +97,7 @@ def test_a_bomb_warning_inside_pillow_is_an_error():
     """Where Pillow checks sizes itself (a TIFF tile, a GIF frame larger than its screen, a WebP canvas)
     it only warned below twice its limit; with mstl's decoder imported it raises. A fresh interpreter:
     the test runner's own warning capture would hide what a CLI or the app sees."""
-    code = ("import mstl.data.images, PIL.Image as I\n"
+    code = ("import mstl.edge.core.images, PIL.Image as I\n"
             "try:\n    I._decompression_bomb_check((10_000, 9_000))\nexcept I.DecompressionBombWarning:\n"
             "    print('error')\nelse:\n    print('warning only')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -136,7 +136,7 @@ def test_training_data_refuses_containers_in_inspect_and_the_cache(tmp_path, dec
     assert "not an image mstl reads" in verify_image(str(bad))
     readable, info = inspect_source(tmp_path / "data", quiet=True)
     assert info["total"] == 6 and [f["path"] for f in info["skipped"]["files"]] == [str(bad)]
-    from mstl.data.sources import index_dataset
+    from mstl.edge.core.sources import index_dataset
     cache = build_cache(index_dataset(tmp_path / "data"), 16, "bilinear", root=tmp_path / "cache", quiet=True)
     assert cache.ok.sum() == 6 and [f.path for f in cache.failures] == [str(bad)]
     assert "not an image mstl reads" in cache.failures[0].reason

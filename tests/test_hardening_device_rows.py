@@ -75,9 +75,9 @@ def run_dir(tmp_path):
 
 
 def _app(run: Path, **kw):
-    from mstl.app_demo.device import DeviceBench
-    from mstl.app_demo.inference import Classifier
-    from mstl.app_demo.server import create_app
+    from mstl.edge.app.device import DeviceBench
+    from mstl.edge.app.inference import Classifier
+    from mstl.edge.app.server import create_app
     exports = run / "exports"
     bench = DeviceBench(exports, **kw)
     return bench, create_app(Classifier(exports / "classifier-fp32.onnx", workers=1), device=bench)
@@ -302,7 +302,7 @@ def _maximal_body(n_samples: int, n_classes: int) -> dict:
 
 @pytest.mark.parametrize("n_samples, n_classes", [(N_SAMPLES, 2), (200, 2), (200, 10), (0, 2)])
 def test_the_body_cap_fits_a_maximal_row_with_margin(n_samples, n_classes):
-    from mstl.app_demo.device import body_limit
+    from mstl.edge.app.device import body_limit
     size = len(json.dumps(_maximal_body(n_samples, n_classes)).encode())
     assert 1.5 * size <= body_limit(n_samples, n_classes) <= 3 * size + 8192
     assert body_limit(200, 2) < 100_000  # the issue's 10 MB body is over it a hundred times
@@ -318,8 +318,8 @@ def test_a_maximal_row_is_accepted(served):
 
 def test_an_oversized_body_is_413_and_never_parsed(served, monkeypatch):
     """By Content-Length, and while streaming when there is none (chunked)."""
-    import mstl.app_demo.device as device
-    from mstl.app_demo.server import MAX_UPLOAD_BYTES
+    import mstl.edge.app.device as device
+    from mstl.edge.app.server import MAX_UPLOAD_BYTES
     run, bench, client = served
     parsed = []
     real = device.parse_body
@@ -343,7 +343,7 @@ def test_an_oversized_body_is_413_and_never_parsed(served, monkeypatch):
 
 
 def test_the_body_is_parsed_off_the_event_loop(served, monkeypatch):
-    import mstl.app_demo.device as device
+    import mstl.edge.app.device as device
     run, bench, client = served
     where = []
     real = device.parse_body
@@ -399,8 +399,8 @@ def test_the_reference_is_computed_from_the_pinned_bytes(served):
     """A re-export before the first manifest (the reference pass is lazy) must not change the answers
     the app compares rows with."""
     run, bench, client = served
-    from mstl.runtimes import load_runtime
-    from mstl.preprocess import Preprocess
+    from mstl.edge.core.runtimes import load_runtime
+    from mstl.edge.core.preprocess import Preprocess
     prep = Preprocess.from_card(bench.artifacts[NAME]["card"])
     want = load_runtime(run / "exports" / NAME).predict(prep.load_many(bench.samples))
     _export(run / "exports", -W1)
@@ -408,7 +408,7 @@ def test_the_reference_is_computed_from_the_pinned_bytes(served):
 
 
 def test_the_bench_says_why_it_leaves_out_a_row_of_an_earlier_export(served, capsys):
-    from mstl.bench.browser_rows import load_device_rows
+    from mstl.edge.core.browser_rows import load_device_rows
     run, bench, client = served
     sid = _session(client)
     saved = client.post("/device/results", json=_body(sid, bench.reference(NAME).tolist())).json()["saved_as"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mstl.outputs import OutputError
+from mstl.edge.core.outputs import OutputError
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def _run_with_selection(tmp_path):
 
 def _job(store):
     from mstl.export.run import job_from_run
-    from mstl.formats import select
+    from mstl.edge.core.formats import select
     return job_from_run(store.dir, select(["onnx"], set(), {}), None, None, 200, "uint8", {})
 
 
@@ -142,16 +142,16 @@ def test_export_of_a_run_dir_without_its_split_lists_is_named(tmp_path):
 
 
 def test_export_of_a_run_being_trained_warns(tmp_path, monkeypatch):
-    import mstl.progress
+    import mstl.edge.core.progress
     import mstl.train.store as s
     warned = []
-    monkeypatch.setattr(mstl.progress, "warn", warned.append)
-    from mstl.data.filelist import write_list
+    monkeypatch.setattr(mstl.edge.core.progress, "warn", warned.append)
+    from mstl.edge.core.filelist import write_list
     store = _run_with_selection(tmp_path)
     for name in ("target_test.tsv", "target_train.tsv"):
         write_list(store.dir / name, ["a.png", "b.png"], np.array([0, 1]))
     (store.dir / "labels.txt").write_text("a\nb\n")
-    os.close(s._LOCKS.pop(str(store.dir.resolve())))
+    os.close(s.LOCKS_HELD.pop(str(store.dir.resolve())))
     from helpers_processes import trainer_holding
     with trainer_holding(store.dir) as trainer:
         job = _job(store)

@@ -1,9 +1,9 @@
-"""LiteRT input quantization and tensor dequantization written once (mstl.runtimes.to_input / to_float /
+"""LiteRT input quantization and tensor dequantization written once (mstl.edge.core.runtimes.to_input / to_float /
 litert_quant), for the runtimes, export's bias correction and the layer diagnosis (issue 22)."""
 
 import numpy as np
 
-from mstl.runtimes import Quant, Runtime, litert_quant, to_float, to_input
+from mstl.edge.core.runtimes import Quant, Runtime, litert_quant, to_float, to_input
 
 PIXELS = np.array([[0, 1, 127, 128, 200, 255]], np.uint8)
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mstl.cli.train import app
-from mstl.data.sources import DataError, index_dataset
+from mstl.edge.core.sources import DataError, index_dataset
 
 runner = CliRunner()
 IMAGES = np.zeros((10, 28, 28), np.uint8)
@@ -101,7 +101,7 @@ def test_the_cache_and_image_lists_check_the_file_they_read(tmp_path):
     """A file replaced after it was indexed (now 4 images where the index has 10) is named, not an
     IndexError from the decoding threads."""
     from mstl.data.cache import build_cache
-    from mstl.data.filelist import load_sources
+    from mstl.edge.core.filelist import load_sources
     p = tmp_path / "octmnist.npz"
     np.savez(p, train_images=IMAGES, train_labels=LABELS)
     index = index_dataset(p)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from mstl.data.sources import DataError, index_dataset, npz_entry, npz_ref, parse_npz_ref, shared_images
+from mstl.edge.core.sources import DataError, index_dataset, npz_entry, npz_ref, parse_npz_ref, shared_images
 
 
 def _npz(path, seed=0):
@@ -51,9 +51,9 @@ def test_one_file_reached_by_two_paths_shares_its_images(tmp_path):
 
 
 def test_a_file_list_the_cache_and_the_bundle_decode_the_same_pixels(tmp_path):
-    from mstl.bundle import write
+    from mstl.edge.core.bundle import write
     from mstl.data.cache import build_cache
-    from mstl.data.filelist import load_sources, read_list, write_list
+    from mstl.edge.core.filelist import load_sources, read_list, write_list
     index = index_dataset(_npz(tmp_path / "pneumoniamnist.npz"))
     write_list(tmp_path / "target_test.tsv", index.paths, index.labels)
     refs, labels = read_list(tmp_path / "target_test.tsv")

@@ -1,9 +1,9 @@
-"""One percent formatter (mstl.metrics.percent / percent_with_ci) for report.md, bench.md, the /device
+"""One percent formatter (mstl.edge.core.metrics.percent / percent_with_ci) for report.md, bench.md, the /device
 notes and the terminal (issue 22): the exact text each of them printed before."""
 
 import pytest
 
-from mstl.metrics import percent, percent_with_ci
+from mstl.edge.core.metrics import percent, percent_with_ci
 
 
 @pytest.mark.parametrize("v, unit, text", [(0.91234, "%", "91.2%"), (1.0, "%", "100.0%"), (0.0, "%", "0.0%"),

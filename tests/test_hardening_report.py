@@ -35,7 +35,7 @@ def run(tmp_path):
     store.open(preset("smoke"), "fp")
     yield store
     import mstl.train.store as s
-    fd = s._LOCKS.pop(str(store.dir.resolve()), None)
+    fd = s.LOCKS_HELD.pop(str(store.dir.resolve()), None)
     if fd is not None:
         os.close(fd)
 
@@ -90,7 +90,7 @@ def test_report_cli_says_incomplete(run):
 def test_report_while_another_process_trains_names_it(run):
     run.add_trial(_trial(24, 140, 0.6))
     import mstl.train.store as s
-    os.close(s._LOCKS.pop(str(run.dir.resolve())))  # this process lets go; a "trainer" takes the lock
+    os.close(s.LOCKS_HELD.pop(str(run.dir.resolve())))  # this process lets go; a "trainer" takes the lock
     with trainer_holding(run.dir) as trainer:
         assert run.writer() == str(trainer.pid)
         text = build_report(run.dir).read_text()
@@ -135,7 +135,7 @@ def test_full_disk_while_drawing_a_figure_leaves_no_truncated_png(run, monkeypat
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-    from mstl.outputs import OutputError
+    from mstl.edge.core.outputs import OutputError
     run.add_trial(_trial(24, 140, 0.6))
     build_report(run.dir)
     before = (run.dir / "figures" / "fig3_heatmap.png").read_bytes()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mstl.config import RunConfig, preset
-from mstl.train.schedule import TIE_MARGIN_IMAGES, compare, next_depth, optimal_record
+from mstl.sweep import TIE_MARGIN_IMAGES, compare, next_depth, optimal_record
 from mstl.train.trials import write_decisions
 
 BIN = Path(sys.executable).parent

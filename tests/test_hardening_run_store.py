@@ -12,7 +12,7 @@ import pytest
 
 from helpers_fakes import write_text_on_a_full_disk
 from mstl.config import preset
-from mstl.outputs import OutputError
+from mstl.edge.core.outputs import OutputError
 from mstl.train.store import RunStore, append_jsonl, atomic_write_text, remove_outputs, save_model_atomic
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
@@ -117,7 +117,7 @@ def test_open_sweeps_leftovers_on_resume(tmp_path):
     RunStore(run).open(preset("smoke"), "fp")
     stale = _leftovers(run)
     import mstl.train.store as store
-    os.close(store._LOCKS.pop(str(run.resolve())))  # let go of the lock, as a finished process would
+    os.close(store.LOCKS_HELD.pop(str(run.resolve())))  # let go of the lock, as a finished process would
     RunStore(run).open(preset("smoke"), "fp")
     assert not any(p.exists() for p in stale)
 
@@ -173,7 +173,7 @@ def test_stage2_retrains_a_model_whose_file_was_deleted(tmp_path, monkeypatch):
 
 def test_export_refuses_a_selection_whose_model_is_gone(tmp_path):
     from mstl.export.run import job_from_run
-    from mstl.formats import select
+    from mstl.edge.core.formats import select
     cfg = preset("smoke")
     store = RunStore(tmp_path / "run")
     store.open(cfg, "fp")

@@ -89,8 +89,8 @@ def test_a_model_without_softmax_is_still_refused(softmax_export):
 @pytest.fixture(scope="module")
 def client(softmax_export):
     from starlette.testclient import TestClient
-    from mstl.app_demo.inference import Classifier
-    from mstl.app_demo.server import create_app
+    from mstl.edge.app.inference import Classifier
+    from mstl.edge.app.server import create_app
     _, res, out = softmax_export
     assert res.exit_code == 0, res.output
     clf = Classifier(out / "classifier-fp32.tflite", workers=1)

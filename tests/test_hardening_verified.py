@@ -1,11 +1,11 @@
-"""'Is this artifact verified' decided once (mstl.cards.unverified_reason), by the app and the bench
+"""'Is this artifact verified' decided once (mstl.edge.core.cards.unverified_reason), by the app and the bench
 alike (issue 22): only a card recording a passing export gate counts."""
 
 import json
 
 import pytest
 
-from mstl.cards import unverified_reason
+from mstl.edge.core.cards import unverified_reason
 
 PASSED = {"verification": {"status": "ok"}}
 
@@ -28,8 +28,8 @@ def test_a_passing_gate_is_verified(tmp_path):
 
 
 def test_the_app_and_the_bench_give_the_same_verdict(tmp_path, monkeypatch):
-    from mstl.app_demo.inference import check_artifact
-    from mstl.bench import run as bench_run
+    from mstl.edge.app.inference import check_artifact
+    from mstl.edge.bench import run as bench_run
     shape = {"input": {"shape": [1, 8, 8, 3]}}
     cards = {"ok.tflite": {**PASSED, **shape}, "failed.tflite": {"verification": {"status": "failed", "reason": "r"}, **shape},
              "nocard.tflite": None, "model.keras": None}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mstl.data.images import ImageError, load_image, to_rgb
+from mstl.edge.core.images import ImageError, load_image, to_rgb
 
 
 def _png(img):
@@ -95,8 +95,8 @@ def _decode_growth_mb(tmp_path, data: bytes) -> float:
     f = tmp_path / "picture.png"
     f.write_bytes(data)
     code = ("import sys\n"
-            "from mstl.data.images import load_image\n"
-            "from mstl.machine import proc_status_mb\n"
+            "from mstl.edge.core.images import load_image\n"
+            "from mstl.edge.core.machine import proc_status_mb\n"
             "before = proc_status_mb('VmRSS')\n"
             "load_image(sys.argv[1], 96)\n"
             "print(proc_status_mb('VmHWM') - before)\n")

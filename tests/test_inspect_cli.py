@@ -64,7 +64,7 @@ def test_real_oct_sample():
     res = runner.invoke(app, ["inspect", str(SHARED_DATA / "oct2017-sample"), "--json"])
     info = json.loads(res.stdout)
     assert info["classes"] == {"CNV": 8, "DME": 8, "DRUSEN": 8, "NORMAL": 8}
-    from mstl.data.images import load_image
-    from mstl.data.sources import index_dataset
+    from mstl.edge.core.images import load_image
+    from mstl.edge.core.sources import index_dataset
     arr = load_image(index_dataset(SHARED_DATA / "oct2017-sample").paths[0], 64)
     assert arr.shape == (64, 64, 3) and (arr[..., 0] == arr[..., 1]).all()  # grayscale to 3 equal channels

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mstl.cli.export import app
-from mstl.formats import FORMATS, MIN_INT8_MAC_SHARE, by_key
+from mstl.edge.core.formats import FORMATS, MIN_INT8_MAC_SHARE, by_key
 
 runner = CliRunner()
 
@@ -34,7 +34,7 @@ def test_every_int8_format_has_a_ladder_that_ends_in_mixed_precision():
 def test_onnx_ladder_follows_the_cpu_it_is_built_for():
     """Where u8s8 products are exact (VNNI, or not x86) 8-bit weights are tried; on x86 without VNNI
     (or --portable-int8) only 7-bit weights or s8s8 - each skip recorded with its reason."""
-    from mstl.formats import Recipe
+    from mstl.edge.core.formats import Recipe
     f = by_key("onnx-int8")
     exact = [r.name for r, skip in f.ladder_for(True) if not skip]
     saturating = [(r, skip) for r, skip in f.ladder_for(False)]
@@ -207,7 +207,7 @@ def test_explain_ranks_a_planted_sensitive_layer_first_in_both_runtimes(tmp_path
     is its own (its input survives int8), and the report is saved beside the artifact."""
     from mstl.export import onnx as onnx_export, tflite
     from mstl.export.diagnose import explain_exports
-    from mstl.formats import BuildOptions
+    from mstl.edge.core.formats import BuildOptions
     from mstl.model import load_classifier
     from test_mixed_precision import _plain_images, _planted_classifier
     pixels = _plain_images(tmp_path / "img", 160)
@@ -235,7 +235,7 @@ def test_explain_ranks_a_planted_sensitive_layer_first_in_both_runtimes(tmp_path
 
 
 def test_a_misspelt_build_option_fails_loudly():
-    from mstl.formats import BuildOptions, Recipe
+    from mstl.edge.core.formats import BuildOptions, Recipe
     with pytest.raises(ValueError, match="unknown build option.*activation"):
         BuildOptions().with_recipe(Recipe("typo", (("activation", "int8"),)))
     with pytest.raises(ValueError, match="activations must be one of"):
@@ -246,7 +246,7 @@ def test_a_misspelt_build_option_fails_loudly():
 
 
 def test_precision_from_file_names():
-    from mstl.formats import precision_of
+    from mstl.edge.core.formats import precision_of
     assert precision_of("runs/x/classifier-int8.tflite") == "int8"
     assert precision_of("classifier-int8-rejected.onnx") == "int8"
     assert precision_of("model.tflite") == "unknown" and precision_of("a-fp16.tflite") == "fp16"

@@ -1,7 +1,7 @@
 """Where the bench runs: CPU, int8 features, board and emulation, from /proc/cpuinfo texts as a
 Raspberry Pi 4, a Raspberry Pi 5 and a user-mode emulated aarch64 process see them."""
 
-from mstl.machine import parse_cpu
+from mstl.edge.core.machine import parse_cpu
 
 _CORE = """processor\t: {i}
 BogoMIPS\t: 108.00
@@ -35,7 +35,7 @@ def test_a_raspberry_pi_4_is_a_cortex_a72_with_neon_and_no_dot_product():
 def test_a_raspberry_pi_5_has_the_dot_product_extension_and_the_device_tree_names_the_board():
     cpu = parse_cpu(PI5, "aarch64", board="Raspberry Pi 5 Model B Rev 1.0")
     assert cpu["cpu"].startswith("Cortex-A76") and "asimddp" in cpu["cpu_flags"] and "i8mm" not in cpu["cpu_flags"]
-    from mstl.machine import int8_speed_hint
+    from mstl.edge.core.machine import int8_speed_hint
     assert "dot-product" in int8_speed_hint(cpu["cpu_flags"])
 
 
@@ -48,7 +48,7 @@ def test_an_emulated_aarch64_process_does_not_take_the_hosts_flags_for_its_own()
 
 
 def test_the_bench_marks_an_emulated_run_and_recommends_nothing_from_its_timings():
-    from mstl.bench.report import header_lines, recommendations
+    from mstl.edge.bench.report import header_lines, recommendations
     row = {"format": "tflite", "status": "ok", "latency": {"1": {"p50": 1.0}}, "size_mb": 1.0, "verified": True}
     report = {"machine": {"cpu": "aarch64 emulated on AMD EPYC", "arch": "aarch64", "cores": 2, "os": "Linux",
                           "python": "3.11", "runtimes": {}, "cpu_flags": [], "emulated": True},

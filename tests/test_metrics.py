@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mstl.metrics import classification_report, confusion_matrix, percentiles, roc_auc, wilson_interval
+from mstl.edge.core.metrics import classification_report, confusion_matrix, percentiles, roc_auc, wilson_interval
 
 
 def test_wilson_known_values():

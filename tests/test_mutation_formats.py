@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mstl.formats import (DEFAULT_RECIPE, FORMATS, BuildOptions, Format, Recipe, by_key, for_file, precision_of, select,
+from mstl.edge.core.formats import (DEFAULT_RECIPE, FORMATS, BuildOptions, Format, Recipe, by_key, for_file, precision_of, select,
                           thresholds)
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mstl.metrics import (DECISIVE_MARGIN, classification_report, confusion_matrix, expected_calibration_error,
+from mstl.edge.core.metrics import (DECISIVE_MARGIN, classification_report, confusion_matrix, expected_calibration_error,
                           percentiles, roc_auc, top1_agreement, wilson_interval)
 
 

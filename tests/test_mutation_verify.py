@@ -1,11 +1,11 @@
-"""The export gate's verdict (mstl/agreement.py) on small hand-made answers: every figure it reports,
+"""The export gate's verdict (mstl/edge/core/agreement.py) on small hand-made answers: every figure it reports,
 each boundary of its rules, and the held-out deltas. Pure numpy: no model, no runtime."""
 
 import numpy as np
 import pytest
 
-from mstl.agreement import CONSTANT_STD, MARGIN, MIN_DECISIVE_FLIPS, paired_deltas, verify
-from mstl.metrics import roc_auc, wilson_interval
+from mstl.edge.core.agreement import CONSTANT_STD, MARGIN, MIN_DECISIVE_FLIPS, paired_deltas, verify
+from mstl.edge.core.metrics import roc_auc, wilson_interval
 
 
 def _two_class(n, p_first=0.9):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mstl.data.filelist import load_sources, read_list, write_list
-from mstl.data.sources import DataError, index_dataset
+from mstl.edge.core.filelist import load_sources, read_list, write_list
+from mstl.edge.core.sources import DataError, index_dataset
 
 
 def _png(path, level):

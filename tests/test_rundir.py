@@ -1,4 +1,4 @@
-"""mstl.rundir, the run directory as training, export, report, the bench and the app read it: record logs
+"""mstl.edge.core.rundir, the run directory as training, export, report, the bench and the app read it: record logs
 that survive a kill at any moment, writes that never leave a half-written file to pass for an output,
 the selection and labels files with clear errors, split lists that round-trip, data draws, and whether
 the process a leftover file names is still running. Tiny tmp dirs, no TensorFlow."""
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mstl import rundir
-from mstl.outputs import OutputError
-from mstl.rundir import (append_jsonl, atomic_write_text, draw_dir, draw_dirs, process_running, read_jsonl, read_labels,
+from mstl.edge.core import rundir
+from mstl.edge.core.outputs import OutputError
+from mstl.edge.core.rundir import (append_jsonl, atomic_write_text, draw_dir, draw_dirs, process_running, read_jsonl, read_labels,
                          read_selection, read_split, split_list_path, write_labels, write_via_temp)
 
 DEAD_PID = 4_194_000  # above Linux's default pid_max (4194304 is the hard cap): never a running process
@@ -225,7 +225,7 @@ def test_missing_labels_name_the_file(tmp_path):
 
 
 def test_split_lists_round_trip_odd_names_and_all_labels(tmp_path):
-    from mstl.data.filelist import write_list
+    from mstl.edge.core.filelist import write_list
     sources = ["img 1.png", "dir/ü.jpg", "npz:/data/pneumonia.npz:test:7"]
     for split in ("test", "val", "train", "operating"):
         write_list(split_list_path(tmp_path, split), sources, [0, 2, 1])

@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from mstl.train.schedule import Scheduler, next_depth, simulate
+from mstl.sweep import next_depth
+from mstl.train.schedule import Scheduler, simulate
 
 
 def serial(grid, accs, patience):

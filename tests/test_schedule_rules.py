@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 
 from mstl.config import preset
-from mstl.train.schedule import Scheduler, compare, depth_grid, next_depth, optimal_record, simulate, sweep_grid, walk
+from mstl.sweep import compare, depth_grid, next_depth, optimal_record, sweep_grid, walk
+from mstl.train.schedule import Scheduler, simulate
 
 K = (1, 24)  # one (seed, size) chain
 

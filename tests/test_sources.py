@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mstl.data.sources import DataError, detect_layout, index_dataset, patient_id
+from mstl.edge.core.sources import DataError, detect_layout, index_dataset, patient_id
 
 
 def _img(path, value=128, size=(20, 20)):
@@ -107,7 +107,7 @@ def test_demo_data_layouts(demo_data):
 def test_a_fifo_under_an_image_name_is_skipped_not_read(tmp_path):
     """Opening a FIFO to decode it waits for a writer forever: `mstl-train inspect` hung on one."""
     from PIL import Image
-    from mstl.data.sources import index_dataset
+    from mstl.edge.core.sources import index_dataset
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
         for i in range(2):
@@ -121,7 +121,7 @@ def test_a_fifo_under_an_image_name_is_skipped_not_read(tmp_path):
 
 def test_target_images_that_are_bridge_images_are_found(tmp_path):
     """Same folder, a nested folder, or links: the target's test images would have trained stage 1."""
-    from mstl.data.sources import shared_images
+    from mstl.edge.core.sources import shared_images
     for c in ("a", "b"):
         for i in range(3):
             _img(tmp_path / "bridge" / c / f"{i}.png", value=10 * i + 1)

@@ -238,7 +238,7 @@ def _from_sub(cls, d):
 
 
 def _file_digest(path: str) -> str:
-    from .cards import sha256_file
+    from .edge.core.cards import sha256_file
     try:
         return sha256_file(path)[:16]
     except OSError:
@@ -404,3 +404,9 @@ def apply_settings(cfg: RunConfig, items: list[str]) -> RunConfig:
         current = getattr(getattr(cfg, group), name) if name else getattr(cfg, group)
         changes[key] = _parse_value(key, text, current)
     return override(cfg, **changes) if changes else cfg
+
+
+def run_config(run_dir) -> RunConfig:
+    """The config a run dir was made with (its config.json), as training, export and the report read it."""
+    from .edge.core.rundir import RunDir
+    return RunConfig.from_dict(RunDir(run_dir).config_json()["config"])

@@ -1,12 +1,12 @@
 """The Keras runtime: a .keras classifier behind the same interface as LiteRT and ONNX Runtime, for
 measuring it beside its exports where TensorFlow is installed. Registered as the entry point
-``mstl.runtimes: keras`` (pyproject.toml), so that mstl.runtimes never imports TensorFlow."""
+``mstl.runtimes: keras`` (pyproject.toml), so that mstl.edge.core.runtimes never imports TensorFlow."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .runtimes import Runtime
+from .edge.core.runtimes import Runtime
 
 
 class KerasRuntime(Runtime):

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..progress import say, warn
+from ..edge.core.progress import say, warn
 from .common import UserError, check_at_least, friendly
 
 app = typer.Typer(add_completion=False)
@@ -37,8 +37,8 @@ def serve(
         import uvicorn
     except ImportError:
         raise UserError("the app needs FastAPI and uvicorn: pip install 'mstl[app]'") from None
-    from ..app_demo.inference import Classifier
-    from ..app_demo.server import create_app
+    from ..edge.app.inference import Classifier
+    from ..edge.app.server import create_app
     if model is None:
         model = DEFAULT_MODEL
         if not model.is_file():
@@ -60,8 +60,8 @@ def serve(
              "authentication; use it on a trusted network only."
              + (f" Its /device bench serves up to {device_samples} held-out images of the run's dataset; "
                 "--device-samples 0 serves none." if device_samples else ""))
-    from ..app_demo.inference import UnverifiedModel
-    from ..runtimes import RuntimeError_
+    from ..edge.app.inference import UnverifiedModel
+    from ..edge.core.runtimes import RuntimeError_
     try:
         clf = Classifier(model, workers=workers, allow_unverified=allow_unverified, uncertain_band=uncertain_band)
     except (UnverifiedModel, RuntimeError_, FileNotFoundError) as e:
@@ -80,7 +80,7 @@ def serve(
         if op else "decision: no operating point in the model card - the most probable class (0.5)")
     say(f"serving {clf.path.name} ({clf.runtime}, labels {clf.labels}) on {scheme}://{host}:{port}; "
         f"the in-browser bench is at {scheme}://{host}:{port}/device")
-    from ..app_demo.device import DeviceBench
+    from ..edge.app.device import DeviceBench
     device = DeviceBench(clf.path.parent, n_samples=device_samples, uncertain_band=uncertain_band)
     uvicorn.run(create_app(clf, int(max_upload_mb * 1024 * 1024), device), host=host, port=port, log_level="warning",
                 ssl_certfile=str(ssl_certfile) if ssl_certfile else None, ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)

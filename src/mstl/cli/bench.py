@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..progress import say
-from ..bench.measure import DEFAULT_TIMEOUT_S
+from ..edge.core.progress import say
+from ..edge.bench.measure import DEFAULT_TIMEOUT_S
 from .common import UserError, check_fraction, friendly, parse_ints
 
 app = typer.Typer(add_completion=False)
@@ -34,10 +34,10 @@ def bench(
                                   "before its process is killed and the artifact reported as failed"),
 ):
     """Measure every artifact in its own process and print one row per artifact."""
-    from ..bench.android import parse_benchmark_model
-    from ..machine import slug
-    from ..bench.report import print_table, save
-    from ..bench.run import run_bench
+    from ..edge.bench.android import parse_benchmark_model
+    from ..edge.core.machine import slug
+    from ..edge.bench.report import print_table, save
+    from ..edge.bench.run import run_bench
 
     thread_list = _thread_counts(threads)
     if runs < 1 or warmup < 0:
@@ -54,7 +54,7 @@ def bench(
             raise UserError(f"{log}: no such file")
         extra.append(parse_benchmark_model(log.read_text(errors="replace"), str(log)))
     if include_device_results:
-        from ..bench.browser_rows import device_dir, load_device_rows
+        from ..edge.core.browser_rows import device_dir, load_device_rows
         for p in paths or []:
             folder = p if p.is_dir() else p.parent
             found = load_device_rows(folder)
@@ -80,7 +80,7 @@ def bench(
         low = [r for r in report["results"] if r.get("status") == "ok" and r.get("accuracy") is not None
                and r["accuracy"] < min_accuracy]
         if low:
-            from ..bench.browser_rows import row_name
+            from ..edge.core.browser_rows import row_name
             raise UserError("below --min-accuracy " + f"{min_accuracy}: " + ", ".join(
                 f"{row_name(r)} {100 * r['accuracy']:.1f}%" for r in low))
     if failed:
@@ -108,7 +108,7 @@ def _thread_counts(threads: str | None) -> list[int]:
 
 
 def _check_outputs(json_out: Path | None, markdown: Path | None, save_dir: Path | None) -> None:
-    from ..outputs import check_writable
+    from ..edge.core.outputs import check_writable
     for flag, path in (("--json", json_out), ("--markdown", markdown)):
         if path is not None:
             check_writable(path, flag)

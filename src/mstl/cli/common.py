@@ -8,7 +8,7 @@ from typing import Callable
 
 import typer
 
-from ..progress import console
+from ..edge.core.progress import console
 
 
 class UserError(Exception):
@@ -27,17 +27,16 @@ def check_at_least(flag: str, value: float | None, least: float) -> None:
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
-    from ..data.images import ImageError
-    from ..data.sources import DataError
+    from ..edge.core.images import ImageError
+    from ..edge.core.sources import DataError
     from ..data.splits import SelectionError
-    from ..outputs import OutputError
+    from ..edge.core.outputs import OutputError
+    from ..edge.core.rundir import RunDirError
 
     errors: list[type[BaseException]] = [UserError, ImageError, DataError, SelectionError, FileNotFoundError,
-                                         ValueError, OutputError]
+                                         ValueError, OutputError, RunDirError]
     if "mstl.model" in sys.modules:
         errors.append(sys.modules["mstl.model"].WeightsError)
-    if "mstl.train.store" in sys.modules:
-        errors.append(sys.modules["mstl.train.store"].RunDirError)
     return tuple(errors)
 
 
@@ -57,7 +56,7 @@ def friendly(fn: Callable) -> Callable:
                 # a full disk or a read-only file system met anywhere (a library's own write): one line
                 # naming it. Not EACCES: a file that cannot be *read* raises that too.
                 import errno
-                from ..outputs import DISK_FULL, write_error
+                from ..edge.core.outputs import DISK_FULL, write_error
                 if e.errno in DISK_FULL + (errno.EROFS,):
                     e = write_error(e, None) or e
             if os.environ.get("MSTL_DEBUG") or not isinstance(e, known_errors()):

@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from ..formats import IO_TYPES, select
-from ..formats import thresholds as table_thresholds
-from ..progress import say
+from ..edge.core.formats import IO_TYPES, select
+from ..edge.core.formats import thresholds as table_thresholds
+from ..edge.core.progress import say
 from .common import UserError, check_at_least, check_fraction, friendly
 
 app = typer.Typer(add_completion=False)
@@ -64,7 +64,7 @@ def export(
     extra = _extra_sources(gate_extra or [])
     confirm = gate_images or CONFIRM_WANTED
     if out is not None:  # before decoding and generating images: a --out that cannot be written fails now
-        from ..outputs import check_writable
+        from ..edge.core.outputs import check_writable
         check_writable(out.parent, "--out", folder=True)
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out}: is a file; give a folder")
@@ -104,7 +104,7 @@ def export(
 
 
 def _standalone_job(run_dir, model, data, labels, image_size, formats, out, calibration, io, thresholds, n_extra=0):
-    from ..data.filelist import labelled_folder
+    from ..edge.core.filelist import labelled_folder
     from ..export.run import ExportJob, calibration_apart
     from ..model import load_classifier
     if model is None:
@@ -130,8 +130,8 @@ def _standalone_job(run_dir, model, data, labels, image_size, formats, out, cali
 
 def _extra_sources(paths: list[Path]) -> list[str]:
     """Agreement needs no labels, so besides every labelled layout a plain folder of images will do."""
-    from ..data.filelist import labelled_folder
-    from ..data.images import is_image_name
+    from ..edge.core.filelist import labelled_folder
+    from ..edge.core.images import is_image_name
     out: list[str] = []
     for p in paths:
         if not p.exists():

@@ -11,8 +11,8 @@ from typing import List, Optional
 import typer
 
 from ..config import PRESETS, RunConfig, apply_settings, override, preset
-from ..decision import DEFAULT_RULE
-from ..progress import say, warn
+from ..edge.core.decision import DEFAULT_RULE
+from ..edge.core.progress import say, warn
 from .common import UserError, check_at_least, friendly, parse_ints
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -206,7 +206,7 @@ def _full(**o):
     """Stage-1 sweep, stage 2 and report, end to end (resumable: rerun to continue)."""
     t0 = time.monotonic()
     rule = o.pop("operating_point")
-    from ..decision import parse_rule
+    from ..edge.core.decision import parse_rule
     parse_rule(rule)  # a typo fails now, not after the sweep
     eng = _engine(*(o.pop(k) for k in ENGINE_KEYS))
     run_dir, restart = o.pop("run_dir"), o.pop("restart")
@@ -233,7 +233,7 @@ def _operating_point(run_dir: Path = typer.Argument(Path("runs/latest"), help="a
                      operating_point: str = typer.Option(DEFAULT_RULE, "--operating-point", help=OPERATING_HELP)):
     """Choose (again) the deployed model's decision threshold and temperature on the validation split,
     measure the test split at that threshold, and regenerate the report."""
-    from ..decision import parse_rule
+    from ..edge.core.decision import parse_rule
     from ..report.build import build_report
     from ..train.operating import fit
     parse_rule(operating_point)
@@ -247,7 +247,7 @@ app.command("operating-point")(friendly(_operating_point))
 def _run_draws(cfg: RunConfig, store, restart: bool, eng=None) -> None:
     """The further data draws, each a complete run dir under draws/ (resumable like any other)."""
     from dataclasses import replace
-    from ..rundir import draw_dir
+    from ..edge.core.rundir import draw_dir
     for k in cfg.data_seeds[1:]:
         say(f"data draw {k} ({list(cfg.data_seeds).index(k) + 1} of {len(cfg.data_seeds)})")
         sub_store, sub = _open(replace(cfg, data_seed=k, data_seeds=()), draw_dir(store.dir, k),
@@ -305,7 +305,7 @@ def _plan(**options):
     """Estimate a sweep before running it: trials, cache sizes and wall time on N workers (a simulation
     of the Ray engine's schedule with measured trial times: --from-run RUN_DIR, else one calibration trial)."""
     from ..train.plan import cache_sizes, plan
-    from ..train.schedule import sweep_grid
+    from ..sweep import sweep_grid
     as_json, workers, from_run = options.pop("as_json"), options.pop("workers"), options.pop("from_run")
     lookahead = options.pop("lookahead")
     for unused in ("run_dir", "restart"):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..progress import progress_bar
-from .images import ImageError, load_image, resize_array
-from .sources import DatasetIndex, Skipped, npz_images, npz_source_image
+from ..edge.core.progress import progress_bar
+from ..edge.core.images import ImageError, load_image, resize_array
+from ..edge.core.sources import DatasetIndex, Skipped, npz_images, npz_source_image
 
 CACHE_VERSION = 2  # 2: 16-bit, 1-bit and palette pictures reduced like 8-bit ones, slivers along their long side
 

@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from ..progress import progress_bar
-from .images import verify_image
-from .sources import DatasetIndex, Skipped, index_dataset
+from ..edge.core.progress import progress_bar
+from ..edge.core.images import verify_image
+from ..edge.core.sources import DatasetIndex, Skipped, index_dataset
 
 
 def inspect_source(path: str | os.PathLike, quiet: bool = False, workers: int | None = None) -> tuple[DatasetIndex, dict[str, Any]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..progress import say
+from ..edge.core.progress import say
 from ..tf_env import keras
 
 INT8_MAX = 127
@@ -312,7 +312,7 @@ def _litert_means(linear: list, litert_bytes: bytes, pixels: np.ndarray) -> dict
             if len(d["shape"]) == 4 and (first.endswith(f"/{bn.name}_1/batchnorm/add_1") or first.endswith(f"/{bn.name}/batchnorm/add_1")):
                 found[bn.name] = d
                 break
-    from ..runtimes import litert_quant, to_float, to_input
+    from ..edge.core.runtimes import litert_quant, to_float, to_input
     inp = it.get_input_details()[0]
     in_quant = litert_quant(inp)
     sums = {k: 0.0 for k in found}

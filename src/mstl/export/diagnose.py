@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..progress import say
+from ..edge.core.progress import say
 
 SHOW = 8
 
@@ -56,7 +56,7 @@ def _litert_tensors(path: Path, pixels: np.ndarray) -> tuple[list[str], dict[str
         warnings.simplefilter("ignore", UserWarning)
         it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
     it.allocate_tensors()
-    from ..runtimes import litert_quant, to_float, to_input
+    from ..edge.core.runtimes import litert_quant, to_float, to_input
     inp = it.get_input_details()[0]
     in_quant = litert_quant(inp)
     details = it.get_tensor_details()

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..agreement import paired_deltas, verify
+from ..edge.core.agreement import paired_deltas, verify
 
 SELECTION_SHARE = 1 / 3
 SPLIT_SEED = 0

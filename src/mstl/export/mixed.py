@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..formats import MIN_INT8_MAC_SHARE
+from ..edge.core.formats import MIN_INT8_MAC_SHARE
 from .diagnose import blame, litert_layers, onnx_layers
 from .macs import LayerMacs
 

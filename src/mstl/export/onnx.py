@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..formats import BuildOptions
+from ..edge.core.formats import BuildOptions
 from ..tf_env import tf
 
 OPSET = 17

@@ -16,18 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from ..bench.emulate import GATE_LIST, GATE_REFERENCE, SELECTION
-from ..bundle import DEFAULT_SAMPLES
-from ..data.filelist import write_list
+from ..edge.core.agreement import GATE_LIST, GATE_REFERENCE, SELECTION
+from ..edge.core.bundle import DEFAULT_SAMPLES
+from ..edge.core.filelist import write_list
 from ..data.splits import stratified_sample
-from ..formats import MIN_INT8_MAC_SHARE, BuildOptions, Format, Recipe
-from ..progress import say
-from ..machine import cpu_flags, cpu_model, u8s8_may_saturate
-from ..preprocess import Preprocess
-from ..outputs import OutputError, write_then_rename
-from ..runtimes import load_runtime
-from .. import rundir
-from ..rundir import LABELS, SPLIT_LISTS, read_labels, read_selection, read_split, write_labels
+from ..edge.core.formats import MIN_INT8_MAC_SHARE, BuildOptions, Format, Recipe
+from ..edge.core.progress import say
+from ..edge.core.machine import cpu_flags, cpu_model, u8s8_may_saturate
+from ..edge.core.preprocess import Preprocess
+from ..edge.core.outputs import OutputError, write_then_rename
+from ..edge.core.runtimes import load_runtime
+from ..edge.core import rundir
+from ..edge.core.rundir import LABELS, SPLIT_LISTS, read_labels, read_selection, read_split, write_labels
 from .gate import CONFIRM_WANTED, SELECTION_MARGIN, SELECTION_SHARE, SPLIT_SEED, Gate
 from .mixed import RANK_IMAGES
 
@@ -209,7 +209,7 @@ SCRATCH = ".scratch"  # inside the staging folder: a killed export's scratch goe
 
 
 def _write_failed(e: OSError, final: Path) -> Exception:
-    from ..outputs import reason
+    from ..edge.core.outputs import reason
     why = reason(e)
     if why is None:
         return e
@@ -298,7 +298,7 @@ def _recover_leftovers(final: Path) -> list[str]:
 
 def _alive(pid: int) -> bool:
     """Another process's export still running (this process's own leftovers are not alive)."""
-    from ..rundir import process_running
+    from ..edge.core.rundir import process_running
     return pid != os.getpid() and process_running(pid)
 
 
@@ -383,8 +383,8 @@ def _export_all(job: ExportJob, model) -> dict[str, Any]:
 def _bundle(job: ExportJob, rows: list[dict], sources: list[str], labels: np.ndarray, heldout: np.ndarray,
             reference: np.ndarray) -> dict[str, Any] | None:
     """Up to ``job.bundle_samples`` held-out images, stratified by class, with the Keras model's answers:
-    what mstl-bench checks each artifact against on any device (src/mstl/bundle.py)."""
-    from ..bundle import write
+    what mstl-bench checks each artifact against on any device (src/mstl/edge/core/bundle.py)."""
+    from ..edge.core.bundle import write
     held = np.flatnonzero(heldout)
     if job.bundle_samples <= 0 or not len(held):
         if job.bundle_samples > 0:
@@ -487,7 +487,7 @@ def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, thresho
 def _cost(builds: dict[str, bytes], work: Path, fmt: Format, job: ExportJob, runs: int = 60) -> dict[str, Any]:
     """What keeping layers in float costs on this CPU: p50 latency at 1 thread, batch 1, of each build
     (the bench measures the shipped artifact against fp32 again, on every device)."""
-    from ..bench.measure import latency
+    from ..edge.core.timing import latency
     out: dict[str, Any] = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "threads": 1, "runs": runs}
     x = np.zeros((1, job.image_size, job.image_size, 3), np.uint8)
     for label, data in builds.items():
@@ -591,8 +591,8 @@ def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJo
 def _decision_agreement(gate: Gate, probs: np.ndarray, decision: dict[str, Any]) -> dict[str, Any]:
     """How often the artifact's decision at the card's operating point (threshold on the calibrated
     positive probability) is the Keras model's, on the confirmation images."""
-    from ..decision import decide
-    from ..metrics import DECISIVE_MARGIN, wilson_interval
+    from ..edge.core.decision import decide
+    from ..edge.core.metrics import DECISIVE_MARGIN, wilson_interval
     conf = gate.confirmation
     ref_d, got_d = decide(gate.reference[conf], decision), decide(probs[conf], decision)
     # as for top-1 agreement, images the Keras model itself puts at the threshold say nothing: a binary
@@ -665,13 +665,13 @@ def job_from_run(run_dir: Path, formats: list[Format], out_dir: Path | None, mod
                  gate_confirm: int = CONFIRM_WANTED, gate_extra: list[str] | None = None) -> ExportJob:
     """An export job for a run dir: the deployable stage-2 classifier, its test split for verification
     and its training split for calibration."""
-    from ..train.store import RunStore
+    from ..config import run_config
 
-    store = RunStore(run_dir)
-    cfg = store.config()
+    store = rundir.RunDir(run_dir)
+    cfg = run_config(run_dir)
     writer = store.writer()
     if writer:
-        from ..progress import warn
+        from ..edge.core.progress import warn
         warn(f"{run_dir} is being trained now (process {writer}): its selection.json may not be its final choice; "
              "export again when the run has finished")
     decision = None  # an operating point belongs to the run's own deployed model, not to --model FILE

@@ -8,46 +8,46 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import departures_from_paper
-from ..metrics import percent, percent_with_ci
-from ..rundir import (CLAIMS, REPORT, TRIALS_CSV, atomic_write_text, draw_dir, draw_dirs, read_selection, read_split,
-                      write_via_temp)
-from ..train.store import RunStore, best_record
+from ..config import departures_from_paper, run_config
+from ..edge.core.metrics import percent, percent_with_ci
+from ..edge.core.rundir import (CLAIMS, REPORT, TRIALS_CSV, RunDir, atomic_write_text, draw_dir, draw_dirs, read_selection,
+                                read_split, write_via_temp)
+from ..sweep import optimal_record
 from .claims import PAPER_ACCURACY, PAPER_BAND, PAPER_FROZEN, evaluate, observed_text, t_interval
 
 
 
-def collect_draws(store: RunStore) -> list[dict]:
+def collect_draws(store: RunDir) -> list[dict]:
     """This run dir and every further data draw under draws/, as the claims module takes them."""
     out = []
     for d in [store.dir] + draw_dirs(store.dir):
-        st = RunStore(d)
+        st = RunDir(d)
         if not st.config_path.exists():
             continue
         trials = st.trials()
         optimal = {}
         for key in sorted({(r["size"], r["seed"]) for r in trials}):
-            optimal[key] = best_record([r for r in trials if (r["size"], r["seed"]) == key])["frozen"]
+            optimal[key] = optimal_record([r for r in trials if (r["size"], r["seed"]) == key])["frozen"]
         test = read_split(d, "test")
-        out.append({"dir": d, "data_seed": st.config().data_seed, "optimal": optimal, "trials": trials,
+        out.append({"dir": d, "data_seed": run_config(d).data_seed, "optimal": optimal, "trials": trials,
                     "stage2": st.stage2_records(), "y_test": test[1] if test else np.zeros(0, int),
                     "selection": read_selection(d)})
     return out
 
 
-def study_progress(store: RunStore) -> dict:
+def study_progress(store: RunDir) -> dict:
     """How much of the configured study the records hold, over every data draw: stage-1 trials (a sweep
     whose stop rule has not ended it can still run up to its whole depth grid: "at most"), stage-2
     trainings (control and every size, per seed), and the process training the run now, if any."""
-    from ..train.schedule import next_depth, sweep_grid
-    cfg = store.config()
+    from ..sweep import next_depth, sweep_grid
+    cfg = run_config(store.dir)
     grid = sweep_grid(cfg)
     seeds1 = list(cfg.seeds[: max(1, cfg.stage1_seeds)])
     jobs = {(0, s) for s in cfg.seeds if cfg.stage2.control} | {(z, s) for z in cfg.stage1.sizes for s in cfg.seeds}
     dirs = [store.dir] + [draw_dir(store.dir, k) for k in cfg.data_seeds[1:]]
     s1_done = s1_most = open_sweeps = s2_done = 0
     for d in dirs:
-        st = RunStore(d)
+        st = RunDir(d)
         started = st.config_path.exists()
         trials = st.trials() if started else []
         for size in cfg.stage1.sizes:
@@ -264,14 +264,14 @@ def _operating_point_section(d: dict | None) -> list[str]:
 
 
 def build_report(run_dir: str | Path) -> Path:
-    store = RunStore(run_dir)
-    cfg = store.config()
+    store = RunDir(run_dir)
+    cfg = run_config(store.dir)
     trials = store.trials()
     s2 = store.stage2_records()
     if not trials:
         raise ValueError(f"{run_dir}: no stage-1 trials recorded yet; run `mstl-train stage1` first")
     seeds1 = sorted({r["seed"] for r in trials})
-    optimal = {size: best_record(rs)["frozen"]
+    optimal = {size: optimal_record(rs)["frozen"]
                for size, rs in _agg([r for r in trials if r["seed"] == seeds1[0]], "size").items()}
     random_weights = cfg.model.weights == "none"
     draws = collect_draws(store)
@@ -292,7 +292,7 @@ def build_report(run_dir: str | Path) -> Path:
     return out
 
 
-def _write_claims(store: RunStore, draws: list[dict], progress: dict) -> list[dict]:
+def _write_claims(store: RunDir, draws: list[dict], progress: dict) -> list[dict]:
     """claims.json from every draw; a partial run's claims say so in the file itself, not only in
     report.md; no stage-2 record (yet): an older claims.json would describe results the records no
     longer hold, so it goes."""
@@ -312,7 +312,7 @@ TRIAL_FIELDS = ["size", "frozen", "seed", "mode", "val_accuracy", "val_loss", "t
                 "epochs", "best_epoch", "trainable_params", "n_train", "n_val", "seconds"]
 
 
-def _write_trials_csv(store: RunStore, trials: list[dict]) -> None:
+def _write_trials_csv(store: RunDir, trials: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=TRIAL_FIELDS, extrasaction="ignore")
     w.writeheader()
@@ -361,7 +361,7 @@ def _departures_section(cfg) -> list[str]:
     return L + [""]
 
 
-def _settings_lines(store: RunStore, cfg, trials: list[dict], draws: list[dict]) -> list[str]:
+def _settings_lines(store: RunDir, cfg, trials: list[dict], draws: list[dict]) -> list[str]:
     return [f"- preset `{cfg.preset}`, config hash `{store.config_hash()}`, weights `{cfg.model.weights}`, "
             f"alpha {cfg.model.alpha}, image {cfg.data.image_size} px ({cfg.data.resize_method}), "
             f"scaling `{cfg.data.scaling}`, BatchNorm `{cfg.model.bn_mode}`, sweep mode `{cfg.stage1.mode}`",
@@ -375,13 +375,13 @@ def _settings_lines(store: RunStore, cfg, trials: list[dict], draws: list[dict])
 
 
 def _stage1_section(cfg, trials: list[dict], optimal: dict[int, int], seed: int) -> list[str]:
-    from ..train.schedule import next_depth, sweep_grid
+    from ..sweep import next_depth, sweep_grid
     grid = sweep_grid(cfg)
     L = ["## Stage 1: optimal frozen depth per bridge size (Fig. 2a)", "",
          "| size | optimal frozen | val acc % | depths tried | paper's optimal frozen |", "|---|---|---|---|---|"]
     for size in sorted(optimal):
         rs = [r for r in trials if r["size"] == size and r["seed"] == seed]
-        b = best_record(rs)
+        b = optimal_record(rs)
         unfinished = next_depth(grid, {r["frozen"]: r for r in rs}, cfg.stage1.patience) is not None
         tried = f"{len(rs)} (sweep unfinished)" if unfinished else str(len(rs))
         L.append(f"| {size} | {b['frozen']}{' so far' if unfinished else ''} | {_pct(b['val_accuracy'])} | {tried} | "

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import percent
+from ..edge.core.metrics import percent
 
 ALPHA = 0.05
 BOOTSTRAP = 4000

@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 
 from ..data.pipeline import gather_array
-from ..progress import say
+from ..edge.core.progress import say
 from ..tf_env import keras, tf
 
 MIN_IMAGES = int(os.environ.get("MSTL_LITERT_PASS_MIN", "1500"))

@@ -1,6 +1,6 @@
 """The deployed model's operating point and temperature, fitted on the target's validation split and
 then measured on its test split at that threshold - the honest figure of what a user gets. Stored in
-selection.json under ``decision``; export copies it into every card (src/mstl/decision.py applies it)."""
+selection.json under ``decision``; export copies it into every card (src/mstl/edge/core/decision.py applies it)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ..decision import DEFAULT_RULE, calibrate, calibration_report, operating_point, rates, rates_at
-from ..metrics import percent_with_ci
-from ..progress import say
-from ..rundir import SELECTION, read_labels, read_selection
+from ..edge.core.decision import DEFAULT_RULE, calibrate, calibration_report, operating_point, rates, rates_at
+from ..edge.core.metrics import percent_with_ci
+from ..edge.core.progress import say
+from ..edge.core.rundir import SELECTION, read_labels, read_selection
 
 
 class NoValidationSplit(ValueError):
@@ -28,7 +28,7 @@ def positive_index(labels: list[str], positive_class: str | None) -> int:
 
 def fit(run_dir: Path, rule: str = DEFAULT_RULE) -> dict[str, Any]:
     from ..model import load_classifier
-    from ..preprocess import Preprocess
+    from ..edge.core.preprocess import Preprocess
     from .store import RunStore, read_split
 
     store = RunStore(run_dir)

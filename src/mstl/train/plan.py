@@ -12,7 +12,8 @@ from typing import Callable
 import numpy as np
 
 from ..config import RunConfig
-from .schedule import Key, simulate, sweep_grid
+from ..sweep import sweep_grid
+from .schedule import Key, simulate
 
 
 def fit_seconds(trials: list[dict]) -> tuple[float, float]:
@@ -111,7 +112,7 @@ def calibrate(cfg: RunConfig) -> tuple[list[dict], list[dict], int, str]:
     import time
     from dataclasses import replace
     from ..bases import get_base
-    from ..progress import say
+    from ..edge.core.progress import say
     from .prepare import SplitRows
     from .run import prepare, setup_runtime
     from .stage1 import DepthSession, run_trial

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..progress import progress_bar, say, warn
+from ..edge.core.progress import progress_bar, say, warn
 from ..tf_env import keras, tf
 from ..model import BASE_NAME, base_of
 

@@ -10,10 +10,10 @@ import numpy as np
 
 from ..config import RunConfig
 from ..data.cache import build_cache, default_cache_root
-from ..data.sources import DataError, DatasetIndex, index_dataset, shared_images
+from ..edge.core.sources import DataError, DatasetIndex, index_dataset, shared_images
 from ..data.splits import ClassMapping, binary_mapping, group_split, nested_subsets, stratified_sample
 from ..data.synthetic import make_cxr_demo, make_oct_demo
-from ..progress import say, warn
+from ..edge.core.progress import say, warn
 
 
 @dataclass
@@ -157,8 +157,8 @@ def data_fingerprint(bridge: Source, target: Source) -> str:
 def write_split_files(run_dir: Path, t: TargetSplits, src: Source) -> None:
     """The target's test and training splits as labelled file lists (binary labels), so that export
     (calibration, verification) and bench (accuracy) use exactly the run's images."""
-    from ..data.filelist import write_list
-    from ..rundir import split_list_path, write_labels
+    from ..edge.core.filelist import write_list
+    from ..edge.core.rundir import split_list_path, write_labels
     for split, rows, y in (("test", t.test, t.y_test), ("val", t.val, t.y_val), ("train", t.train, t.y_train),
                            ("operating", t.operating, t.y_operating)):
         if split == "operating" and not len(rows):

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..progress import say
-from .schedule import Scheduler, sweep_grid
+from ..edge.core.progress import say
+from ..sweep import sweep_grid
+from .schedule import Scheduler
 from .stage1 import commit_trial, state_path
 from .store import best_record
 from .trials import add_stage2_record, bn_calibration, conditions, stage1_seeds, write_decisions

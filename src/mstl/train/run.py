@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import RunConfig
-from ..progress import say
-from ..rundir import SELECTION
+from ..edge.core.progress import say
+from ..edge.core.rundir import SELECTION
 from ..tf_env import enable_determinism, keras, pin_threads, tf
 from .prepare import (Source, SplitRows, TargetSplits, bridge_splits, check_disjoint, load_source, resolve_sources,
                       target_splits)
-from ..data.sources import index_dataset
+from ..edge.core.sources import index_dataset
 from .prefix_cache import PrefixCacheStore
 from .stage1 import ensure_best_model, sweep
 from .stage2 import choose_deployable, train_stage2
@@ -47,7 +47,7 @@ def fix_threads(cfg: RunConfig) -> int:
     Returns the threads it really has."""
     threads = pin_threads(cfg.trial_threads)
     if threads != cfg.trial_threads:
-        from ..progress import warn
+        from ..edge.core.progress import warn
         warn(f"TensorFlow started before its threads were set: trials here run with {threads or 'its default'} "
              f"thread(s), not trial_threads={cfg.trial_threads}; their records say so, and their numbers may "
              "differ in the last digits from a run with the configured count")

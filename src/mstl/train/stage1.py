@@ -16,12 +16,12 @@ from ..config import RunConfig
 from ..data.pipeline import make_dataset
 from ..data.splits import balanced_class_weights
 from ..model import base_of, build_classifier, compile_for_training, freeze, load_classifier
-from ..progress import say
+from ..edge.core.progress import say
 from ..tf_env import keras, tf
 from .prepare import SplitRows
 from .prefix_cache import PrefixCacheStore, cut_for, cut_points, upper_model
 from .store import RunStore, best_record, save_model_atomic
-from .schedule import next_depth, sweep_grid
+from ..sweep import next_depth, sweep_grid
 from .trials import conditions, versus_best
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import RunConfig
 from ..data.pipeline import gather_array, make_dataset
-from ..metrics import classification_report
+from ..edge.core.metrics import classification_report
 from ..model import POOL_NAME, build_classifier, compile_for_training, load_classifier, with_new_head
 from ..tf_env import keras, tf
 from . import frozen_pass

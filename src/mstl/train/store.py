@@ -1,5 +1,5 @@
 """The run directory for training: resolved config, lock, records and atomically written models.
-Its file formats and writers are mstl.rundir's (TF-free, shared with the bench and the app)."""
+Its file formats and writers are mstl.edge.core.rundir's (TF-free, shared with the bench and the app)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,15 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from ..config import RunConfig
-# Re-exported for training code: the run directory's names and writers live in mstl.rundir.
-from ..rundir import (CLAIMS, DRAWS, LABELS, REPORT, RESULTS, SELECTION, STAGE2_RESULTS, TRIALS_CSV,  # noqa: F401
+from ..config import RunConfig, run_config
+# Re-exported for training code: the run directory's names and writers live in mstl.edge.core.rundir.
+from ..edge.core.rundir import (CLAIMS, DRAWS, LABELS, REPORT, RESULTS, SELECTION, STAGE2_RESULTS, TRIALS_CSV,  # noqa: F401
                       RESUME_FIX, SPLIT_LISTS, append_jsonl, atomic_write_text, draw_dirs, process_running,
                       read_jsonl, read_split, split_list_path, write_failed, write_via_temp)
-from .schedule import optimal_record
-
-
-class RunDirError(RuntimeError):
-    pass
+from ..edge.core.rundir import LOCKS_HELD, RunDir, RunDirError  # noqa: F401 (RunDirError: re-exported)
+from ..sweep import optimal_record
 
 
 def save_model_atomic(model, path: Path) -> None:
@@ -61,29 +58,11 @@ def _running(pid: int) -> bool:
     return pid == os.getpid() or process_running(pid)
 
 
-_LOCKS: dict[str, int] = {}  # run dirs this process holds, with their lock file descriptors
-
 # What mstl writes in a run dir (relative glob patterns): all that --restart may remove.
 OUTPUTS = (RESULTS, STAGE2_RESULTS, SELECTION, CLAIMS, REPORT, TRIALS_CSV, LABELS,
            "target_*.tsv", "stage1/size-*-seed-*/*.keras", "stage2/classifier-size-*-seed-*.keras", "figures/*.png",
            "cache/*.npy", "cache/*.json", "cache/.*.lock", "stage1/pending/*.keras", "ray_stage1.json", "exports/*", "bench/*", "bench.json", "bench.md",
            *(f"{folder}/{pattern}" if folder else pattern for folder in TEMP_FOLDERS for pattern in TEMP_PATTERNS))
-
-
-TRIAL_KEYS = ("size", "frozen", "seed", "val_accuracy", "val_loss")
-STAGE2_KEYS = ("size", "seed", "accuracy", "ci_low", "ci_high")
-
-
-def _complete(records: list[dict], keys: tuple[str, ...], path: Path) -> list[dict]:
-    """Records with every key the run needs; others are named once and ignored (their work reruns)."""
-    good = [r for r in records if isinstance(r, dict) and all(k in r for k in keys)]
-    if len(good) < len(records):
-        from ..progress import warn
-        bad = next(r for r in records if r not in good)
-        missing = [k for k in keys if not isinstance(bad, dict) or k not in bad]
-        warn(f"{path}: {len(records) - len(good)} record(s) lack {', '.join(missing)} and are ignored "
-             "(their trials run again); was the file edited by hand?")
-    return good
 
 
 def is_run_dir(path: Path) -> bool:
@@ -122,22 +101,8 @@ def remove_outputs(run_dir: Path) -> list[str]:
     return kept
 
 
-class RunStore:
-    def __init__(self, run_dir: str | os.PathLike):
-        self.dir = Path(run_dir)
-
-    # layout
-    @property
-    def config_path(self) -> Path:
-        return self.dir / "config.json"
-
-    @property
-    def results_path(self) -> Path:
-        return self.dir / RESULTS
-
-    @property
-    def stage2_path(self) -> Path:
-        return self.dir / STAGE2_RESULTS
+class RunStore(RunDir):
+    """A run dir as training writes it: rundir.RunDir's reading, and the config checked, the lock, the models."""
 
     def stage1_model(self, size: int, frozen: int, seed: int) -> Path:
         return self.dir / "stage1" / f"size-{size}-seed-{seed}" / f"frozen-{frozen}.keras"
@@ -174,7 +139,7 @@ class RunStore:
         if restart:
             kept = remove_outputs(self.dir)
             if kept:
-                from ..progress import warn
+                from ..edge.core.progress import warn
                 warn(f"--restart kept {len(kept)} file(s) that mstl did not write, e.g. {kept[0]}")
         atomic_write_text(self.config_path, json.dumps({
             "mstl_run_dir": 1, "config_hash": digest, "data_fingerprint": data_fingerprint,
@@ -193,7 +158,7 @@ class RunStore:
         The lock is the kernel's (flock), so a killed process never leaves it stale."""
         import fcntl
         key = str(self.dir.resolve())
-        if key in _LOCKS:
+        if key in LOCKS_HELD:
             return
         fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -205,7 +170,7 @@ class RunStore:
                               "to finish or stop it, or use another --run-dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _LOCKS[key] = fd
+        LOCKS_HELD[key] = fd
 
     def remove_stale_temp(self) -> None:
         """Temporary files an interrupted write left anywhere in the run dir (a kill, a full disk); called
@@ -214,42 +179,12 @@ class RunStore:
         for p in stale:
             p.unlink(missing_ok=True)
         if stale:
-            from ..progress import say
+            from ..edge.core.progress import say
             say(f"removed {len(stale)} temporary file(s) left by an interrupted write, e.g. "
                 f"{stale[0].relative_to(self.dir)}")
 
-    def writer(self) -> str | None:
-        """The process id of another mstl-train holding this run dir's lock (training it right now), or
-        None. A shared lock taken and dropped at once: it fails only while a writer holds the lock."""
-        import fcntl
-        if str(self.dir.resolve()) in _LOCKS or not (self.dir / ".lock").is_file():
-            return None
-        fd = os.open(self.dir / ".lock", os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-        finally:
-            os.close(fd)  # closing drops the shared lock
-        return None
-
     def config(self) -> RunConfig:
-        if not self.config_path.exists():
-            raise RunDirError(f"{self.dir}: no config.json - not a run directory (run `mstl-train full` first)")
-        return RunConfig.from_dict(json.loads(self.config_path.read_text())["config"])
-
-    def config_hash(self) -> str:
-        return json.loads(self.config_path.read_text())["config_hash"]
-
-    # records
-    def trials(self) -> list[dict[str, Any]]:
-        return _dedupe(_complete(read_jsonl(self.results_path), TRIAL_KEYS, self.results_path), ("size", "frozen", "seed"))
-
-    def stage2_records(self) -> list[dict[str, Any]]:
-        # the last record of a (size, seed) wins: it is the one whose model file was written last (a
-        # model re-trained because its file went missing appends a new record)
-        records = _complete(read_jsonl(self.stage2_path), STAGE2_KEYS, self.stage2_path)
-        return _dedupe(records[::-1], ("size", "seed"))[::-1]
+        return run_config(self.dir)
 
     def missing_stage2_models(self) -> list[tuple[int, int]]:
         """(size, seed) of stage-2 records whose model file is gone (deleted, or a copied run dir without
@@ -262,7 +197,7 @@ class RunStore:
         is gone is named; its training runs again (and its new record replaces the old)."""
         missing = self.missing_stage2_models()
         if missing:
-            from ..progress import warn
+            from ..edge.core.progress import warn
             warn(f"{len(missing)} stage-2 model file(s) missing, e.g. {self.stage2_model(*missing[0])}: trained again")
         return {(r["size"], r["seed"]) for r in self.stage2_records()} - set(missing)
 
@@ -271,22 +206,6 @@ class RunStore:
 
     def add_stage2(self, record: dict[str, Any]) -> None:
         append_jsonl(self.stage2_path, record)
-
-    def write_json(self, name: str, obj: Any) -> Path:
-        path = self.dir / name
-        atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
-        return path
-
-
-def _dedupe(records: Iterable[dict], key: tuple[str, ...]) -> list[dict]:
-    seen, out = set(), []
-    for r in records:
-        k = tuple(r.get(f) for f in key)
-        if k not in seen:
-            seen.add(k)
-            out.append(r)
-    return out
-
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
@@ -312,6 +231,6 @@ def link_latest(run_dir: Path) -> None:
 
 
 def best_record(records: list[dict]) -> dict:
-    """The optimal frozen depth of one size's sweep (``schedule.optimal_record``: the stop rule's own
+    """The optimal frozen depth of one size's sweep (``mstl.sweep.optimal_record``: the stop rule's own
     comparison, with its tie margin; a tie goes to more frozen layers)."""
     return optimal_record(records)

@@ -6,7 +6,7 @@ What makes a trial's numbers: its configuration (seeds, data, depth), the Tensor
 (``RunConfig.trial_threads``, the same for both engines) and the CPU kind. The first two are fixed by
 the config; the CPU kind is recorded per trial (``cpu_flags``), because AVX2 and AVX-512 kernels sum
 floats in different orders and no setting makes them agree to the last digit. The sweep's decisions
-compare validation results with a tie margin (``schedule.TIE_MARGIN_IMAGES``) so that such
+compare validation results with a tie margin (``mstl.sweep.TIE_MARGIN_IMAGES``) so that such
 last-digit differences do not move them; ``decisions.json`` says where a tie decided.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..config import RunConfig
-from .schedule import TIE_MARGIN_IMAGES, compare, sweep_grid, walk
+from ..sweep import TIE_MARGIN_IMAGES, compare, sweep_grid, walk
 
 DECISIONS_FILE = "decisions.json"
 
@@ -55,7 +55,7 @@ def cpu_flags() -> tuple[str, ...]:
         try:
             from numpy.core._multiarray_umath import __cpu_features__ as features
         except ImportError:
-            from ..machine import cpu_flags as from_cpuinfo
+            from ..edge.core.machine import cpu_flags as from_cpuinfo
             return tuple(from_cpuinfo())
     return tuple(sorted({flag for name, flag in _NUMPY_FLAGS.items() if features.get(name)}))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..outputs import write_then_rename
+from .outputs import write_then_rename
 from .images import load_image, resize_array
 from .sources import index_dataset, is_npz_ref, npz_source_image
 

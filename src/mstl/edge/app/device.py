@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from ..bench.browser_rows import PROVENANCE, device_dir
-from ..cards import CardError, card_of, file_state, sha256_file
-from ..formats import precision_of
-from ..metrics import percent
-from ..outputs import write_then_rename
-from ..progress import warn
-from ..rundir import read_split
+from ..core.browser_rows import PROVENANCE, device_dir
+from ..core.cards import CardError, card_of, file_state, sha256_file
+from ..core.formats import precision_of
+from ..core.metrics import percent
+from ..core.outputs import write_then_rename
+from ..core.progress import warn
+from ..core.rundir import read_split
 from .inference import check_artifact
 
 BROWSER_FORMATS = (".onnx", ".tflite")  # onnxruntime-web, LiteRT.js
@@ -118,8 +118,8 @@ class DeviceBench:
         from the bytes the app pinned at start (not whatever the file holds now)."""
         with self._lock:
             if name not in self._reference:
-                from ..preprocess import Preprocess
-                from ..runtimes import load_runtime
+                from ..core.preprocess import Preprocess
+                from ..core.runtimes import load_runtime
                 a = self.artifacts[name]
                 prep = Preprocess.from_card(a["card"])
                 pixels = prep.load_many(self.samples) if self.samples else np.zeros((0, prep.size, prep.size, 3), np.uint8)
@@ -337,7 +337,7 @@ def packaged_runtimes() -> dict | None:
     """The in-browser runtimes shipped in the package (vendor/vendor.json), or None when it was built
     without them (no npm at build time)."""
     from importlib import resources
-    meta = resources.files("mstl.app_demo").joinpath("static/vendor/vendor.json")
+    meta = resources.files("mstl.edge.app").joinpath("static/vendor/vendor.json")
     try:
         info = json.loads(meta.read_text())
     except (OSError, ValueError):
@@ -507,7 +507,7 @@ def fixed_batch_tflite(data: bytes) -> bytes:
 def _at_operating_point(got: np.ndarray, ref: np.ndarray, labels: np.ndarray, decision: dict) -> dict[str, Any]:
     """The browser's decisions at the card's threshold (calibrated probability) against the server's,
     and its sensitivity and specificity there."""
-    from ..decision import decide, rates_at
+    from ..core.decision import decide, rates_at
     mine = np.array([d["label_index"] for d in decide(got, decision)])
     theirs = np.array([d["label_index"] for d in decide(ref, decision)])
     r = rates_at(got, labels, decision)

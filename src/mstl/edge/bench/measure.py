@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import classification_report, percentiles
-from ..runtimes import RuntimeError_, load_runtime
+from ..core.metrics import classification_report, percentiles
+from ..core.runtimes import RuntimeError_, load_runtime
+from ..core.timing import latency
 
 
 def _peak_rss_mb() -> float:
@@ -22,7 +23,7 @@ def _peak_rss_mb() -> float:
     Linux's ru_maxrss survives fork+exec, so a spawned worker would report its parent's size (a
     pytest or notebook parent holding TensorFlow: 1.2 GB for a 3 MB model); VmHWM belongs to the
     worker's own address space."""
-    from ..machine import proc_status_mb
+    from ..core.machine import proc_status_mb
     own = proc_status_mb("VmHWM")
     if own is not None:
         return own
@@ -30,29 +31,9 @@ def _peak_rss_mb() -> float:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB elsewhere
 
 
-def latency(rt, x: np.ndarray, runs: int, warmup: int) -> dict[str, Any]:
-    """Steady-state latency of rt.run on one prepared input: the call is all that is timed."""
-    run = rt.run
-    t0 = time.perf_counter_ns()
-    run(x)
-    first = (time.perf_counter_ns() - t0) / 1e6
-    for _ in range(warmup):
-        run(x)
-    samples = np.empty(runs)
-    clock = time.perf_counter_ns
-    for i in range(runs):
-        t = clock()
-        run(x)
-        samples[i] = clock() - t
-    stats = percentiles(samples / 1e6)
-    stats["first"] = first
-    stats["images_per_s"] = 1000.0 / stats["mean"]
-    return stats
-
-
 def end_to_end(rt, files: list[str], runs: int, prep=None) -> dict[str, float]:
     """File -> label latency as an app sees it: decode (EXIF, colour), resize, quantize, infer, argmax."""
-    from ..preprocess import Preprocess
+    from ..core.preprocess import Preprocess
     prep = prep or Preprocess(rt.image_size)
     samples = []
     for i in range(runs):

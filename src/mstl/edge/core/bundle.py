@@ -34,8 +34,8 @@ def write(out_dir: Path, sources: list[str], labels: np.ndarray, reference: np.n
           image_size: int, resize_method: str, artifacts: dict[str, str]) -> dict[str, Any]:
     """``artifacts``: file name -> sha256 of the artifacts whose agreement the bundle checks. Returns the
     manifest's entry (path, sha256, images)."""
-    from .data.filelist import load_sources
-    from .data.sources import is_npz_ref
+    from .filelist import load_sources
+    from .sources import is_npz_ref
     folder = out_dir / FOLDER
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "images").mkdir(parents=True)

@@ -6,7 +6,7 @@ Haswell`` runs this same Python as an AVX2+FMA CPU with no AVX-512 and no VNNI, 
 their AVX2 kernels; timings under it mean nothing, answers are the check. No TensorFlow here: the
 reference is the Keras model's probabilities the export saved beside its gate list.
 
-    python -m mstl.bench.emulate RUN/exports [--images N] [--cpu Haswell]
+    python -m mstl.edge.bench.emulate RUN/exports [--images N] [--cpu Haswell]
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-GATE_LIST = "gate.tsv"
-GATE_REFERENCE = "gate-reference.npy"
+from ..core.agreement import GATE_LIST, GATE_REFERENCE, SELECTION
+
 EMULATOR = "qemu-x86_64-static"
-SELECTION = -2  # the gate list's label for a selection image
 
 
 def emulator() -> str | None:
@@ -34,7 +33,7 @@ def emulator() -> str | None:
 
 def confirmation(exports: Path, images: int | None) -> tuple[list[str], np.ndarray]:
     """The gate's confirmation images and the Keras model's probabilities for them."""
-    from ..data.filelist import read_list
+    from ..core.filelist import read_list
     list_path, ref_path = exports / GATE_LIST, exports / GATE_REFERENCE
     if not list_path.is_file() or not ref_path.is_file():
         raise FileNotFoundError(f"{exports}: no {GATE_LIST} / {GATE_REFERENCE} - export again with this mstl")
@@ -51,7 +50,7 @@ def probabilities(artifacts: list[Path], sources: list[str], size: int, resize: 
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.npz"
         spec.write_text(json.dumps({"artifacts": [str(a) for a in artifacts], "sources": sources,
                                     "size": size, "resize": resize}))
-        cmd = [sys.executable, "-m", "mstl.bench.emulate", "--worker", str(spec), str(out)]
+        cmd = [sys.executable, "-m", "mstl.edge.bench.emulate", "--worker", str(spec), str(out)]
         if cpu:
             if emulator() is None:
                 raise FileNotFoundError(f"{EMULATOR} not found: install Debian's qemu-user-static")
@@ -64,8 +63,8 @@ def probabilities(artifacts: list[Path], sources: list[str], size: int, resize: 
 
 
 def _worker(spec_path: str, out_path: str) -> None:
-    from ..data.filelist import load_sources
-    from ..runtimes import load_runtime
+    from ..core.filelist import load_sources
+    from ..core.runtimes import load_runtime
     spec = json.loads(Path(spec_path).read_text())
     pixels = load_sources(spec["sources"], spec["size"], spec["resize"])
     arrays = {f"a{i}": load_runtime(a, threads=1).predict(pixels) for i, a in enumerate(spec["artifacts"])}
@@ -75,8 +74,8 @@ def _worker(spec_path: str, out_path: str) -> None:
 def check(exports: Path, images: int | None = None, cpu: str = "Haswell") -> dict[str, Any]:
     """Per int8 artifact: agreement with the Keras model on the confirmation images under the emulated
     CPU, against the artifact's own gate, and how far its outputs there are from this machine's."""
-    from ..agreement import verify
-    from ..cards import CardError, card_of, read_manifest
+    from ..core.agreement import verify
+    from ..core.cards import CardError, card_of, read_manifest
     manifest = read_manifest(exports)
     sources, reference = confirmation(exports, images)
     int8 = [a for a in manifest["artifacts"] if a.get("precision") == "int8" and a.get("size_bytes")]
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--worker"]:
         _worker(argv[1], argv[2])
         return 0
-    ap = argparse.ArgumentParser(prog="python -m mstl.bench.emulate")
+    ap = argparse.ArgumentParser(prog="python -m mstl.edge.bench.emulate")
     ap.add_argument("exports", type=Path)
     ap.add_argument("--images", type=int, default=None, help="confirmation images to run (default: all)")
     ap.add_argument("--cpu", default="Haswell", help="QEMU CPU model (Haswell: AVX2 + FMA, no AVX-512, no VNNI)")

@@ -9,7 +9,7 @@ import json
 from importlib import resources
 from typing import Any
 
-from ..data.images import ImageError
+from ..core.images import ImageError
 from .inference import Classifier
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -128,7 +128,7 @@ def create_app(classifier: Classifier, max_upload: int = MAX_UPLOAD_BYTES, devic
     from .device import DeviceBench
 
     app = FastAPI(title="mstl app demo", description="Research prototype - not a diagnostic device.")
-    static = resources.files("mstl.app_demo").joinpath("static")
+    static = resources.files("mstl.edge.app").joinpath("static")
     page = static.joinpath("index.html").read_text()
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     bench = device if device is not None else DeviceBench(classifier.path.parent, uncertain_band=classifier.uncertain_band)

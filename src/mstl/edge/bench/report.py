@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..metrics import percent_with_ci
+from ..core.metrics import percent_with_ci
 
 
 def _fmt(v, spec=".2f", scale=1.0, none="-"):
@@ -80,7 +80,7 @@ SAME_SPEED = 0.10  # within 10% counts as the same speed on these noisy machines
 
 def recommendations(report: dict[str, Any]) -> list[str]:
     """One line per format: which artifact to deploy on this device, and why (speed, size, accuracy)."""
-    from ..machine import int8_speed_hint
+    from ..core.machine import int8_speed_hint
     if report["machine"].get("emulated"):
         return ["none: measured under emulation, so the timings say nothing about a real device of this kind"]
     hint = int8_speed_hint(report["machine"].get("cpu_flags", []))
@@ -166,7 +166,7 @@ def save(report: dict[str, Any], path: Path, markdown: bool | None = None) -> No
     """The report as Markdown (``markdown``, or by default a ``.md`` name) or else as JSON, written under a
     temporary name and renamed: a full disk leaves the old file, never a truncated one."""
     import os
-    from ..outputs import write_error, write_then_rename
+    from ..core.outputs import write_error, write_then_rename
     as_md = path.suffix == ".md" if markdown is None else markdown
     text = to_markdown(report) if as_md else json.dumps(report, indent=2, default=float)
     try:

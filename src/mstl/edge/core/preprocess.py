@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .data.filelist import load_sources
-from .data.images import Source, load_image
+from .filelist import load_sources
+from .images import Source, load_image
 
 DEFAULT_RESIZE = "bilinear"
 
@@ -41,7 +41,7 @@ class Preprocess:
             "range": [self.pixel_range[0], self.pixel_range[1]],
             "meaning": "raw pixel values; scaling to the network's range is inside the graph",
             "resize": {"method": self.resize, "mode": "stretch to square (aspect ratio not kept)",
-                       "library": "Pillow (mstl.data.images.load_image)"},
+                       "library": "Pillow (mstl.edge.core.images.load_image)"},
             "orientation": "apply EXIF orientation before resizing",
         }
 

@@ -2,7 +2,7 @@
 and the app - with no TensorFlow and no training code: its split lists, append-only record logs and
 files written under a temporary name and renamed. A ``kill -9`` at any moment loses at most the
 record being written: records are single lines appended with one write and fsync'd, a torn last line
-is ignored on read. (train/store.py's RunStore adds the config, the lock and the models.)
+is ignored on read. (train/store.py's RunStore adds the config's checks, the lock and the models.)
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -129,7 +129,7 @@ def read_split(run_dir: Path, split: str):
     """(sources, labels) of a target split of ``run_dir``, or None when the run has no such list
     (a paper-preset run has no validation split; an exports folder copied out of its run has none)."""
     import numpy as np
-    from .data.filelist import read_list
+    from .filelist import read_list
     path = split_list_path(run_dir, split)
     if not path.is_file():
         return None
@@ -146,3 +146,100 @@ def process_running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+CONFIG = "config.json"  # the resolved config a run dir was made with, and its hash
+
+# Run dirs this process holds the lock of (train.store's RunStore.lock), with their lock file descriptors.
+LOCKS_HELD: dict[str, int] = {}
+
+TRIAL_KEYS = ("size", "frozen", "seed", "val_accuracy", "val_loss")
+STAGE2_KEYS = ("size", "seed", "accuracy", "ci_low", "ci_high")
+
+
+def _complete(records: list[dict], keys: tuple[str, ...], path: Path) -> list[dict]:
+    """Records with every key the run needs; others are named once and ignored (their work reruns)."""
+    good = [r for r in records if isinstance(r, dict) and all(k in r for k in keys)]
+    if len(good) < len(records):
+        from .progress import warn
+        bad = next(r for r in records if r not in good)
+        missing = [k for k in keys if not isinstance(bad, dict) or k not in bad]
+        warn(f"{path}: {len(records) - len(good)} record(s) lack {', '.join(missing)} and are ignored "
+             "(their trials run again); was the file edited by hand?")
+    return good
+
+
+class RunDir:
+    """A run dir as whoever reads it sees it - export, the report, training itself: the config it was
+    made with, its stage-1 and stage-2 records, who is training it now. (train.store's RunStore adds
+    the config's checks, the lock and the models.)"""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir)
+
+    # layout
+    @property
+    def config_path(self) -> Path:
+        return self.dir / CONFIG
+
+    @property
+    def results_path(self) -> Path:
+        return self.dir / RESULTS
+
+    @property
+    def stage2_path(self) -> Path:
+        return self.dir / STAGE2_RESULTS
+
+    def writer(self) -> str | None:
+        """The process id of another mstl-train holding this run dir's lock (training it right now), or
+        None. A shared lock taken and dropped at once: it fails only while a writer holds the lock."""
+        import fcntl
+        if str(self.dir.resolve()) in LOCKS_HELD or not (self.dir / ".lock").is_file():
+            return None
+        fd = os.open(self.dir / ".lock", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)  # closing drops the shared lock
+        return None
+
+    # config
+    def config_json(self) -> dict[str, Any]:
+        """config.json as mstl-train wrote it (mstl.config.run_config makes the run config of it)."""
+        if not self.config_path.exists():
+            raise RunDirError(f"{self.dir}: no config.json - not a run directory (run `mstl-train full` first)")
+        return json.loads(self.config_path.read_text())
+
+    def config_hash(self) -> str:
+        return json.loads(self.config_path.read_text())["config_hash"]
+
+    # records
+    def trials(self) -> list[dict[str, Any]]:
+        return _dedupe(_complete(read_jsonl(self.results_path), TRIAL_KEYS, self.results_path), ("size", "frozen", "seed"))
+
+    def stage2_records(self) -> list[dict[str, Any]]:
+        # the last record of a (size, seed) wins: it is the one whose model file was written last (a
+        # model re-trained because its file went missing appends a new record)
+        records = _complete(read_jsonl(self.stage2_path), STAGE2_KEYS, self.stage2_path)
+        return _dedupe(records[::-1], ("size", "seed"))[::-1]
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        path = self.dir / name
+        atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
+        return path
+
+
+def _dedupe(records: Iterable[dict], key: tuple[str, ...]) -> list[dict]:
+    seen, out = set(), []
+    for r in records:
+        k = tuple(r.get(f) for f in key)
+        if k not in seen:
+            seen.add(k)
+            out.append(r)
+    return out

@@ -15,8 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..cards import card_of
-from ..progress import warn
+from .cards import card_of
+from .progress import warn
 
 PROVENANCE = {
     "kind": "self-reported by a web page (the app's /device page or anything that posts like it)",

@@ -166,7 +166,7 @@ def load_runtime(path: str | os.PathLike, threads: int = 1) -> Runtime:
         return LiteRTRuntime(str(p), threads)
     if fam == "onnx":
         return OnnxRuntime(str(p), threads)
-    # .keras runs through a runtime that needs TensorFlow: a plugin (entry point "mstl.runtimes"), so
+    # .keras runs through a runtime that needs TensorFlow: a plugin (entry point group "mstl.runtimes"), so
     # that nothing here imports it - a board has no TensorFlow, and loads it only for a .keras file
     try:
         return _plugin(fam)(str(p), threads)

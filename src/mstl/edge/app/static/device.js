@@ -98,7 +98,7 @@ function resizeRGB(src, w, h, size, method) {
   return cur;
 }
 
-const BIG_PICTURE = 4000000; // pixels: data/images.py's BIG_PICTURE
+const BIG_PICTURE = 4000000; // pixels: edge/core/images.py's BIG_PICTURE
 
 function reduceMultiplier(n) {
   // Pillow divides a block's sum by n in 8.24 fixed point, its multiplier computed in float32
@@ -140,7 +140,7 @@ async function decode(blob) {
 
 async function pixels(blob, size, method) {
   let img = await decode(blob);
-  // The server's _shrink (data/images.py): the short side's factor, or a large sliver's long side.
+  // The server's _shrink (edge/core/images.py): the short side's factor, or a large sliver's long side.
   let fx = Math.floor(img.w / (2 * size)), fy = Math.floor(img.h / (2 * size));
   if (Math.min(fx, fy) >= 2) fx = fy = Math.min(fx, fy);
   else if (Math.max(fx, fy) >= 2 && img.w * img.h >= BIG_PICTURE) { if (fx >= 2) fy = 1; else fx = 1; }
@@ -268,7 +268,7 @@ function opText(row) {
   return at ? `; at the operating point (${at.threshold.toFixed(3)}) ${(100 * at.decision_agreement).toFixed(1)}%` : "";
 }
 
-// The app's decision (src/mstl/decision.py decide), redone here on this device's probabilities: the
+// The app's decision (src/mstl/edge/core/decision.py decide), redone here on this device's probabilities: the
 // card's temperature, softmax(log p / T), then its threshold on the positive class; "uncertain - refer"
 // within the app's band. A card without an operating point decides by the most probable class.
 function decideHere(p, model, band) {

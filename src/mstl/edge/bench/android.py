@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..formats import precision_of
+from ..core.formats import precision_of
 
 _COUNT = re.compile(r"count=(\d+) first=(\d+) curr=\d+ min=(\d+) max=(\d+) avg=([\d.]+) std=(\d+)"
                     r"(?: p5=(\d+) median=(\d+) p95=(\d+))?")

@@ -14,6 +14,13 @@ import numpy as np
 from .metrics import DECISIVE_MARGIN, roc_auc, top1_agreement
 from .runtimes import Runtime
 
+# The gate's images as export leaves them in the exports folder, so that the bench can judge the
+# artifacts again elsewhere (bench/emulate.py): every gate image with its label, or SELECTION for a
+# selection image, and the Keras model's probabilities for them.
+GATE_LIST = "gate.tsv"
+GATE_REFERENCE = "gate-reference.npy"
+SELECTION = -2  # the gate list's label for a selection image
+
 MARGIN = DECISIVE_MARGIN
 CONSTANT_STD = 1e-3
 MIN_DECISIVE_FLIPS = 3  # fewer images than this many flips' worth below the threshold: verdict is noise

@@ -9,14 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from ..data.filelist import labelled_folder
-from ..data.sources import is_npz_ref
-from ..formats import for_file, precision_of
-from ..cards import MANIFEST, CardError, card_of, file_mismatch, read_manifest, unverified_reason
-from ..preprocess import Preprocess
-from ..progress import say
-from ..machine import machine_info
-from ..metrics import percent
+from ..core.filelist import labelled_folder
+from ..core.sources import is_npz_ref
+from ..core.formats import for_file, precision_of
+from ..core.cards import MANIFEST, CardError, card_of, file_mismatch, read_manifest, unverified_reason
+from ..core.preprocess import Preprocess
+from ..core.progress import say
+from ..core.machine import machine_info
+from ..core.metrics import percent
 from .measure import DEFAULT_TIMEOUT_S, measure_isolated
 from .report import measured_here
 
@@ -101,7 +101,7 @@ def labelled_data(artifacts: list[Artifact], data: Path | None
     if data is not None:
         sources, y, classes = labelled_folder(data)
         return sources, _map_labels(classes, y, labels, data), str(data), None
-    from ..bundle import BundleError, find, read
+    from ..core.bundle import BundleError, find, read
     for folder in dict.fromkeys(a.path.parent for a in artifacts):
         if find(folder):
             try:
@@ -110,7 +110,7 @@ def labelled_data(artifacts: list[Artifact], data: Path | None
                 raise BenchError(str(e)) from None
             return (b["paths"], b["labels_array"], f"verification bundle of {folder} ({len(b['paths'])} held-out "
                     "images; agreement against the Keras model's answers on the exporting machine)", b)
-    from ..rundir import read_split
+    from ..core.rundir import read_split
     for a in artifacts:
         found = read_split(a.run_dir, "test") if a.run_dir else None
         if found:
@@ -191,7 +191,7 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
 
 def _manifest_mismatch(a: Artifact) -> str | None:
     """Without its card, an artifact is still checked against the sha256 its exports manifest lists."""
-    from ..cards import sha256_file
+    from ..core.cards import sha256_file
     if a.manifest_error:
         return f"{a.path.name} has no card and cannot be checked against its manifest: {a.manifest_error}"
     if a.listed_sha256 and sha256_file(a.path) != a.listed_sha256:
@@ -203,7 +203,7 @@ def _manifest_mismatch(a: Artifact) -> str | None:
 def _against_bundle(r: dict, bundle: dict, card: dict | None) -> None:
     """Agreement with the Keras model's answers that the exporting machine saved: this device's runtime
     and CPU against the computation the export gate verified. Judged by the artifact's own gate."""
-    from ..metrics import top1_agreement
+    from ..core.metrics import top1_agreement
     got = top1_agreement(np.asarray(r["probs"]), bundle["reference_array"])
     want = bundle["artifacts"].get(r["artifact"])
     got["same_build"] = want is not None and card is not None and card.get("sha256") == want
@@ -223,7 +223,7 @@ def _against_bundle(r: dict, bundle: dict, card: dict | None) -> None:
 
 def _at_operating_point(r: dict, card: dict, y) -> None:
     """Sensitivity and specificity at the card's threshold (calibrated probability) beside those at 0.5."""
-    from ..decision import rates_at
+    from ..core.decision import rates_at
     d = card.get("decision") or {}
     probs = np.asarray(r["probs"])
     if probs.shape[1] != 2:
@@ -244,7 +244,7 @@ def _at_operating_point(r: dict, card: dict, y) -> None:
 def _portability_note(card: dict, fmt: str) -> str | None:
     """An ONNX u8s8 artifact verified on a CPU with VNNI, measured here on AVX2 without it: its int8
     products may saturate here, which the export gate never saw - this row's accuracy is the check."""
-    from ..machine import cpu_flags, u8s8_may_saturate
+    from ..core.machine import cpu_flags, u8s8_may_saturate
     options = card.get("builder_options") or {}
     if fmt != "onnx" or options.get("activations") != "uint8" or options.get("reduce_range"):
         return None
@@ -272,7 +272,7 @@ def _preprocess(path: Path, card: dict | None) -> Preprocess | None:
     if card:
         return Preprocess.from_card(card)
     try:
-        from ..runtimes import load_runtime
+        from ..core.runtimes import load_runtime
         return Preprocess(load_runtime(path).image_size)
     except Exception:
         return None  # reported by the measuring process
@@ -296,7 +296,7 @@ def _compare_with_fp32(results: list[dict]) -> None:
         slower = [t for t, v in r["latency_ms"].items() if t in base["latency_ms"] and v["p50"] and base["latency_ms"][t]["p50"]
                   and v["p50"] > base["latency_ms"][t]["p50"]]
         if slower:
-            from ..machine import cpu_flags, int8_speed_hint
+            from ..core.machine import cpu_flags, int8_speed_hint
             why = f" ({int8_speed_hint(cpu_flags())})" if r.get("precision") in ("int8", "dynamic") else ""
             r["notes"].append(f"SLOWER than {r['format']} fp32 on this CPU at {','.join(slower)} thread(s){why}")
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from ..cards import card_of, file_mismatch, file_state, unverified_reason
-from ..data.images import open_image
-from ..preprocess import Preprocess
-from ..runtimes import load_runtime
+from ..core.cards import card_of, file_mismatch, file_state, unverified_reason
+from ..core.images import open_image
+from ..core.preprocess import Preprocess
+from ..core.runtimes import load_runtime
 
 
 class UnverifiedModel(ValueError):
@@ -107,7 +107,7 @@ class Classifier:
     def decision(self, probs: np.ndarray) -> dict[str, Any]:
         """The label at the card's operating point, the calibrated probability, which side of the
         threshold it falls, and "uncertain - refer" inside the band around it."""
-        from ..decision import decide
+        from ..core.decision import decide
         op = self.operating_point()
         (d,) = decide(probs[None, :], op, self.uncertain_band if op else 0.0)
         out: dict[str, Any] = {"label": self.labels[d["label_index"]]}
