@@ -132,7 +132,7 @@ ADDRESS_HELP = "Ray cluster to join (auto | HOST:PORT); default: a local Ray ins
 
 def _engine(engine: str, ray_address: Optional[str], trial_cpus: Optional[float], trial_gpus: float, lookahead: int,
             ray_cpus: Optional[int] = None):
-    from ..train.engines import EngineOptions
+    from ..train.trials import EngineOptions
     opts = EngineOptions(engine, ray_address, trial_cpus, trial_gpus, lookahead, ray_cpus).validate()
     if opts.name == "serial" and (ray_address or trial_gpus or ray_cpus):
         warn("--ray-address, --ray-cpus and --trial-gpus apply with --engine ray only: ignored")

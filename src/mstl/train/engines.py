@@ -8,41 +8,9 @@ same commit (``stage1.commit_trial``), with the same TensorFlow threads per tria
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .run import RunData, run_stage1 as serial_stage1, run_stage2 as serial_stage2, select, stage2_jobs
 from .store import RunStore
-
-ENGINES = ("serial", "ray")
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """How trials are executed; not part of the run's configuration (a run may resume on another engine).
-    The threads a trial computes with are the config's (``trial_threads``); ``trial_cpus`` is what a Ray
-    trial reserves, by default as many CPUs as it has threads."""
-
-    name: str = "serial"  # serial | ray
-    address: str | None = None  # None: a local Ray instance sized to this machine; "auto" or HOST:PORT: join
-    trial_cpus: float | None = None  # None: the config's trial_threads
-    trial_gpus: float = 0.0
-    lookahead: int = 2  # depths a restart-mode chain may run past the one its stop rule asks for
-    local_cpus: int | None = None  # CPUs of a local instance (default: all of this machine's)
-
-    def validate(self) -> "EngineOptions":
-        if self.name not in ENGINES:
-            raise ValueError(f"--engine {self.name!r}: use serial or ray")
-        if (self.trial_cpus is not None and not self.trial_cpus > 0) or not self.trial_gpus >= 0:
-            raise ValueError("--trial-cpus must be > 0 and --trial-gpus >= 0")
-        if self.lookahead < 0:
-            raise ValueError("--lookahead must be >= 0")
-        if self.local_cpus is not None and (self.local_cpus < 1 or self.address):
-            raise ValueError("--ray-cpus sizes a local Ray instance: a positive count, without --ray-address")
-        return self
-
-    def cpus_per_trial(self, cfg) -> float:
-        return float(self.trial_cpus if self.trial_cpus is not None else cfg.trial_threads)
-
+from .trials import EngineOptions
 
 def run_stage1(store: RunStore, data: RunData, engine: EngineOptions | None = None) -> dict[tuple[int, int], dict]:
     """The sweep of every (size, seed); the best record of each."""

@@ -23,7 +23,6 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,10 +31,7 @@ from ..sweep import sweep_grid
 from .schedule import Scheduler
 from .stage1 import commit_trial, state_path
 from .store import best_record
-from .trials import add_stage2_record, bn_calibration, conditions, stage1_seeds, write_decisions
-
-if TYPE_CHECKING:
-    from .engines import EngineOptions
+from .trials import EngineOptions, add_stage2_record, bn_calibration, conditions, stage1_seeds, write_decisions
 
 
 # The command Ray starts its workers with, when not this Python: a cluster whose nodes keep it elsewhere,

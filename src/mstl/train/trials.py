@@ -13,6 +13,7 @@ last-digit differences do not move them; ``decisions.json`` says where a tie dec
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,36 @@ from ..config import RunConfig
 from ..sweep import TIE_MARGIN_IMAGES, compare, sweep_grid, walk
 
 DECISIONS_FILE = "decisions.json"
+
+ENGINES = ("serial", "ray")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How trials are executed; not part of the run's configuration (a run may resume on another engine).
+    The threads a trial computes with are the config's (``trial_threads``); ``trial_cpus`` is what a Ray
+    trial reserves, by default as many CPUs as it has threads."""
+
+    name: str = "serial"  # serial | ray
+    address: str | None = None  # None: a local Ray instance sized to this machine; "auto" or HOST:PORT: join
+    trial_cpus: float | None = None  # None: the config's trial_threads
+    trial_gpus: float = 0.0
+    lookahead: int = 2  # depths a restart-mode chain may run past the one its stop rule asks for
+    local_cpus: int | None = None  # CPUs of a local instance (default: all of this machine's)
+
+    def validate(self) -> "EngineOptions":
+        if self.name not in ENGINES:
+            raise ValueError(f"--engine {self.name!r}: use serial or ray")
+        if (self.trial_cpus is not None and not self.trial_cpus > 0) or not self.trial_gpus >= 0:
+            raise ValueError("--trial-cpus must be > 0 and --trial-gpus >= 0")
+        if self.lookahead < 0:
+            raise ValueError("--lookahead must be >= 0")
+        if self.local_cpus is not None and (self.local_cpus < 1 or self.address):
+            raise ValueError("--ray-cpus sizes a local Ray instance: a positive count, without --ray-address")
+        return self
+
+    def cpus_per_trial(self, cfg) -> float:
+        return float(self.trial_cpus if self.trial_cpus is not None else cfg.trial_threads)
 
 # numpy's names for the instruction sets that change float kernels, as /proc/cpuinfo spells them
 _NUMPY_FLAGS = {"AVX": "avx", "AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f", "AVX512BW": "avx512bw",
