@@ -158,20 +158,7 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
             r = next((p for p in parts if p["status"] != "ok"), None) or _merge_threads(parts)
         else:
             r = measure_isolated(str(a.path), threads, runs, warmup, pixels, y, names, e2e, timeout=timeout, prep=prep)
-        r.update({"format": a.format, "precision": a.precision, "artifact": a.path.name, "path": str(a.path)})
-        if a.format != "keras":  # the Keras model is the reference the gate compares with, not an artifact
-            unverified = unverified_reason(a.path, card)
-            r["verified"] = unverified is None
-            if unverified:
-                r.setdefault("notes", []).append(f"NOT VERIFIED: {unverified}")
-        if card is not None:
-            r["recipe"] = card.get("recipe")
-            note = _portability_note(card, a.format)
-            if note:
-                r.setdefault("notes", []).append(note)
-            if card.get("int8_mac_share") is not None and card["int8_mac_share"] < 1:
-                r["int8_mac_share"] = card["int8_mac_share"]
-                r.setdefault("notes", []).append(_mixed_note(card))
+        _describe(r, a, card)
         if labelled and labelled[3] and r["status"] == "ok" and "probs" in r:
             _against_bundle(r, labelled[3], card)
         if card and y is not None and r["status"] == "ok" and "probs" in r:
@@ -187,6 +174,24 @@ def run_bench(paths: list[Path], data: Path | None, threads: list[int], runs: in
     return {"machine": machine_info(), "threads": threads, "runs": runs, "warmup": warmup,
             "data": labelled[2] if labelled else None, "n_images": int(len(labelled[1])) if labelled else 0,
             "results": results}
+
+
+def _describe(r: dict, a: Artifact, card: dict | None) -> None:
+    """What a row says of its artifact beside the figures: verified or not, recipe, CPUs, float share."""
+    r.update({"format": a.format, "precision": a.precision, "artifact": a.path.name, "path": str(a.path)})
+    if a.format != "keras":  # the Keras model is the reference the gate compares with, not an artifact
+        unverified = unverified_reason(a.path, card)
+        r["verified"] = unverified is None
+        if unverified:
+            r.setdefault("notes", []).append(f"NOT VERIFIED: {unverified}")
+    if card is not None:
+        r["recipe"] = card.get("recipe")
+        note = _portability_note(card, a.format)
+        if note:
+            r.setdefault("notes", []).append(note)
+        if card.get("int8_mac_share") is not None and card["int8_mac_share"] < 1:
+            r["int8_mac_share"] = card["int8_mac_share"]
+            r.setdefault("notes", []).append(_mixed_note(card))
 
 
 def _manifest_mismatch(a: Artifact) -> str | None:
