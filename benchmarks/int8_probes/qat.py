@@ -1,4 +1,5 @@
-"""QAT-lite prototype: after int8_ready, tune BN gamma/beta + head with fake-quantized activations
+"""QAT-lite prototype. Usage: RUN PIXELS.npy EPOCHS 200 LR [kernels]. After int8_ready, tune BN gamma/beta + head
+(and with ``kernels`` the folded kernels, through a straight-through int8 grid) with fake-quantized activations
 (fixed minmax ranges, as the converter will pick), distilling the fp32 model's logits on augmented
 calibration images. Then build TFLite/ONNX int8 as usual and measure on the gate's confirmation part."""
 import sys, json, time, tempfile, numpy as np
@@ -15,6 +16,7 @@ from mstl.edge.core.runtimes import load_runtime
 from mstl.edge.core.formats import BuildOptions
 from mstl.export import tflite as xt, onnx as xo
 run = Path(sys.argv[1]); ex = run / "exports"; EPOCHS = int(sys.argv[3]); NCAL = int(sys.argv[4]) if len(sys.argv) > 4 else 200
+KERNELS = len(sys.argv) > 6 and sys.argv[6] == "kernels"  # else BN scales/offsets and the head only
 ref = np.load(ex / "gate-reference.npy"); px = np.load(sys.argv[2]); conf = ~split(len(px)); sel = ~conf
 trs, trl = read_list(run / "target_train.tsv")
 cpx = Preprocess(150, "bilinear").load_many([trs[i] for i in stratified_sample(np.asarray(trl), 200, 0)])
@@ -36,7 +38,7 @@ def is_q(layer):
         return not any(type(l).__name__ == "ReLU" and l.input is layer.output for l in net.layers)
     return False
 from mstl.export.bias_correction import conv_bn_pairs, _folded_scale
-PAIRS = {c.name: b for c, b in conv_bn_pairs(net)}; BNS = {b.name for b in PAIRS.values()}
+PAIRS = {c.name: b for c, b in conv_bn_pairs(net)} if KERNELS else {}; BNS = {b.name for b in PAIRS.values()}
 def folded_conv(layer, bn, x):
     k = bn.gamma / tf.sqrt(bn.moving_variance + bn.epsilon)
     dw = type(layer).__name__ == "DepthwiseConv2D"
@@ -55,6 +57,7 @@ def run_net(x, record=False, quant=True):
         args = [vals[id(t)] for t in ins]
         if layer.name in PAIRS: y = folded_conv(layer, PAIRS[layer.name], args[0])
         elif layer.name in BNS: y = args[0]
+        elif type(layer).__name__ == "BatchNormalization": y = layer(args[0], training=False)
         else: y = layer(args if len(args) > 1 else args[0], training=False)
         if is_q(layer): y = fqt(y, layer.name, record, quant)
         vals[id(layer.output)] = y
@@ -72,7 +75,7 @@ def student(x, record=False, quant=True):
 for i in range(0, len(cpx), 25): student(tf.constant(cpx[i:i+25], tf.float32), record=True)
 print("ranges", len(ranges))
 def teach(x): return logits_of(tnet, tfeed, thead, x)
-train_vars = [v for l in net.layers if type(l).__name__ == "BatchNormalization" for v in (l.gamma, l.beta)] + [head.kernel, head.bias] + [c.kernel for c in PAIRS and [l for l in net.layers if l.name in PAIRS]]
+train_vars = [v for l in net.layers if type(l).__name__ == "BatchNormalization" for v in (l.gamma, l.beta)] + [head.kernel, head.bias] + [l.kernel for l in net.layers if l.name in PAIRS]
 opt = keras.optimizers.Adam(float(sys.argv[5]) if len(sys.argv) > 5 else 1e-4)
 rng = np.random.default_rng(0)
 def augment(b):
@@ -97,7 +100,8 @@ print("after: calibration logit mse", round(sq_err(xc), 4), flush=True)
 from mstl.export.bias_correction import round_kernel
 for l in net.layers:
     if l.name in PAIRS: round_kernel(l, PAIRS[l.name])
-print("after re-rounding: calibration logit mse", round(sq_err(xc), 4), flush=True)
+if KERNELS:
+    print("after re-rounding: calibration logit mse", round(sq_err(xc), 4), flush=True)
 def ld(p): p = np.clip(p, 1e-6, 1); return np.log(p[:, 1]) - np.log(p[:, 0])
 def evaluate(name, p):
     tc, ts = top1_agreement(p[conf], ref[conf]), top1_agreement(p[sel], ref[sel]); e = ld(p) - ld(ref); near = np.abs(ref[:, 1] - .5) < .25
