@@ -27,7 +27,7 @@ def _train(*args: str, **kw):
 
 
 def test_ray_smoke_run_records_the_serial_trials(smoke_run, tmp_path):
-    from mstl.train.store import best_record
+    from mstl.sweep import optimal_record
     run_dir = tmp_path / "ray"
     proc = _train("full", "--preset", "smoke", "--run-dir", str(run_dir), "--engine", "ray", "--ray-cpus", "2")
     out, _ = proc.communicate(timeout=900)
@@ -47,8 +47,8 @@ def test_ray_smoke_run_records_the_serial_trials(smoke_run, tmp_path):
             assert abs(r["val_accuracy"] - by_key[key(r)]["val_accuracy"]) <= 1.0 / r["n_val"] + 1e-9
         assert r["engine"] == "ray" and r["threads"] == 1
     for size in {r["size"] for r in serial}:
-        assert best_record([r for r in ray if r["size"] == size])["frozen"] == \
-            best_record([r for r in serial if r["size"] == size])["frozen"]
+        assert optimal_record([r for r in ray if r["size"] == size])["frozen"] == \
+            optimal_record([r for r in serial if r["size"] == size])["frozen"]
     s2 = {(r["size"], r["seed"]) for r in _records(smoke_run, "stage2.jsonl")}
     assert {(r["size"], r["seed"]) for r in _records(run_dir, "stage2.jsonl")} == s2
     assert json.loads((run_dir / "selection.json").read_text())["size"] in {s for s, _ in s2}

@@ -43,9 +43,9 @@ def test_smoke_run_dir_contents(smoke_run):
         assert (smoke_run / r["model"]).is_file()
     assert json.loads((smoke_run / "claims.json").read_text())[0]["claim"].startswith("the optimal number")
     # the best stage-1 model of each size is kept, and only it
-    from mstl.train.store import best_record
+    from mstl.sweep import optimal_record
     for size in (24, 48):
-        best = best_record([t for t in trials if t["size"] == size])  # the sweep's own rule, with its tie margin
+        best = optimal_record([t for t in trials if t["size"] == size])  # the sweep's own rule, with its tie margin
         kept = list((smoke_run / "stage1" / f"size-{size}-seed-1").glob("*.keras"))
         assert [p.name for p in kept] == [f"frozen-{best['frozen']}.keras"]
     report = (smoke_run / "report.md").read_text()

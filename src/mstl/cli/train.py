@@ -411,9 +411,9 @@ def _finish(store, t0: float) -> None:
     say("")
     say(f"{'size':>8} {'optimal frozen':>15} {'stage-2 test acc':>17} {'95% CI':>16}")
     best = {}
-    from ..train.store import best_record
+    from ..sweep import optimal_record
     for size in sorted({r["size"] for r in trials}):
-        best[size] = best_record([r for r in trials if r["size"] == size])["frozen"]
+        best[size] = optimal_record([r for r in trials if r["size"] == size])["frozen"]
     for r in sorted(store.stage2_records(), key=lambda r: (r["size"], r["seed"])):
         say(f"{(r['size'] or 'control'):>8} {best.get(r['size'], 'all'):>15} {100 * r['accuracy']:>16.1f}% "
             f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]")

@@ -27,10 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from ..edge.core.progress import say
-from ..sweep import sweep_grid
+from ..sweep import optimal_record, sweep_grid
 from .schedule import Scheduler
 from .stage1 import commit_trial, state_path
-from .store import best_record
 from .trials import EngineOptions, add_stage2_record, bn_calibration, conditions, stage1_seeds, write_decisions
 
 
@@ -211,7 +210,7 @@ def run_stage1(store, data, opts: EngineOptions) -> dict[tuple[int, int], dict]:
     write_decisions(store, cfg)
     best = {}
     for seed, size in keys:
-        best[(size, seed)] = best_record([r for r in store.trials() if (r["seed"], r["size"]) == (seed, size)])
+        best[(size, seed)] = optimal_record([r for r in store.trials() if (r["seed"], r["size"]) == (seed, size)])
         say(f"stage 1: size {size}: optimal frozen depth {best[(size, seed)]['frozen']}")
     return best
 

@@ -20,8 +20,8 @@ from ..edge.core.progress import say
 from ..tf_env import keras, tf
 from .prepare import SplitRows
 from .prefix_cache import PrefixCacheStore, cut_for, cut_points, upper_model
-from .store import RunStore, best_record, save_model_atomic
-from ..sweep import next_depth, sweep_grid
+from .store import RunStore, save_model_atomic
+from ..sweep import next_depth, optimal_record, sweep_grid
 from .trials import conditions, versus_best
 
 
@@ -172,7 +172,7 @@ def sweep(cfg: RunConfig, store: RunStore, images: np.ndarray, splits: dict[int,
     best = {}
     for size in sizes:
         records = [r for r in store.trials() if r["size"] == size and r["seed"] == seed]
-        best[size] = best_record(records)
+        best[size] = optimal_record(records)
     return best
 
 
@@ -189,7 +189,7 @@ def commit_trial(cfg, store: RunStore, model, rec: dict, done: dict, size: int, 
     if is_best:
         save_model_atomic(model, store.stage1_model(size, depth, seed))
     store.add_trial(rec)
-    _cleanup(store, size, seed, keep_best=best_record(list(done.values()) + [rec])["frozen"],
+    _cleanup(store, size, seed, keep_best=optimal_record(list(done.values()) + [rec])["frozen"],
              keep_state=depth if cfg.stage1.mode == "continue" else None)
     vs = rec["vs_best"]
     tie = f"  (tie with frozen {vs['frozen']}: {vs['images']:+g} image(s), within the margin)" \
@@ -203,7 +203,7 @@ def ensure_best_model(cfg: RunConfig, store: RunStore, images, split: SplitRows,
                       seed: int, calibration: np.ndarray | None = None) -> tuple[str, int]:
     """(path, frozen depth) of the best stage-1 model for a size; retrains its trial if the file went missing."""
     records = [r for r in store.trials() if r["size"] == size and r["seed"] == seed]
-    best = best_record(records)
+    best = optimal_record(records)
     path = store.stage1_model(size, best["frozen"], seed)
     if not path.exists():
         if cfg.stage1.mode == "continue":

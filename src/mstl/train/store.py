@@ -15,7 +15,6 @@ from ..edge.core.rundir import (CLAIMS, DRAWS, LABELS, REPORT, RESULTS, SELECTIO
                       RESUME_FIX, SPLIT_LISTS, append_jsonl, atomic_write_text, draw_dirs, process_running,
                       read_jsonl, read_split, split_list_path, write_failed, write_via_temp)
 from ..edge.core.rundir import LOCKS_HELD, RunDir, RunDirError  # noqa: F401 (RunDirError: re-exported)
-from ..sweep import optimal_record
 
 
 def save_model_atomic(model, path: Path) -> None:
@@ -230,7 +229,3 @@ def link_latest(run_dir: Path) -> None:
         pass
 
 
-def best_record(records: list[dict]) -> dict:
-    """The optimal frozen depth of one size's sweep (``mstl.sweep.optimal_record``: the stop rule's own
-    comparison, with its tie margin; a tie goes to more frozen layers)."""
-    return optimal_record(records)
