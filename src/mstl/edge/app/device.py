@@ -30,13 +30,12 @@ from typing import Any
 import numpy as np
 
 from ..core.browser_rows import PROVENANCE, device_dir
-from ..core.cards import CardError, card_of, file_state, sha256_file
+from ..core.cards import CardError, card_of, file_state, sha256_file, unverified_reason
 from ..core.formats import precision_of
 from ..core.metrics import percent
 from ..core.outputs import write_then_rename
 from ..core.progress import warn
 from ..core.rundir import read_split
-from .inference import check_artifact
 
 BROWSER_FORMATS = (".onnx", ".tflite")  # onnxruntime-web, LiteRT.js
 LOW_AGREEMENT = 0.98  # a browser row below this says so (the export gate's int8 threshold is 0.99)
@@ -276,13 +275,13 @@ def _pin(path: Path) -> dict | None:
     """An artifact that passed the export gate, its bytes read once and hashed: what the app serves
     and measures for as long as it runs. None when it is unverified or not the file its card names."""
     card = card_of(path)
-    if check_artifact(path, card) is not None:
+    if unverified_reason(path, card) is not None:
         return None
     state = file_state(path)
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if card.get("sha256") and digest != card["sha256"]:
-        return None  # replaced between the check and the read
+        return None  # not the file its card describes (hashed once, from the bytes that will be served)
     return {"path": path, "card": card, "format": card.get("format", path.suffix[1:]),
             "precision": card.get("precision") or precision_of(path.name), "bytes": data, "sha256": digest,
             "state": state}

@@ -217,7 +217,7 @@ class RunDir:
         return json.loads(self.config_path.read_text())
 
     def config_hash(self) -> str:
-        return json.loads(self.config_path.read_text())["config_hash"]
+        return self.config_json()["config_hash"]
 
     # records
     def trials(self) -> list[dict[str, Any]]:
