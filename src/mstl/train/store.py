@@ -12,8 +12,8 @@ from typing import Any
 from ..config import RunConfig, run_config
 # Re-exported for training code: the run directory's names and writers live in mstl.edge.core.rundir.
 from ..edge.core.rundir import (CLAIMS, DRAWS, LABELS, REPORT, RESULTS, SELECTION, STAGE2_RESULTS, TRIALS_CSV,  # noqa: F401
-                      RESUME_FIX, SPLIT_LISTS, append_jsonl, atomic_write_text, draw_dirs, process_running,
-                      read_jsonl, read_split, split_list_path, write_failed, write_via_temp)
+                                append_jsonl, atomic_write_text, draw_dirs, process_running, read_jsonl, read_split,
+                                write_failed, write_via_temp)
 from ..edge.core.rundir import LOCKS_HELD, RunDir, RunDirError  # noqa: F401 (RunDirError: re-exported)
 
 
