@@ -1,4 +1,4 @@
-"""QAT-lite prototype. Usage: RUN PIXELS.npy EPOCHS 200 LR [kernels]. After int8_ready, tune BN gamma/beta + head
+"""QAT-lite prototype. Usage: RUN PIXELS.npy EPOCHS 200 LR [kernels|bn] [EXTRA]. After int8_ready, tune BN gamma/beta + head
 (and with ``kernels`` the folded kernels, through a straight-through int8 grid) with fake-quantized activations
 (fixed minmax ranges, as the converter will pick), distilling the fp32 model's logits on augmented
 calibration images. Then build TFLite/ONNX int8 as usual and measure on the gate's confirmation part."""
@@ -17,6 +17,9 @@ from mstl.edge.core.formats import BuildOptions
 from mstl.export import tflite as xt, onnx as xo
 run = Path(sys.argv[1]); ex = run / "exports"; EPOCHS = int(sys.argv[3]); NCAL = int(sys.argv[4]) if len(sys.argv) > 4 else 200
 KERNELS = len(sys.argv) > 6 and sys.argv[6] == "kernels"  # else BN scales/offsets and the head only
+# Selection images added to the tuning set (an experiment on how far more images go: the selection
+# figures then mean nothing, the confirmation ones stay clean); the converter still calibrates on the 200.
+EXTRA = int(sys.argv[7]) if len(sys.argv) > 7 else 0
 ref = np.load(ex / "gate-reference.npy"); px = np.load(sys.argv[2]); conf = ~split(len(px)); sel = ~conf
 trs, trl = read_list(run / "target_train.tsv")
 cpx = Preprocess(150, "bilinear").load_many([trs[i] for i in stratified_sample(np.asarray(trl), 200, 0)])
@@ -73,6 +76,7 @@ def student(x, record=False, quant=True):
     z = tf.matmul(f, head.kernel) + head.bias
     return fqt(z, "logits", record, quant)
 for i in range(0, len(cpx), 25): student(tf.constant(cpx[i:i+25], tf.float32), record=True)
+cal200 = cpx; cpx = np.concatenate([cpx, px[sel][:EXTRA]]); print('tuning images', len(cpx))
 print("ranges", len(ranges))
 def teach(x): return logits_of(tnet, tfeed, thead, x)
 train_vars = [v for l in net.layers if type(l).__name__ == "BatchNormalization" for v in (l.gamma, l.beta)] + [head.kernel, head.bias] + [l.kernel for l in net.layers if l.name in PAIRS]
@@ -108,8 +112,8 @@ def evaluate(name, p):
     print(f"{name}: selection {ts['flips']} flips, confirmation {100*tc['agreement']:.2f}% ({tc['flips']} of {tc['n_compared']}); err near boundary {e[near].mean():+.3f} +- {e[near].std():.3f}", flush=True)
 p = m.predict(px.astype(np.float32), batch_size=64, verbose=0); evaluate("tuned Keras float", p)
 work = Path(tempfile.mkdtemp(prefix="qat-"))
-opts = BuildOptions(cpx, "uint8")
+opts = BuildOptions(cal200, "uint8")
 data = xt.build_int8(m, work, opts); (work / "q.tflite").write_bytes(data)
 evaluate("tuned TFLite int8", load_runtime(work / "q.tflite").predict(px))
-data = xo.build_int8(m, work, BuildOptions(cpx, "uint8", activations="int8")); (work / "q.onnx").write_bytes(data)
+data = xo.build_int8(m, work, BuildOptions(cal200, "uint8", activations="int8")); (work / "q.onnx").write_bytes(data)
 evaluate("tuned ONNX s8s8", load_runtime(work / "q.onnx").predict(px))
