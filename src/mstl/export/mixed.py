@@ -1,14 +1,20 @@
-"""Mixed precision, the last int8 rung: the best full-int8 build with the fewest layers kept in float
-that bring its agreement on the selection images over the gate's target.
+"""Mixed precision, the last int8 rung: the best full-int8 build with the fewest ops kept in float that
+bring its agreement on the selection images over the gate's target.
 
-Layers are ranked once by measured sensitivity - how much signal-to-quantization-noise each layer's own
-step loses in the full-int8 build (the SQNR-drop report of ``--explain``: LiteRT tensors by name, ONNX
-Runtime's ``qdq_loss_debug``), the measure that TFLite's QuantizationDebugger and ONNX Runtime's QDQ
-debugging tools give. Then the k worst are kept in float for k = 1, 2, 4, ... until the gate's
-selection target is met, and the smallest passing k is found between the last two; a k that would
-leave less than ``MIN_INT8_MAC_SHARE`` of the multiply-accumulates in int8 is never tried, and when
-none passes the artifact is rejected. Which layers stayed in float, the int8 share and every step are
-recorded in the card."""
+What is kept in float is a list of candidates, tried as a prefix: k = 1, 2, 4, ... until the gate's
+selection target is met, then the smallest passing k between the last two. A candidate is a set of
+nodes of the converted graph:
+- an *outlier layer*, one whose own step loses at least ``OUTLIER_DB`` of signal-to-quantization
+  noise in the full-int8 build (the SQNR-drop report of ``--explain``: LiteRT tensors by name, ONNX
+  Runtime's ``qdq_loss_debug``): a layer whose weights the int8 grid cannot hold. These come first.
+- a *region* (export/noise.py): the ops that make and read one activation tensor, so that the tensor
+  leaves the int8 grid - ranked by its share of the answer's int8 error per multiply-accumulate it
+  takes out of int8. Keeping single layers in float cannot do this: such a layer still reads and
+  writes int8 tensors (measured on the shared chest X-rays: the 17 depthwise convolutions in float
+  left 17 of 18 flips).
+A k whose ops would leave less than ``MIN_INT8_MAC_SHARE`` of the multiply-accumulates in int8 is
+never tried, and when none passes the artifact is rejected. The ops kept in float, the int8 share and
+every step are recorded in the card."""
 
 from __future__ import annotations
 
@@ -24,14 +30,22 @@ from .diagnose import blame, litert_layers, onnx_layers
 from .macs import LayerMacs
 
 RANK_IMAGES = 32  # selection images the per-layer SQNR is measured on
+OUTLIER_DB = 10.0  # a layer's own SQNR drop from which its weights alone are the problem
+REGION_EPS = 0.002  # share of all MACs added to a region's cost: among free regions, the noisiest first
 
 
 @dataclass(frozen=True)
 class Candidate:
-    name: str  # what the builder keeps in float (ONNX node name / TFLite output tensor name)
-    macs: int
-    drop_db: float  # SQNR this layer's own step loses in the full-int8 build
-    label: str = ""  # the Keras layer it comes from, for people
+    name: str  # the layer or tensor it is for (a layer: its ONNX node / TFLite output tensor name)
+    macs: int  # what its nodes add to the MACs kept in float by the candidates before it
+    drop_db: float  # a layer: the SQNR its own step loses; a region: its % of the int8 error variance
+    label: str = ""  # for people
+    nodes: tuple[str, ...] = ()  # what the builder keeps in float (a layer: its own name)
+    kind: str = "layer"
+
+    @property
+    def float_nodes(self) -> tuple[str, ...]:
+        return self.nodes or (self.name,)
 
 
 def rank(weighted: list[LayerMacs], tensors: list[dict[str, Any]], owner: Callable[[str], str | None]
@@ -102,30 +116,65 @@ def ranked_tflite(fp32: bytes, int8: bytes, pixels: np.ndarray) -> list[Candidat
     return rank(weighted, tensors, lambda t: t if t in names else None)
 
 
-def fewest_float(candidates: list[Candidate], total_macs: int, attempt: Callable[[tuple[str, ...]], dict[str, Any]],
+def outliers(ranked: list[Candidate]) -> list[Candidate]:
+    return [c for c in ranked if c.drop_db >= OUTLIER_DB]
+
+
+def regions(noise, unit_nodes: dict[str, tuple[str, ...]], node_macs: dict[str, int],
+            taken: tuple[Candidate, ...] = ()) -> list[Candidate]:
+    """The noise measurement's tensors (export/noise.py ``Noise``) as regions of the converted graph,
+    greedily by share of the error per MAC that each adds to what is already in float (regions share
+    ops: a block's projection and the addition after it both need the next expansion). ``unit_nodes``:
+    a Keras layer -> its nodes in this graph; a tensor whose layers the graph does not show is left out."""
+    total = sum(node_macs.values()) or 1
+    kept = {n for c in taken for n in c.float_nodes}
+    pool = []
+    for t in noise:
+        if t.share <= 0 or not all(u in unit_nodes for u in t.units):
+            continue
+        pool.append((t, tuple(dict.fromkeys(n for u in t.units for n in unit_nodes[u]))))
+    out = []
+    while pool:
+        def gain(item):
+            t, nodes = item
+            return t.share / (sum(node_macs.get(n, 0) for n in nodes if n not in kept) + REGION_EPS * total)
+        best = max(pool, key=gain)
+        pool.remove(best)
+        t, nodes = best
+        added = sum(node_macs.get(n, 0) for n in nodes if n not in kept)
+        kept.update(nodes)
+        out.append(Candidate(t.tensor, added, round(100 * t.share, 2), t.tensor, nodes, "region"))
+    return out
+
+
+def fewest_float(candidates: list[Candidate], node_macs: dict[str, int], attempt: Callable[[tuple[str, ...]], dict[str, Any]],
                  floor: float = MIN_INT8_MAC_SHARE) -> dict[str, Any]:
-    """Search k, the number of top-ranked candidates kept in float. ``attempt(names)`` builds and returns
-    the gate's selection figures (``passes``, ``agreement``). Returns the smallest passing k's attempt
-    (``passes`` True) or the best one tried, and every step."""
-    # A layer that alone would take the int8 share under the floor is passed over, not a wall: the
-    # layers after it in the ranking may still fit.
-    budget, fits = (1 - floor) * total_macs + 1e-9, []
+    """Search k, the number of candidates (a prefix) kept in float. ``node_macs``: every weighted node
+    of the graph and its MACs. ``attempt(nodes)`` builds and returns the gate's selection figures
+    (``passes``, ``agreement``). Returns the smallest passing k's attempt (``passes`` True) or the best
+    one tried, and every step."""
+    # A candidate that would take the int8 share under the floor is passed over, not a wall: the ones
+    # after it in the ranking may still fit.
+    total = sum(node_macs.values()) or 1
+    budget, fits, kept, share = (1 - floor) * total + 1e-9, [], set(), [1.0]
     for c in candidates:
-        if sum(f.macs for f in fits) + c.macs <= budget:
+        new = set(c.float_nodes) - kept
+        cost = sum(node_macs.get(n, 0) for n in new)
+        if (1 - share[-1]) * total + cost <= budget:
             fits.append(c)
+            kept |= new
+            share.append(share[-1] - cost / total)
     candidates = fits
-    share = [1.0]
-    for c in candidates:
-        share.append(share[-1] - c.macs / total_macs)
     k_max = len(candidates)
     results: dict[int, dict[str, Any]] = {}
 
+    def nodes_of(k: int) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n for c in candidates[:k] for n in c.float_nodes))
+
     def at(k: int) -> dict[str, Any]:
         if k not in results:
-            names = tuple(c.name for c in candidates[:k])
-            results[k] = {**attempt(names), "float_layers": k, "int8_mac_share": round(share[k], 4)}
+            results[k] = {**attempt(nodes_of(k)), "float_candidates": k, "int8_mac_share": round(share[k], 4)}
         return results[k]
-
     lo, hi, k = 0, None, 1
     while k_max and k <= k_max:
         if at(k)["passes"]:
@@ -145,8 +194,8 @@ def fewest_float(candidates: list[Candidate], total_macs: int, attempt: Callable
         chosen = results[hi]
     else:
         chosen = max(steps, key=lambda r: r.get("agreement") or 0, default=None)
-    return {"chosen": chosen, "k_max": k_max, "steps": steps,
-            "float_layers": [c.name for c in candidates[:chosen["float_layers"]]] if chosen else [],
-            "float_labels": [c.label for c in candidates[:chosen["float_layers"]]] if chosen else [],
-            "ranking": [{"layer": c.label, "node": c.name, "drop_db": c.drop_db, "macs": c.macs}
+    k = chosen["float_candidates"] if chosen else 0
+    return {"chosen": chosen, "k_max": k_max, "steps": steps, "float_nodes": list(nodes_of(k)),
+            "float_labels": [c.label for c in candidates[:k]],
+            "ranking": [{"layer": c.label, "kind": c.kind, "score": c.drop_db, "macs": c.macs, "nodes": list(c.float_nodes)}
                         for c in candidates[:max(k_max, 1) + 4]]}

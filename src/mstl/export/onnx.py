@@ -168,6 +168,7 @@ class MixedBuilder:
     def __init__(self, model, workdir: Path, opts: BuildOptions):
         workdir.mkdir(parents=True, exist_ok=True)
         self.pre, self.opts = float_graph(model, workdir), opts
+        self.keras_order = keras_units(model)
 
     def build(self, float_nodes: tuple[str, ...]) -> bytes:
         from dataclasses import replace
@@ -177,6 +178,58 @@ class MixedBuilder:
         """Layers by sensitivity, measured on this builder's own full-int8 graph (its node names)."""
         from .mixed import ranked_onnx
         return ranked_onnx(self.pre, self.build(()), pixels)
+
+    def node_macs(self) -> dict[str, int]:
+        from .macs import layer_macs
+        return {l.name: l.macs for l in layer_macs(self.build(()))}
+
+    def unit_nodes(self, units) -> dict[str, tuple[str, ...]]:
+        return {u: n for u, n in unit_nodes(self.pre, *self.keras_order).items() if u in set(units)}
+
+
+def keras_units(model) -> tuple[list[str], list[str], str, str]:
+    """The classifier's weighted layers (convolutions, then the head) and its additions, in graph order;
+    the names of its scaling and its pooling."""
+    from ..tf_env import keras
+    from .bias_correction import _container
+    net, _ = _container(model)
+    weighted = [l.name for l in net.layers if isinstance(l, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    weighted += [l.name for l in model.layers if isinstance(l, keras.layers.Dense)]
+    adds = [l.name for l in net.layers if isinstance(l, keras.layers.Add)]
+    scaling = next(l.name for l in model.layers if isinstance(l, keras.layers.Rescaling))
+    pool = next(l.name for l in model.layers if isinstance(l, keras.layers.GlobalAveragePooling2D))
+    return weighted, adds, scaling, pool
+
+
+def unit_nodes(pre: Path, weighted: list[str], adds: list[str], scaling: str, pool: str) -> dict[str, tuple[str, ...]]:
+    """Keras layer -> its nodes in the pre-processed ONNX graph. tf2onnx gives most convolutions no
+    name of their layer (``Conv__339``), so they are matched by order - both graphs list them in the
+    same topological order - and checked by count; each convolution takes the Clip (its ReLU6) that
+    reads it; the scaling is every node before the first convolution; the pooling is what lies between
+    the last convolution's activation and the head."""
+    import onnx
+    g = onnx.load(str(pre)).graph
+    nodes = list(g.node)
+    convs = [n for n in nodes if n.op_type in ("Conv", "Gemm", "MatMul")]
+    if len(convs) != len(weighted):
+        raise ValueError(f"{len(convs)} weighted ONNX nodes for {len(weighted)} Keras layers: cannot match them")
+    first = nodes.index(convs[0])
+    onnx_adds = [n for n in nodes[first:] if n.op_type == "Add"]
+    if len(onnx_adds) != len(adds):
+        raise ValueError(f"{len(onnx_adds)} ONNX additions for {len(adds)} Keras ones: cannot match them")
+    readers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    out: dict[str, tuple[str, ...]] = {}
+    for layer, node in zip(weighted, convs):
+        clips = [r.name for r in readers.get(node.output[0], []) if r.op_type in ("Clip", "Relu")]
+        out[layer] = (node.name, *clips)
+    out.update({layer: (node.name,) for layer, node in zip(adds, onnx_adds)})
+    out[scaling] = tuple(n.name for n in nodes[:first] if n.op_type not in ("Constant",))
+    head = nodes.index(convs[-1])
+    out[pool] = tuple(n.name for n in nodes[nodes.index(convs[-2]) + 1:head] if n.op_type not in ("Clip", "Relu", "Constant"))
+    return out
 
 
 def embed_metadata(data: bytes, card: dict) -> bytes:

@@ -28,8 +28,8 @@ from ..edge.core.outputs import OutputError, write_then_rename
 from ..edge.core.runtimes import load_runtime
 from ..edge.core import rundir
 from ..edge.core.rundir import LABELS, SPLIT_LISTS, read_labels, read_selection, read_split, write_labels
-from .gate import CONFIRM_WANTED, SELECTION_MARGIN, SELECTION_SHARE, SPLIT_SEED, Gate
-from .mixed import RANK_IMAGES
+from .gate import CONFIRM_WANTED, ERROR_POOL, SELECTION_MARGIN, SELECTION_SHARE, SPLIT_SEED, Gate
+from .mixed import OUTLIER_DB, RANK_IMAGES
 
 CORRECTION_IMAGES = 200  # calibration images the bias correction measures channel means on
 EXPLAIN_IMAGES = 16
@@ -133,6 +133,7 @@ class _Int8Ready:
     def __init__(self, model_path: Path, calibration: np.ndarray | None):
         self.model_path, self.calibration = model_path, calibration
         self.copies: dict[int, tuple[Any, dict, dict]] = {}
+        self.noise: dict[int, list] = {}  # export/noise.py's measurement, per model, shared by the formats
 
     @staticmethod
     def levels(opts: BuildOptions) -> int:
@@ -368,7 +369,10 @@ def _export_all(job: ExportJob, model) -> dict[str, Any]:
                  "split": f"fixed seed {SPLIT_SEED}, {SELECTION_SHARE:.0%} selection",
                  "list": f"{GATE_LIST}: every gate image; label -2 = selection, else confirmation "
                          "(its label, -1 when unlabelled)",
-                 "selection_margin": SELECTION_MARGIN},
+                 "selection_margin": SELECTION_MARGIN,
+                 "selection_rule": "a build passes selection when its measured agreement and the agreement its "
+                                   f"errors on the {ERROR_POOL} decisive selection images nearest the boundary "
+                                   "predict (export/gate.py expected_agreement) both clear the target"},
         "calibration": {"images": int(len(pick)), "from": "target training split, stratified by class, seed 0"},
         "machine": machine,
         "onnx_int8_built_for": "every x86 CPU (--portable-int8)" if job.portable_int8 else "this CPU",
@@ -412,7 +416,7 @@ class _Attempt:
         c = self.choose
         out = {"recipe": self.recipe.name, "status": "passes selection" if c["passes"] else "below the selection target",
                "selection_agreement": c["agreement"], "flips": c["flips"], "n_compared": c["n_compared"],
-               "max_abs_diff": c["max_abs_diff"], "target": c["target"]}
+               "expected_agreement": c.get("expected_agreement"), "max_abs_diff": c["max_abs_diff"], "target": c["target"]}
         if self.mixed:
             out.update(float_layers=len(self.mixed["float_layers"]), int8_mac_share=self.mixed["int8_mac_share"])
         return out
@@ -443,15 +447,23 @@ def _try_recipe(fmt, recipe, model, ready, work, job, gate: Gate, calibration, t
 
 
 def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, threshold) -> _Attempt | str:
-    """The base rung with its most sensitive layers kept in float (export/mixed.py)."""
-    from .macs import layer_macs
-    from .mixed import fewest_float
+    """The base rung with the fewest regions (and outlier layers) kept in float (export/mixed.py)."""
+    from .mixed import fewest_float, outliers, regions
+    from .noise import NEAR_IMAGES, measure
     try:
         source = ready.get(base.opts) if base.recipe.prepared else model
         builder = fmt.load_module().MixedBuilder(source, work / f"mixed-{fmt.key}", base.opts)
         sel_pixels = gate.pixels[gate.selection]
-        candidates = builder.rank(sel_pixels)
-        total = sum(l.macs for l in layer_macs(base.data))
+        noise = ready.noise.get(id(source))
+        if noise is None:
+            say(f"  measuring each activation tensor's share of the int8 error on the {NEAR_IMAGES} selection "
+                "images nearest the boundary")
+            noise = ready.noise[id(source)] = measure(source, base.opts.calibration, sel_pixels,
+                                                      gate.reference[gate.selection])
+        node_macs = builder.node_macs()
+        layers = outliers(builder.rank(sel_pixels))
+        found_units = builder.unit_nodes({u for t in noise for u in t.units})
+        candidates = layers + regions(noise, found_units, node_macs, tuple(layers))
     except Exception as e:
         return f"mixed precision failed: {str(e).splitlines()[0][:300]}" if str(e) else type(e).__name__
     built: dict[tuple[str, ...], tuple[bytes, Any, dict, np.ndarray]] = {}
@@ -462,23 +474,25 @@ def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, thresho
         probs = rt.predict(sel_pixels)
         built[names] = (data, rt, gate.choose(probs, threshold), probs)
         c = built[names][2]
-        say(f"  {len(names)} layer(s) in float: selection agreement {100 * (c['agreement'] or 0):.2f}% "
-            f"({c['flips']} flips of {c['n_compared']})")
-        return {k: c[k] for k in ("passes", "agreement", "flips", "n_compared", "max_abs_diff")}
+        say(f"  {len(names)} op(s) in float: selection agreement {100 * (c['agreement'] or 0):.2f}% "
+            f"({c['flips']} flips of {c['n_compared']}; {100 * (c.get('expected_agreement') or 0):.2f}% predicted)")
+        return {k: c[k] for k in ("passes", "agreement", "expected_agreement", "flips", "n_compared", "max_abs_diff")}
 
-    say(f"{fmt.filename(job.stem)} [mixed on {base.recipe.name}]: {len(candidates)} layers ranked by SQNR drop; "
-        f"searching the fewest kept in float")
-    found = fewest_float(candidates, total, attempt)
+    say(f"{fmt.filename(job.stem)} [mixed on {base.recipe.name}]: {len(layers)} outlier layer(s) and "
+        f"{len(candidates) - len(layers)} tensor regions ranked; searching the fewest kept in float")
+    found = fewest_float(candidates, node_macs, attempt)
     if not found["chosen"]:
-        return "mixed precision: no layer can stay in float within the int8 MAC floor"
-    names = tuple(found["float_layers"])
+        return "mixed precision: nothing can stay in float within the int8 MAC floor"
+    names = tuple(found["float_nodes"])
     data, rt, choose, probs = built[names]
     recipe = dataclasses.replace(base.recipe, name=f"{base.recipe.name}+mixed", mixed=True, refine=False,
-                                 note=f"{base.recipe.note}; {len(names)} most sensitive layer(s) kept in float")
+                                 note=f"{base.recipe.note}; {len(found['float_labels'])} noisiest tensor region(s) "
+                                      "or outlier layer(s) kept in float")
     mixed = {"base_recipe": base.recipe.name, "float_layers": list(found["float_labels"]), "float_nodes": list(names),
              "int8_mac_share": found["chosen"]["int8_mac_share"], "min_int8_mac_share": MIN_INT8_MAC_SHARE,
-             "ranked_by": "SQNR lost by each layer's own step in the full-int8 build, on "
-                          f"{min(RANK_IMAGES, len(sel_pixels))} selection images",
+             "ranked_by": f"outlier layers first (own SQNR drop >= {OUTLIER_DB} dB on {min(RANK_IMAGES, len(sel_pixels))} "
+                          "selection images), then activation tensors by their share of the int8 error per MAC "
+                          f"(first order, {NEAR_IMAGES} selection images nearest the boundary; export/noise.py)",
              "steps": found["steps"], "ranking": found["ranking"],
              "cost": _cost({"full int8 (" + base.recipe.name + ")": base.data, "mixed": data}, work, fmt, job)}
     return _Attempt(recipe, dataclasses.replace(base.opts, float_nodes=names), data, rt, choose, probs, mixed)
@@ -523,7 +537,8 @@ def _ladder(fmt, model, ready, work, job, gate, calibration, threshold, machine)
         if len(fmt.ladder) > 1:
             c = got.choose
             say(f"{name} [{got.recipe.name}]: selection agreement {100 * (c['agreement'] or 0):.2f}% ({c['flips']} flips "
-                f"of {c['n_compared']}; target {100 * c['target']:.2f}%)")
+                f"of {c['n_compared']}; {100 * (c.get('expected_agreement') or 0):.2f}% as its errors predict; "
+                f"target {100 * c['target']:.2f}%)")
         if best is None or got.choose["passes"] or (got.choose["agreement"] or 0) > (best.choose["agreement"] or 0):
             best = got
         if got.choose["passes"]:

@@ -97,6 +97,27 @@ class MixedBuilder:
         from .mixed import ranked_tflite
         return ranked_tflite(self.fp32, self.build(()), pixels)
 
+    def node_macs(self) -> dict[str, int]:
+        from .macs import layer_macs
+        return {l.name: l.macs for l in layer_macs(self.build(()))}
+
+    def unit_nodes(self, units) -> dict[str, tuple[str, ...]]:
+        """Keras layer -> the ops of this graph that compute it: the converter names each op after the
+        Keras layers it fused, as path segments ``.../<layer>_<n>/...`` (an op may carry several)."""
+        import re
+
+        from ai_edge_litert.interpreter import Interpreter
+        it = Interpreter(model_content=self.fp32)
+        tensors = {t["index"]: t["name"] for t in it.get_tensor_details()}
+        ops = [tensors[int(o["outputs"][0])] for o in it._get_ops_details()]
+        out = {}
+        for u in units:
+            pattern = re.compile(rf"(^|[/;]){re.escape(u)}(_\d+)?/")
+            found = tuple(n for n in ops if pattern.search(n))
+            if found:
+                out[u] = found
+        return out
+
 
 def embed_metadata(data: bytes, card: dict) -> bytes:
     """Store the model card (labels, preprocessing) in the TFLite metadata table as 'mstl_card'."""

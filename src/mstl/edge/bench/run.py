@@ -311,6 +311,6 @@ def _mixed_note(card: dict) -> str:
     mixed = card.get("mixed") or {}
     cost = mixed.get("cost") or {}
     timed = ", ".join(f"{k.removeprefix('p50_ms ')} {v} ms" for k, v in cost.items() if k.startswith("p50_ms"))
-    return (f"mixed precision: {len(card.get('float_layers') or [])} layer(s) in float "
-            f"({', '.join(mixed.get('float_layers') or [])}), {100 * card['int8_mac_share']:.1f}% of MACs in int8"
+    return (f"mixed precision: {len(card.get('float_layers') or [])} weighted layer(s) in float "
+            f"(for {', '.join(mixed.get('float_layers') or [])}), {100 * card['int8_mac_share']:.1f}% of MACs in int8"
             + (f"; at export on {cost.get('cpu')}, p50 1 thread: {timed}" if timed else ""))

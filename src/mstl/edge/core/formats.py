@@ -125,8 +125,9 @@ class Format:
 
 
 U8 = (("activations", "uint8"),)
-MIXED = Recipe("mixed", mixed=True, note="the best full-int8 rung above, with the fewest most sensitive layers "
-               "kept in float that the gate needs (at least MIN_INT8_MAC_SHARE of multiply-accumulates in int8)")
+MIXED = Recipe("mixed", mixed=True, note="the best full-int8 rung above, with the fewest outlier layers and noisiest "
+               "activation-tensor regions kept in float that the gate needs (at least MIN_INT8_MAC_SHARE of "
+               "multiply-accumulates in int8)")
 MIN_INT8_MAC_SHARE = 0.8  # below this an artifact is not called int8
 U8_R7 = (("activations", "uint8"), ("reduce_range", True))
 
