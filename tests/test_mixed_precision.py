@@ -307,3 +307,12 @@ def test_a_build_that_flips_nothing_by_luck_does_not_pass_selection():
 def top1_agreement_of(probs, ref):
     from mstl.edge.core.metrics import top1_agreement
     return top1_agreement(probs, ref)["agreement"]
+
+
+def test_when_nothing_passes_the_surest_step_goes_to_confirmation():
+    """A step that measured 99.8% but whose errors predict 99.0% loses to one at 99.5% / 99.4%."""
+    def attempt(names):
+        lucky = len(names) == 1
+        return {"passes": False, "agreement": 0.998 if lucky else 0.995, "expected_agreement": 0.990 if lucky else 0.994}
+    found = fewest_float(_cands(2), _macs(2), attempt)
+    assert found["chosen"]["float_candidates"] == 2

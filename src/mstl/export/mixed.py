@@ -147,6 +147,13 @@ def regions(noise, unit_nodes: dict[str, tuple[str, ...]], node_macs: dict[str, 
     return out
 
 
+def sure_agreement(step: dict[str, Any]) -> float:
+    """The lower of a step's measured and error-predicted selection agreement: the higher one of a
+    build that flipped few images by luck is what the search would otherwise pick."""
+    measured, expected = step.get("agreement") or 0.0, step.get("expected_agreement")
+    return measured if expected is None else min(measured, expected)
+
+
 def fewest_float(candidates: list[Candidate], node_macs: dict[str, int], attempt: Callable[[tuple[str, ...]], dict[str, Any]],
                  floor: float = MIN_INT8_MAC_SHARE) -> dict[str, Any]:
     """Search k, the number of candidates (a prefix) kept in float. ``node_macs``: every weighted node
@@ -193,7 +200,7 @@ def fewest_float(candidates: list[Candidate], node_macs: dict[str, int], attempt
     if hi is not None:
         chosen = results[hi]
     else:
-        chosen = max(steps, key=lambda r: r.get("agreement") or 0, default=None)
+        chosen = max(steps, key=sure_agreement, default=None)
     k = chosen["float_candidates"] if chosen else 0
     return {"chosen": chosen, "k_max": k_max, "steps": steps, "float_nodes": list(nodes_of(k)),
             "float_labels": [c.label for c in candidates[:k]],

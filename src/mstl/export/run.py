@@ -29,7 +29,7 @@ from ..edge.core.runtimes import load_runtime
 from ..edge.core import rundir
 from ..edge.core.rundir import LABELS, SPLIT_LISTS, read_labels, read_selection, read_split, write_labels
 from .gate import CONFIRM_WANTED, ERROR_POOL, SELECTION_MARGIN, SELECTION_SHARE, SPLIT_SEED, Gate
-from .mixed import OUTLIER_DB, RANK_IMAGES
+from .mixed import OUTLIER_DB, RANK_IMAGES, sure_agreement
 
 CORRECTION_IMAGES = 200  # calibration images the bias correction measures channel means on
 EXPLAIN_IMAGES = 16
@@ -539,7 +539,7 @@ def _ladder(fmt, model, ready, work, job, gate, calibration, threshold, machine)
             say(f"{name} [{got.recipe.name}]: selection agreement {100 * (c['agreement'] or 0):.2f}% ({c['flips']} flips "
                 f"of {c['n_compared']}; {100 * (c.get('expected_agreement') or 0):.2f}% as its errors predict; "
                 f"target {100 * c['target']:.2f}%)")
-        if best is None or got.choose["passes"] or (got.choose["agreement"] or 0) > (best.choose["agreement"] or 0):
+        if best is None or got.choose["passes"] or sure_agreement(got.choose) > sure_agreement(best.choose):
             best = got
         if got.choose["passes"]:
             break
