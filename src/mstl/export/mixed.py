@@ -19,7 +19,7 @@ every step are recorded in the card."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -117,7 +117,8 @@ def ranked_tflite(fp32: bytes, int8: bytes, pixels: np.ndarray) -> list[Candidat
 
 
 def outliers(ranked: list[Candidate]) -> list[Candidate]:
-    return [c for c in ranked if c.drop_db >= OUTLIER_DB]
+    """The layers whose own step loses ``OUTLIER_DB`` or more, labelled apart from the regions."""
+    return [replace(c, label=f"{c.label} (own step)") for c in ranked if c.drop_db >= OUTLIER_DB]
 
 
 def regions(noise, unit_nodes: dict[str, tuple[str, ...]], node_macs: dict[str, int],
