@@ -81,19 +81,37 @@ def test_search_never_goes_under_the_mac_floor():
     assert all(s["int8_mac_share"] >= 0.8 for s in found["steps"])
 
 
+def _stem(size, seed):
+    """Pixels -> scaling -> a strided 3x3 convolution, BatchNorm, ReLU6: the planted models' first layers."""
+    from mstl.tf_env import keras
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scaling")(inp)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="c0")(x)
+    x = keras.layers.BatchNormalization(name="c0_BN")(x)
+    return keras, inp, keras.layers.ReLU(6.0, name="c0_relu")(x)
+
+
+def _decisive_head(model, pixels):
+    """The head reads the pooled features' first principal direction, scaled to logit differences of
+    about +-30: answers are decisive, and only what int8 does upstream can flip them."""
+    from mstl.tf_env import keras
+    feats = np.asarray(keras.Model(model.inputs, model.get_layer("pool").output)(pixels.astype(np.float32)))
+    centred = feats - feats.mean(0)
+    v = np.linalg.svd(centred, full_matrices=False)[2][0]
+    v *= 30.0 / (centred @ v).std()
+    head = model.get_layer("target_head")
+    head.kernel.assign(np.stack([v / 2, -v / 2], 1).astype(np.float32))
+    head.bias.assign(np.array([-(feats.mean(0) @ v) / 2, (feats.mean(0) @ v) / 2], np.float32))
+
+
 def _planted_classifier(path, pixels=None, size=32):
     """A small convolutional classifier with a planted sensitive layer: the 1x1 convolution "planted"
     has, on an input channel that is always 0, weights 300x its others. The float model ignores them;
     per-channel int8 sets every output channel's scale by them and rounds the real weights to 0. With
     ``pixels``, BatchNorm takes their statistics and the head reads the pooled features' first
     principal direction, scaled so that answers are decisive: everything else survives int8."""
-    from mstl.tf_env import keras
-    keras.utils.set_random_seed(3)
-    inp = keras.Input((size, size, 3), name="image")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scaling")(inp)
-    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="c0")(x)
-    x = keras.layers.BatchNormalization(name="c0_BN")(x)
-    x = keras.layers.ReLU(6.0, name="c0_relu")(x)
+    keras, inp, x = _stem(size, 3)
     x = keras.layers.Conv2D(4, 1, name="planted")(x)  # 13% of the MACs: within the int8 floor
     x = keras.layers.ReLU(6.0, name="planted_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
@@ -113,14 +131,8 @@ def _planted_classifier(path, pixels=None, size=32):
     conv.bias.assign(np.full(4, 0.5, np.float32))
     k[0, 0, 0, :] = 300 * np.abs(k).max()
     conv.kernel.assign(k)
-    head = model.get_layer("target_head")
     if pixels is not None:
-        feats = np.asarray(keras.Model(inp, model.get_layer("pool").output)(pixels.astype(np.float32)))
-        centred = feats - feats.mean(0)
-        v = np.linalg.svd(centred, full_matrices=False)[2][0]
-        v *= 30.0 / (centred @ v).std()  # logit differences of about +-30
-        head.kernel.assign(np.stack([v / 2, -v / 2], 1).astype(np.float32))
-        head.bias.assign(np.array([-(feats.mean(0) @ v) / 2, (feats.mean(0) @ v) / 2], np.float32))
+        _decisive_head(model, pixels)
     model.save(path)
     return model
 
@@ -184,15 +196,9 @@ def _noisy_tensor_classifier(path, pixels, size=32):
     projection ``proj`` (BatchNorm, no activation) carries on channel 0 a constant 1e5 that the next
     convolution gives zero weight. The float model ignores it; per-tensor int8 sets the tensor's step
     to ~400 by it (stream equalization, 16x at most, cannot undo that), and the other channels (about +-3)
-    round to nothing. Keeping ``proj`` or its reader in
-    float alone leaves the tensor on that grid; only both together (a region) take it off."""
-    from mstl.tf_env import keras
-    keras.utils.set_random_seed(5)
-    inp = keras.Input((size, size, 3), name="image")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scaling")(inp)
-    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="c0")(x)
-    x = keras.layers.BatchNormalization(name="c0_BN")(x)
-    x = keras.layers.ReLU(6.0, name="c0_relu")(x)
+    round to nothing. Keeping ``proj`` or its reader in float alone leaves the tensor on that grid; only
+    both together (a region) take it off."""
+    keras, inp, x = _stem(size, 5)
     x = keras.layers.Conv2D(8, 1, use_bias=False, name="proj")(x)
     x = keras.layers.BatchNormalization(name="proj_BN")(x)
     x = keras.layers.Conv2D(16, 1, use_bias=False, name="c2")(x)
@@ -220,13 +226,7 @@ def _noisy_tensor_classifier(path, pixels, size=32):
     k = c2.kernel.numpy()
     k[:, :, 0, :] = 0.0
     c2.kernel.assign(k)
-    head = model.get_layer("target_head")
-    feats = np.asarray(keras.Model(inp, model.get_layer("pool").output)(pixels.astype(np.float32)))
-    centred = feats - feats.mean(0)
-    v = np.linalg.svd(centred, full_matrices=False)[2][0]
-    v *= 30.0 / (centred @ v).std()
-    head.kernel.assign(np.stack([v / 2, -v / 2], 1).astype(np.float32))
-    head.bias.assign(np.array([-(feats.mean(0) @ v) / 2, (feats.mean(0) @ v) / 2], np.float32))
+    _decisive_head(model, pixels)
     model.save(path)
     return model
 
