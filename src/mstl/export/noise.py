@@ -124,21 +124,18 @@ def units(fq: FakeQuant) -> dict[str, tuple[str, ...]]:
     own_op = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense, keras.layers.Add,
               keras.layers.Rescaling, keras.layers.GlobalAveragePooling2D)
 
-    def name(layer) -> str:
-        return layer.name
-
     def maker(tensor) -> list[str]:
         layer = producer.get(id(tensor))
         while layer is not None and not isinstance(layer, own_op):
             if isinstance(layer, keras.layers.InputLayer):
                 return [fq.scaling]
             layer = producer.get(id(layer.input))
-        return [name(layer)] if layer is not None else []
+        return [layer.name] if layer is not None else []
 
     def reading(tensor) -> list[str]:
         found = []
         for r in readers.get(id(tensor), []):
-            found += reading(r.output) if isinstance(r, keras.layers.ZeroPadding2D) else [name(r)]
+            found += reading(r.output) if isinstance(r, keras.layers.ZeroPadding2D) else [r.name]
         return found or ([fq.pool] if tensor is net.outputs[0] else [])
 
     scaled = next((l.output for l in net.layers if isinstance(l, keras.layers.Rescaling)), net.inputs[0])

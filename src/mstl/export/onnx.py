@@ -174,17 +174,23 @@ class MixedBuilder:
         from dataclasses import replace
         return quantize_qdq(self.pre, replace(self.opts, float_nodes=tuple(float_nodes)))
 
+    @functools.cached_property
+    def full_int8(self) -> bytes:
+        """The build with nothing in float: ranked on, and its MACs counted, once."""
+        return self.build(())
+
     def rank(self, pixels: np.ndarray):
         """Layers by sensitivity, measured on this builder's own full-int8 graph (its node names)."""
         from .mixed import ranked_onnx
-        return ranked_onnx(self.pre, self.build(()), pixels)
+        return ranked_onnx(self.pre, self.full_int8, pixels)
 
     def node_macs(self) -> dict[str, int]:
         from .macs import layer_macs
-        return {l.name: l.macs for l in layer_macs(self.build(()))}
+        return {l.name: l.macs for l in layer_macs(self.full_int8)}
 
     def unit_nodes(self, units) -> dict[str, tuple[str, ...]]:
-        return {u: n for u, n in unit_nodes(self.pre, *self.keras_order).items() if u in set(units)}
+        wanted = set(units)
+        return {u: n for u, n in unit_nodes(self.pre, *self.keras_order).items() if u in wanted}
 
 
 def keras_units(model) -> tuple[list[str], list[str], str, str]:
