@@ -48,19 +48,24 @@ def _folded_scale(bn) -> np.ndarray:
     return gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
 
 
-def round_kernel(conv, bn, levels: int = INT8_MAX) -> float:
+def round_kernel(conv, bn, levels: int = INT8_MAX, moments: np.ndarray | None = None) -> float:
     """Round ``conv``'s kernel so that, once ``bn`` is folded into it, each output channel lies on the
     symmetric grid the converter will use (scale = max|w| / levels: 127 for int8, 64 for ONNX Runtime's
-    7-bit reduce_range). Returns the relative L2 change of the folded kernel."""
+    7-bit reduce_range): to nearest, or with ``moments`` (gptq.input_moments) by GPTQ. Returns the
+    relative L2 change of the folded kernel."""
     w = conv.kernel.numpy()
     k = _folded_scale(bn)
     depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
     kk = k.reshape(1, 1, -1, 1) if depthwise else k.reshape(1, 1, 1, -1)
     folded = w * kk
     axes = (0, 1, 3) if depthwise else (0, 1, 2)
-    scale = np.abs(folded).max(axis=axes, keepdims=True) / levels
-    scale[scale == 0] = 1.0
-    rounded = np.clip(np.round(folded / scale), -levels, levels) * scale
+    if moments is not None:
+        from .gptq import round_folded
+        rounded = round_folded(folded, moments, levels, depthwise).astype(np.float32)
+    else:
+        scale = np.abs(folded).max(axis=axes, keepdims=True) / levels
+        scale[scale == 0] = 1.0
+        rounded = np.clip(np.round(folded / scale), -levels, levels) * scale
     with np.errstate(divide="ignore", invalid="ignore"):
         new = np.where(kk != 0, rounded / kk, w)
     conv.kernel.assign(new.astype(w.dtype))
@@ -98,7 +103,7 @@ def _channel_means(net, bns, x: np.ndarray, batch: int = 32) -> list[np.ndarray]
 
 
 def int8_ready(model: "keras.Model", pixels: np.ndarray, equalize: bool = True,
-               targets: dict | None = None, levels: int = INT8_MAX) -> dict:
+               targets: dict | None = None, levels: int = INT8_MAX, rounding: str = "nearest") -> dict:
     """Turn ``model`` into its int8-ready form, in place.
 
     ``pixels``: calibration images, raw 0..255. Layer by layer in graph order, the copy's kernel is
@@ -117,8 +122,14 @@ def int8_ready(model: "keras.Model", pixels: np.ndarray, equalize: bool = True,
     if targets is not None:
         targets.update({bn.name: want for (_, bn), want in zip(pairs, target)})
     changes, shifts = [], []
+    if rounding not in ("nearest", "gptq"):
+        raise ValueError(f"rounding must be 'nearest' or 'gptq', not {rounding!r}")
     for (conv, bn), want in zip(pairs, target):
-        changes.append(round_kernel(conv, bn, levels))
+        moments = None
+        if rounding == "gptq":
+            from .gptq import input_moments
+            moments = input_moments(net, conv, x)  # with every earlier layer already rounded
+        changes.append(round_kernel(conv, bn, levels, moments))
         shift = _channel_means(net, [bn], x)[0] - want
         shifts.append(float(np.abs(shift).max()))
         bn.beta.assign((bn.beta.numpy() - shift).astype(np.float32))
@@ -127,7 +138,7 @@ def int8_ready(model: "keras.Model", pixels: np.ndarray, equalize: bool = True,
         f"{100 * float(np.median(changes)):.2f}%); largest channel-mean shift corrected {shifts[worst]:.3g} "
         f"at {pairs[worst][0].name}")
     return {"method": "int8-rounded folded kernels + empirical bias correction", "layers": len(pairs),
-            "weight_levels": levels,
+            "weight_levels": levels, "rounding": rounding,
             "calibration_images": int(len(pixels)), "median_kernel_change": round(float(np.median(changes)), 5),
             "largest_shift": {"layer": pairs[worst][0].name, "value": round(shifts[worst], 5)},
             "equalization": equalized}

@@ -32,6 +32,11 @@ from .gate import CONFIRM_WANTED, ERROR_POOL, SELECTION_MARGIN, SELECTION_SHARE,
 from .mixed import OUTLIER_DB, RANK_IMAGES, sure_agreement
 
 CORRECTION_IMAGES = 200  # calibration images the bias correction measures channel means on
+# How the int8-ready kernels are rounded, per weight grid (export/gptq.py). Paper-rule chest X-ray model,
+# AVX2-only AMD EPYC: on the 7-bit grid with float activations nearest rounding flipped 18 of 3,760
+# confirmation answers, GPTQ 4; on the 8-bit grid nearest flips 3 and GPTQ gained nothing measurable
+# (TFLite bias-corrected selection 8 flips with nearest, 12 with GPTQ, of 1,864).
+ROUNDING = {127: "nearest", 64: "gptq"}  # keys: bias_correction.INT8_MAX, INT7_MAX
 EXPLAIN_IMAGES = 16
 
 INTENDED_USE = ("Research prototype for evaluating on-device inference of a small medical-image classifier. "
@@ -146,8 +151,11 @@ class _Int8Ready:
             from ..model import load_classifier
             from .bias_correction import int8_ready
             model, targets = load_classifier(self.model_path), {}
-            say(f"  preparing the int8-ready model (kernels rounded to the {levels}-level weight grid, biases corrected)")
-            info = int8_ready(model, self.calibration[:CORRECTION_IMAGES], targets=targets, levels=levels)
+            rounding = ROUNDING.get(levels, "nearest")
+            say(f"  preparing the int8-ready model (kernels rounded to the {levels}-level weight grid by {rounding}, "
+                "biases corrected)")
+            info = int8_ready(model, self.calibration[:CORRECTION_IMAGES], targets=targets, levels=levels,
+                              rounding=rounding)
             self.copies[levels] = (model, info, targets)
         return self.copies[levels][0]
 
