@@ -111,6 +111,8 @@ def int8_ready(model: "keras.Model", pixels: np.ndarray, equalize: bool = True,
     images equals the float network's - with every earlier layer already rounded and corrected, so a
     correction also absorbs the mean error that reaches it from below. Returns what was done, for the card.
     """
+    if rounding not in ("nearest", "gptq"):
+        raise ValueError(f"rounding must be 'nearest' or 'gptq', not {rounding!r}")
     net, feed = _container(model)
     pairs = conv_bn_pairs(net)
     if not pairs:
@@ -122,8 +124,6 @@ def int8_ready(model: "keras.Model", pixels: np.ndarray, equalize: bool = True,
     if targets is not None:
         targets.update({bn.name: want for (_, bn), want in zip(pairs, target)})
     changes, shifts = [], []
-    if rounding not in ("nearest", "gptq"):
-        raise ValueError(f"rounding must be 'nearest' or 'gptq', not {rounding!r}")
     for (conv, bn), want in zip(pairs, target):
         moments = None
         if rounding == "gptq":

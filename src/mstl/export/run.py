@@ -32,12 +32,12 @@ from .gate import CONFIRM_WANTED, ERROR_POOL, SELECTION_MARGIN, SELECTION_SHARE,
 from .mixed import OUTLIER_DB, RANK_IMAGES, sure_agreement
 
 CORRECTION_IMAGES = 200  # calibration images the bias correction measures channel means on
-# How the int8-ready kernels are rounded, per weight grid (export/gptq.py has GPTQ). Measured on an
+# How the int8-ready kernels are rounded, on both weight grids (export/gptq.py has GPTQ). Measured on an
 # AVX2-only AMD EPYC, 7-bit ONNX weights: GPTQ took the paper-rule X-ray model's float-activation flips
 # from 18 to 4 and its shipped ONNX int8 from 33 to 19 confirmation flips of 3,717, but the converged
 # head's from 30 to 40 of 3,735 (rejected) and the demo's from 3 to 5 of 2,019, at 2.4x the ONNX int8
 # export time: no consistent gain, so nearest rounding stays on both grids.
-ROUNDING = {127: "nearest", 64: "nearest"}  # keys: bias_correction.INT8_MAX, INT7_MAX
+ROUNDING = "nearest"
 EXPLAIN_IMAGES = 16
 
 INTENDED_USE = ("Research prototype for evaluating on-device inference of a small medical-image classifier. "
@@ -152,11 +152,10 @@ class _Int8Ready:
             from ..model import load_classifier
             from .bias_correction import int8_ready
             model, targets = load_classifier(self.model_path), {}
-            rounding = ROUNDING.get(levels, "nearest")
-            say(f"  preparing the int8-ready model (kernels rounded to the {levels}-level weight grid by {rounding}, "
+            say(f"  preparing the int8-ready model (kernels rounded to the {levels}-level weight grid by {ROUNDING}, "
                 "biases corrected)")
             info = int8_ready(model, self.calibration[:CORRECTION_IMAGES], targets=targets, levels=levels,
-                              rounding=rounding)
+                              rounding=ROUNDING)
             self.copies[levels] = (model, info, targets)
         return self.copies[levels][0]
 
