@@ -58,8 +58,8 @@ def test_ladder_skips_each_rung_for_the_cpus_it_is_not_built_for():
     assert on_exact["s"] == ("7-bit weights are only needed where u8s8 can saturate (x86 without VNNI); "
                              "this CPU has exact u8s8")
     assert on_sat["s"] is None and on_sat["a"] is None and on_sat["m"] is None  # the mixed rung is never skipped
-    assert on_sat["e"] == ("8-bit weights: u8s8 int16 pair sums can saturate on x86 with AVX2 and no VNNI, "
-                           "which this export is built for")
+    assert on_sat["e"] == ("8-bit weights: u8s8 int16 pair sums can saturate on x86 with AVX2 and no VNNI (s8 "
+                           "activations run through the same kernels there), which this export is built for")
 
 
 def test_lookups_by_key_suffix_and_file_name():
