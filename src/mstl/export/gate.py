@@ -46,6 +46,14 @@ def split(n: int, seed: int = SPLIT_SEED) -> np.ndarray:
     return mask
 
 
+def nearest_boundary(reference: np.ndarray, pool: int = ERROR_POOL) -> tuple[np.ndarray, np.ndarray]:
+    """(the decisive images, the ``pool`` of them nearest the boundary): indices into ``reference``."""
+    ranked = np.sort(np.asarray(reference, np.float64), axis=1)
+    margin = ranked[:, -1] - ranked[:, -2]
+    clear = np.flatnonzero(margin > DECISIVE_MARGIN)
+    return clear, clear[np.argsort(margin[clear], kind="stable")[:pool]]
+
+
 def expected_agreement(probs: np.ndarray, reference: np.ndarray, pool: int = ERROR_POOL) -> float | None:
     """Agreement on the decisive images (``metrics.top1_agreement``'s) as the build's error distribution
     predicts it, not as the few images that happen to flip say: each image's reference margin (top
@@ -62,10 +70,9 @@ def expected_agreement(probs: np.ndarray, reference: np.ndarray, pool: int = ERR
     rival = probs.copy()
     rival[rows, top] = -np.inf
     error = (probs[rows, top] - rival.max(1)) - margin
-    clear = np.flatnonzero(margin > DECISIVE_MARGIN)
+    clear, near = nearest_boundary(reference, pool)
     if not len(clear):
         return None
-    near = clear[np.argsort(margin[clear], kind="stable")[:pool]]
     flips = (margin[clear][:, None] + error[near][None, :] < 0).mean(1).sum()
     return float(1 - flips / len(clear))
 
@@ -89,6 +96,12 @@ class Gate:
     @property
     def confirmation(self) -> np.ndarray:
         return ~self.selection
+
+    @property
+    def near_boundary(self) -> np.ndarray:
+        """The ``ERROR_POOL`` decisive selection images nearest the boundary (indices into the gate)."""
+        sel = np.flatnonzero(self.selection)
+        return sel[nearest_boundary(self.reference[sel])[1]]
 
     def choose(self, probs_selection: np.ndarray, threshold: float) -> dict[str, Any]:
         """Agreement on the selection images; ``passes`` when both it and the agreement the build's errors

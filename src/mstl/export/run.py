@@ -419,6 +419,7 @@ class _Attempt:
     choose: dict[str, Any]  # the gate's selection figures
     selection_probs: np.ndarray  # what they were computed from (the verdict reuses them)
     mixed: dict[str, Any] | None = None
+    offset: dict[str, Any] | None = None  # the decision offset taken off the head (int8: export/offset.py)
 
     def summary(self) -> dict[str, Any]:
         c = self.choose
@@ -443,15 +444,43 @@ def _runtime(work: Path, name: str, data: bytes, threads: int = 2):
     return load_runtime(staged, threads=threads)
 
 
+def _centred(fmt: Format, data: bytes, work: Path, name: str, gate: Gate) -> tuple[bytes, dict[str, Any] | None]:
+    """An int8 build with its decision offset taken off its head (export/offset.py), and what was done."""
+    if fmt.precision != "int8":
+        return data, None
+    from .offset import MAX_SHIFT_SHARE, logit_shift, logit_spread, remove
+    pool = gate.near_boundary
+    if not len(pool):
+        return data, {"removed": False, "reason": "no decisive selection image to measure it on"}
+    shift = logit_shift(_runtime(work, f"uncentred-{name}", data).predict(gate.pixels[pool]), gate.reference[pool])
+    info = {"logit_shift": [round(float(v), 5) for v in shift], "images": int(len(pool)),
+            "on": f"the {len(pool)} decisive selection images nearest the boundary"}
+    spread = logit_spread(gate.reference[gate.selection])
+    if (np.abs(shift) > MAX_SHIFT_SHARE * spread).any():
+        return data, {**info, "removed": False,
+                      "reason": f"a shift over {MAX_SHIFT_SHARE:.0%} of the Keras model's logit spread "
+                                f"({', '.join(f'{v:.3f}' for v in spread)}) is a wrong build, not a rounding mean: "
+                                "left for the gate to judge"}
+    got = remove(fmt.format, data, shift)
+    if got is None:
+        return data, {**info, "removed": False, "reason": "the softmax does not read a dense layer with a bias"}
+    say(f"  decision offset taken off the head: logit shift {', '.join(f'{v:+.3f}' for v in shift)} "
+        f"({len(pool)} selection images nearest the boundary)")
+    return got[0], {**info, "removed": True, **got[1]}
+
+
 def _try_recipe(fmt, recipe, model, ready, work, job, gate: Gate, calibration, threshold) -> _Attempt | str:
-    """The recipe built and measured on the selection images, or the reason it could not be built."""
+    """The recipe built, its decision offset removed, and measured on the selection images - or the
+    reason it could not be built."""
+    name = fmt.filename(job.stem)
     try:
         opts, data = _build(fmt, recipe, model, ready, work, job, calibration)
-        rt = _runtime(work, fmt.filename(job.stem), data)
+        data, offset = _centred(fmt, data, work, name, gate)
+        rt = _runtime(work, name, data)
     except Exception as e:  # a converter failure is reported per recipe; the next one may work
         return f"conversion failed: {str(e).splitlines()[0][:300]}" if str(e) else type(e).__name__
     probs = rt.predict(gate.pixels[gate.selection])
-    return _Attempt(recipe, opts, data, rt, gate.choose(probs, threshold), probs)
+    return _Attempt(recipe, opts, data, rt, gate.choose(probs, threshold), probs, offset=offset)
 
 
 def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, threshold) -> _Attempt | str:
@@ -474,13 +503,14 @@ def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, thresho
         candidates = layers + regions(noise, found_units, node_macs, tuple(layers))
     except Exception as e:
         return f"mixed precision failed: {str(e).splitlines()[0][:300]}" if str(e) else type(e).__name__
-    built: dict[tuple[str, ...], tuple[bytes, Any, dict, np.ndarray]] = {}
+    built: dict[tuple[str, ...], tuple[bytes, Any, dict, np.ndarray, dict | None]] = {}
 
     def attempt(names: tuple[str, ...]) -> dict[str, Any]:
-        data = builder.build(names)
-        rt = _runtime(work, f"k{len(names)}-{fmt.filename(job.stem)}", data)
+        staged = f"k{len(names)}-{fmt.filename(job.stem)}"
+        data, offset = _centred(fmt, builder.build(names), work, staged, gate)
+        rt = _runtime(work, staged, data)
         probs = rt.predict(sel_pixels)
-        built[names] = (data, rt, gate.choose(probs, threshold), probs)
+        built[names] = (data, rt, gate.choose(probs, threshold), probs, offset)
         c = built[names][2]
         say(f"  {len(names)} op(s) in float: selection agreement {100 * (c['agreement'] or 0):.2f}% "
             f"({c['flips']} flips of {c['n_compared']}; {100 * (c.get('expected_agreement') or 0):.2f}% predicted)")
@@ -492,7 +522,7 @@ def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, thresho
     if not found["chosen"]:
         return "mixed precision: nothing can stay in float within the int8 MAC floor"
     names = tuple(found["float_nodes"])
-    data, rt, choose, probs = built[names]
+    data, rt, choose, probs, offset = built[names]
     recipe = dataclasses.replace(base.recipe, name=f"{base.recipe.name}+mixed", mixed=True, refine=False,
                                  note=f"{base.recipe.note}; {len(found['float_labels'])} noisiest tensor region(s) "
                                       "or outlier layer(s) kept in float")
@@ -503,7 +533,7 @@ def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, thresho
                           f"(first order, {NEAR_IMAGES} selection images nearest the boundary; export/noise.py)",
              "steps": found["steps"], "ranking": found["ranking"],
              "cost": _cost({"full int8 (" + base.recipe.name + ")": base.data, "mixed": data}, work, fmt, job)}
-    return _Attempt(recipe, dataclasses.replace(base.opts, float_nodes=names), data, rt, choose, probs, mixed)
+    return _Attempt(recipe, dataclasses.replace(base.opts, float_nodes=names), data, rt, choose, probs, mixed, offset)
 
 
 def _cost(builds: dict[str, bytes], work: Path, fmt: Format, job: ExportJob, runs: int = 60) -> dict[str, Any]:
@@ -649,6 +679,8 @@ def _card(fmt: Format, name: str, best: _Attempt, tried: list, job: ExportJob, c
         card["int8_mac_share"], card["float_layers"] = macs["int8_mac_share"], macs["float_layers"]
         if best.mixed:
             card["mixed"] = {"shipped": True, **best.mixed}
+        if best.offset:
+            card["decision_offset"] = best.offset
     card["machine"] = machine
     return card
 
