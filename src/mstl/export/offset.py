@@ -58,6 +58,8 @@ def _tflite(data: bytes, shift: np.ndarray):
     if len(softmax) != 1:
         return None
     head = ops.get(int(softmax[0].inputs[0]))
+    while head is not None and fbu.opcode_to_name(model, head.opcodeIndex) in ("QUANTIZE", "DEQUANTIZE"):
+        head = ops.get(int(head.inputs[0]))  # a head kept in float by the mixed rung sits between these
     if head is None or fbu.opcode_to_name(model, head.opcodeIndex) != "FULLY_CONNECTED" or len(head.inputs) < 3 \
             or head.inputs[2] < 0:
         return None
