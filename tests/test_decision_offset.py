@@ -47,10 +47,23 @@ def _logit_diff(p):
     return np.log(p[:, 1]) - np.log(p[:, 0])
 
 
+def _median_move(tmp_path, fmt, data, patched, rng):
+    """How far patching moved the two files' logit difference, on images away from the int8 softmax's
+    saturated ends."""
+    from mstl.edge.core.runtimes import load_runtime
+    (tmp_path / f"a.{fmt}").write_bytes(data)
+    (tmp_path / f"b.{fmt}").write_bytes(patched)
+    x = rng.integers(0, 256, (200, 16, 16, 3)).astype(np.uint8)
+    before = load_runtime(tmp_path / f"a.{fmt}").predict(x)
+    after = load_runtime(tmp_path / f"b.{fmt}").predict(x)
+    near = np.abs(before[:, 1] - before[:, 0]) < 0.6
+    assert near.sum() > 50
+    return float(np.median(_logit_diff(after[near]) - _logit_diff(before[near])))
+
+
 @pytest.mark.parametrize("fmt,precision", [("tflite", "int8"), ("onnx", "int8"), ("tflite", "fp32")])
 def test_the_shift_is_taken_off_the_head_of_the_built_file(tmp_path, fmt, precision):
     import importlib
-    from mstl.edge.core.runtimes import load_runtime
     model = _classifier()
     rng = np.random.default_rng(1)
     cal = rng.integers(0, 256, (64, 16, 16, 3)).astype(np.float32)
@@ -59,22 +72,13 @@ def test_the_shift_is_taken_off_the_head_of_the_built_file(tmp_path, fmt, precis
     shift = np.array([-0.2, 0.2])
     patched, where = remove(fmt, data, shift)
     assert where["bias"] == ("int32" if precision == "int8" else "float32")  # int8: on the head's own grid
-    (tmp_path / f"a.{fmt}").write_bytes(data)
-    (tmp_path / f"b.{fmt}").write_bytes(patched)
-    x = rng.integers(0, 256, (200, 16, 16, 3)).astype(np.uint8)
-    before = load_runtime(tmp_path / f"a.{fmt}").predict(x)
-    after = load_runtime(tmp_path / f"b.{fmt}").predict(x)
-    near = np.abs(before[:, 1] - before[:, 0]) < 0.6  # away from the int8 softmax's saturated ends
-    assert near.sum() > 50
-    moved = _logit_diff(after[near]) - _logit_diff(before[near])
-    assert np.median(moved) == pytest.approx(-0.4, abs=0.06)
+    assert _median_move(tmp_path, fmt, data, patched, rng) == pytest.approx(-0.4, abs=0.06)
     assert len(patched) == pytest.approx(len(data), rel=0.01)
 
 
 def test_a_head_kept_in_float_between_int8_ops_is_found(tmp_path):
     """The mixed rung may keep the head in float: its dense layer then sits between a dequantize and a
     quantize (measured on the converged X-ray model: the offset was missed there before)."""
-    from mstl.edge.core.runtimes import load_runtime
     from mstl.export.tflite import MixedBuilder
     model = _classifier()
     rng = np.random.default_rng(1)
@@ -85,12 +89,7 @@ def test_a_head_kept_in_float_between_int8_ops_is_found(tmp_path):
     data = builder.build(tuple(head))
     patched, where = remove("tflite", data, np.array([-0.2, 0.2]))
     assert where["bias"] == "float32"
-    (tmp_path / "a.tflite").write_bytes(data)
-    (tmp_path / "b.tflite").write_bytes(patched)
-    x = rng.integers(0, 256, (200, 16, 16, 3)).astype(np.uint8)
-    before, after = load_runtime(tmp_path / "a.tflite").predict(x), load_runtime(tmp_path / "b.tflite").predict(x)
-    near = np.abs(before[:, 1] - before[:, 0]) < 0.6
-    assert np.median(_logit_diff(after[near]) - _logit_diff(before[near])) == pytest.approx(-0.4, abs=0.06)
+    assert _median_move(tmp_path, "tflite", data, patched, rng) == pytest.approx(-0.4, abs=0.06)
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])

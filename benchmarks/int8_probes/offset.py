@@ -20,7 +20,7 @@ from mstl.edge.core.cards import read_manifest
 from mstl.edge.core.filelist import load_sources, read_list
 from mstl.edge.core.metrics import top1_agreement
 from mstl.edge.core.runtimes import load_runtime
-from mstl.export.gate import ERROR_POOL
+from mstl.export.gate import ERROR_POOL, nearest_boundary
 
 EPS = 1e-7
 
@@ -45,8 +45,9 @@ def main(exports: Path, names: list[str]) -> None:
     rows = [a for a in rows if not names or a["name"] in names]
     d_ref = logit_diff(ref)
     margin = np.abs(ref[:, 1] - ref[:, 0])
-    pool = np.flatnonzero(sel & (margin > 0.05))
-    pool = pool[np.argsort(margin[pool], kind="stable")[:ERROR_POOL]]
+    sel_idx = np.flatnonzero(sel)
+    pool = sel_idx[nearest_boundary(ref[sel_idx])[1]]  # the pool export/offset.py measures on
+    wide = sel_idx[nearest_boundary(ref[sel_idx], 2 * ERROR_POOL)[1]]
     print(f"gate images {len(ref)}: selection {int(sel.sum())}, confirmation {int((~sel).sum())}; "
           f"error pool {len(pool)} (selection margin <= {margin[pool].max():.3f})")
     card0 = json.loads((exports / (rows[0]["path"] + ".json")).read_text()) if rows else {}
@@ -57,8 +58,6 @@ def main(exports: Path, names: list[str]) -> None:
         err = d - d_ref
         print(f"{a['name']} ({a.get('recipe', '?')}): near-boundary logit error mean {err[pool].mean():+.3f} "
               f"median {float(np.median(err[pool])):+.3f} std {float(err[pool].std()):.3f}")
-        wide = np.flatnonzero(sel & (margin > 0.05))
-        wide = wide[np.argsort(margin[wide], kind="stable")[:2 * ERROR_POOL]]
         slope, icpt = np.polyfit(d_ref[wide], err[wide], 1)
         fixes = {"as shipped": d}
         for k in (100, ERROR_POOL):
@@ -79,6 +78,7 @@ def main(exports: Path, names: list[str]) -> None:
             got = (d - off) / op["temperature"] >= cut
             print(f"  mean of {ERROR_POOL} nearest the operating point ({off:+.3f}) removed: operating-point "
                   f"decisions differing on confirmation {int((want != got)[~sel].sum())}")
+
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), sys.argv[2:])

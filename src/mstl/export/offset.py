@@ -30,18 +30,25 @@ PROB_FLOOR = 1e-6  # an int8 softmax can answer exactly 0
 MAX_SHIFT_SHARE = 0.1
 
 
+def _centred_log(p: np.ndarray) -> np.ndarray:
+    z = np.log(np.clip(np.asarray(p, np.float64), PROB_FLOOR, 1))
+    return z - z.mean(axis=1, keepdims=True)
+
+
 def logit_spread(reference: np.ndarray) -> np.ndarray:
     """Per class, the standard deviation of the reference's centred log-probabilities."""
-    z = np.log(np.clip(np.asarray(reference, np.float64), PROB_FLOOR, 1))
-    return (z - z.mean(axis=1, keepdims=True)).std(axis=0)
+    return _centred_log(reference).std(axis=0)
 
 
 def logit_shift(probs: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per-class mean of the build's log-probability error on these images, centred across classes."""
-    err = (np.log(np.clip(np.asarray(probs, np.float64), PROB_FLOOR, 1))
-           - np.log(np.clip(np.asarray(reference, np.float64), PROB_FLOOR, 1)))
-    err -= err.mean(axis=1, keepdims=True)
-    return err.mean(axis=0)
+    return (_centred_log(probs) - _centred_log(reference)).mean(axis=0)
+
+
+def _int32_minus(q: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """An int32 bias with ``shift`` taken off on its own grid (``scale`` per channel or one)."""
+    moved = np.asarray(q).astype(np.int64) - np.round(shift / np.asarray(scale, np.float64)).astype(np.int64)
+    return np.clip(moved, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
 
 
 def remove(fmt: str, data: bytes, shift: np.ndarray) -> tuple[bytes, dict[str, Any]] | None:
@@ -67,10 +74,7 @@ def _tflite(data: bytes, shift: np.ndarray):
     buf = model.buffers[bias.buffer]
     kind = fbu.type_to_name(bias.type)
     if kind == "INT32":
-        scale = np.asarray(bias.quantization.scale, np.float64)
-        values = np.frombuffer(bytes(buf.data), np.int32).astype(np.int64)
-        values = values - np.round(shift / scale).astype(np.int64)
-        new = np.clip(values, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+        new = _int32_minus(np.frombuffer(bytes(buf.data), np.int32), bias.quantization.scale, shift)
     elif kind == "FLOAT32":
         new = (np.frombuffer(bytes(buf.data), np.float32) - shift).astype(np.float32)
     else:
@@ -108,9 +112,7 @@ def _onnx(data: bytes, shift: np.ndarray):
             q = numpy_helper.to_array(inits[dq.input[0]])
             if q.dtype != np.int32 or q.shape != shift.shape:
                 continue
-            scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-            new = np.clip(q.astype(np.int64) - np.round(shift / scale).astype(np.int64),
-                          np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+            new = _int32_minus(q, numpy_helper.to_array(inits[dq.input[1]]), shift)
             inits[dq.input[0]].CopyFrom(numpy_helper.from_array(new, dq.input[0]))
             return model.SerializeToString(), {"layer": node.name, "bias": "int32"}
     return None
