@@ -246,3 +246,21 @@ def test_device_rows_folder_with_junk_is_read_with_warnings(tmp_path, capsys):
     assert [r["saved_as"] for r in rows] == ["c-ok.json"]
     out = capsys.readouterr().err
     assert "a-list.json: left out" in out and "b-cut.json: left out" in out
+
+
+@pytest.mark.slow
+def test_card_without_input_shape_is_measured_at_the_artifacts_own_size(smoke_exports, tmp_path):
+    """An older or hand-trimmed card that gives no input shape: the artifact itself says its input size
+    (before, the bench stopped with 'no input size' naming no file)."""
+    for name in ("classifier-fp32.onnx", "classifier-fp32.onnx.json"):
+        shutil.copy(smoke_exports / name, tmp_path / name)
+    card_path = tmp_path / "classifier-fp32.onnx.json"
+    card = json.loads(card_path.read_text())
+    size = card["input"]["shape"][1]
+    del card["input"]["shape"]
+    card_path.write_text(json.dumps(card))
+    res = runner.invoke(app, [str(tmp_path / "classifier-fp32.onnx"), "--runs", "3", "--threads", "1",
+                              "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert row["status"] == "ok" and row["accuracy"] is not None and row["image_size"] == size

@@ -47,7 +47,8 @@ def test_manifest_that_is_not_json(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["", "not json at all", "[1, 2]", '{"source": "x"}', '{"labels": "a,b"}',
-                                  '{"verification": "ok"}'])
+                                  '{"verification": "ok"}', '{"input": {"shape": [1, 150]}}',
+                                  '{"input": {"shape": "150x150"}}', '{"input": {"shape": [1, 150, 160, 3]}}'])
 def test_card_that_is_not_a_card_is_named(tmp_path, text):
     art = tmp_path / "classifier-int8.onnx"
     art.write_bytes(b"onnx")

@@ -11,6 +11,7 @@ choose: a recipe picked because it passed on some images is judged on others.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -97,11 +98,18 @@ class Gate:
     def confirmation(self) -> np.ndarray:
         return ~self.selection
 
-    @property
+    @cached_property
     def near_boundary(self) -> np.ndarray:
         """The ``ERROR_POOL`` decisive selection images nearest the boundary (indices into the gate)."""
         sel = np.flatnonzero(self.selection)
         return sel[nearest_boundary(self.reference[sel])[1]]
+
+    @cached_property
+    def logit_spread(self) -> np.ndarray:
+        """Per class, the spread of the Keras model's centred log-probabilities on the selection images
+        (export/offset.py bounds a build's decision offset by a share of it)."""
+        from .offset import logit_spread
+        return logit_spread(self.reference[self.selection])
 
     def choose(self, probs_selection: np.ndarray, threshold: float) -> dict[str, Any]:
         """Agreement on the selection images; ``passes`` when both it and the agreement the build's errors

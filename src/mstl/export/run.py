@@ -448,14 +448,14 @@ def _centred(fmt: Format, data: bytes, work: Path, name: str, gate: Gate) -> tup
     """An int8 build with its decision offset taken off its head (export/offset.py), and what was done."""
     if fmt.precision != "int8":
         return data, None
-    from .offset import MAX_SHIFT_SHARE, logit_shift, logit_spread, remove
+    from .offset import MAX_SHIFT_SHARE, logit_shift, remove
     pool = gate.near_boundary
     if not len(pool):
         return data, {"removed": False, "reason": "no decisive selection image to measure it on"}
     shift = logit_shift(_runtime(work, f"uncentred-{name}", data).predict(gate.pixels[pool]), gate.reference[pool])
     info = {"logit_shift": [round(float(v), 5) for v in shift], "images": int(len(pool)),
             "on": f"the {len(pool)} decisive selection images nearest the boundary"}
-    spread = logit_spread(gate.reference[gate.selection])
+    spread = gate.logit_spread
     if (np.abs(shift) > MAX_SHIFT_SHARE * spread).any():
         return data, {**info, "removed": False,
                       "reason": f"a shift over {MAX_SHIFT_SHARE:.0%} of the Keras model's logit spread "

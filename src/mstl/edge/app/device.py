@@ -120,12 +120,14 @@ class DeviceBench:
                 from ..core.preprocess import Preprocess
                 from ..core.runtimes import load_runtime
                 a = self.artifacts[name]
-                prep = Preprocess.from_card(a["card"])
-                pixels = prep.load_many(self.samples) if self.samples else np.zeros((0, prep.size, prep.size, 3), np.uint8)
                 with tempfile.TemporaryDirectory(prefix="mstl-device-") as tmp:
                     copy = Path(tmp) / name
                     copy.write_bytes(a["bytes"])
                     rt = load_runtime(copy, threads=1)
+                    # the artifact's own input size, as the app's: an older card may give no shape
+                    prep = Preprocess.from_card(a["card"], rt.image_size)
+                    pixels = (prep.load_many(self.samples) if self.samples
+                              else np.zeros((0, prep.size, prep.size, 3), np.uint8))
                     self._reference[name] = rt.predict(pixels) if len(pixels) else np.zeros((0, 2), np.float32)
                     del rt
             return self._reference[name]

@@ -273,12 +273,13 @@ def _merge_threads(parts: list[dict]) -> dict:
 
 
 def _preprocess(path: Path, card: dict | None) -> Preprocess | None:
-    """The artifact's preprocessing from its card; without a card, a bilinear resize to its input."""
-    if card:
+    """The artifact's preprocessing from its card; without a card (or a card that gives no input shape),
+    the card's resize, or a bilinear one, to the artifact's own input size."""
+    if card and (card.get("input") or {}).get("shape"):
         return Preprocess.from_card(card)
     try:
         from ..core.runtimes import load_runtime
-        return Preprocess(load_runtime(path).image_size)
+        return Preprocess.from_card(card, load_runtime(path).image_size)
     except Exception:
         return None  # reported by the measuring process
 

@@ -53,7 +53,15 @@ def card_of(path: str | os.PathLike) -> dict | None:
         bad = "labels"
     if bad:
         raise CardError(f"{card}: the model card's '{bad}' is {_kind(d[bad])}, not what mstl writes there; {fix}")
+    shape = (d.get("input") or {}).get("shape")
+    if shape is not None and not _image_shape(shape):
+        raise CardError(f"{card}: the model card's input shape is {shape!r}, not [1, size, size, 3]; {fix}")
     return d
+
+
+def _image_shape(shape) -> bool:
+    return (isinstance(shape, list) and len(shape) == 4 and shape[0] == 1 and shape[3] == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in shape) and shape[1] == shape[2] > 0)
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
