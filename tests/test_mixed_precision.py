@@ -316,12 +316,33 @@ def top1_agreement_of(probs, ref):
     ((0.998, 0.990), (0.995, 0.994), 2),
     # 20 measured flips where 4 were predicted: the prediction missed something, the count stands
     ((0.9985, 0.9970), (0.990, 0.998), 1),
+    # predictions a tenth of a flip apart: the count (6 against 14) decides
+    ((0.9968, 0.99591), (0.9930, 0.99596), 1),
 ])
 def test_when_nothing_passes_the_surest_step_goes_to_confirmation(one, two, chosen):
-    """Steps that did not pass are ranked by the agreement their errors predict, not by the few flips
-    they happened to have, unless the flips are far more than predicted (2,000 selection images)."""
+    """Steps that did not pass are ranked by their flips estimated from the measured count and the
+    prediction together, weighted by their variances (2,000 selection images, prediction +- 0.7 flips),
+    unless the count is far over the prediction."""
     def attempt(names):
         measured, expected = one if len(names) == 1 else two
-        return {"passes": False, "agreement": measured, "expected_agreement": expected, "n_compared": 2000}
+        return {"passes": False, "agreement": measured, "expected_agreement": expected,
+                "expected_agreement_se": 0.7 / 2000, "n_compared": 2000}
     found = fewest_float(_cands(2), _macs(2), attempt)
     assert found["chosen"]["float_candidates"] == chosen
+
+
+def test_the_predicted_flips_standard_error_is_the_pools_spread():
+    """expected_flips' standard error shrinks with the pool as 1/sqrt(n) and is zero for a build whose
+    every error is the same."""
+    from mstl.export.gate import expected_flips
+    rng = np.random.default_rng(0)
+    p1 = rng.uniform(0.5, 1.0, 3000)
+    ref = np.stack([p1, 1 - p1], 1)
+    shift = rng.normal(0, 0.02, 3000)
+    noisy = np.stack([p1 - shift, 1 - p1 + shift], 1)
+    flips, se, n = expected_flips(noisy, ref, pool=300)
+    flips_big, se_big, _ = expected_flips(noisy, ref, pool=1200)
+    assert n > 2500 and flips > 2 and 0 < se < flips
+    assert se_big < se
+    same = np.stack([p1 - 0.01, 1 - p1 + 0.01], 1)
+    assert expected_flips(same, ref)[1] == 0.0

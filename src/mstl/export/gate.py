@@ -63,6 +63,15 @@ def expected_agreement(probs: np.ndarray, reference: np.ndarray, pool: int = ERR
     count on ~1,900 images at a 0.5% rate also carries the Poisson noise of ~10 events, and a search that
     takes the first build under it takes the lucky ones (measured on the shared chest X-rays: 3
     selection flips of 1,862 for a build that then flipped 31 of 3,720 confirmation images)."""
+    got = expected_flips(probs, reference, pool)
+    return None if got is None else float(1 - got[0] / got[2])
+
+
+def expected_flips(probs: np.ndarray, reference: np.ndarray, pool: int = ERROR_POOL
+                   ) -> tuple[float, float, int] | None:
+    """(predicted flips, its standard error, decisive images) behind ``expected_agreement``. The
+    prediction is a mean over the pool's errors of the flips each would make on every image, so its
+    standard error is those per-error counts' spread over the square root of the pool."""
     probs, reference = np.asarray(probs, np.float64), np.asarray(reference, np.float64)
     rows = np.arange(len(reference))
     top = reference.argmax(1)
@@ -74,8 +83,8 @@ def expected_agreement(probs: np.ndarray, reference: np.ndarray, pool: int = ERR
     clear, near = nearest_boundary(reference, pool)
     if not len(clear):
         return None
-    flips = (margin[clear][:, None] + error[near][None, :] < 0).mean(1).sum()
-    return float(1 - flips / len(clear))
+    per_error = (margin[clear][:, None] + error[near][None, :] < 0).sum(0)
+    return float(per_error.mean()), float(per_error.std() / np.sqrt(len(near))), int(len(clear))
 
 
 def selection_target(threshold: float) -> float:
@@ -117,10 +126,12 @@ class Gate:
         sel = self.selection
         check = verify(None, self.pixels[sel], self.reference[sel], threshold, probs=probs_selection)
         target = selection_target(threshold)
-        expected = expected_agreement(probs_selection, self.reference[sel])
+        predicted = expected_flips(probs_selection, self.reference[sel])
+        expected = None if predicted is None else 1 - predicted[0] / predicted[2]
         return {"agreement": check["agreement"], "flips": check["flips"], "n_compared": check["n_compared"],
                 "agreement_ci95": check["agreement_ci95"], "max_abs_diff": check["max_abs_diff"],
                 "expected_agreement": expected, "target": target,
+                "expected_agreement_se": None if predicted is None else predicted[1] / predicted[2],
                 "passes": check["agreement"] is not None and check["agreement"] >= target
                 and expected is not None and expected >= target}
 

@@ -150,21 +150,28 @@ def regions(noise, unit_nodes: dict[str, tuple[str, ...]], node_macs: dict[str, 
 
 
 def sure_agreement(step: dict[str, Any]) -> float:
-    """What a step that did not pass is ranked by: the agreement its errors predict
-    (``gate.expected_agreement``), unless its measured flips are more than the predicted count allows
-    (2 Poisson standard deviations and one flip over it), which says the prediction missed something.
-    Why the prediction first: on ~1,900 selection images a build flips 3-20 images, and that count
-    carries Poisson noise of 25-60%; the prediction averages every near-boundary error over every
-    margin. Measured on the shared chest X-rays (Intel Xeon), predicted against actual confirmation
-    flips of the four shipped builds: 19.2 / 24, 15.3 / 14, 20.4 / 21, 28.7 / 29 of ~3,720, while their
-    selection counts were 3, 3, 11, 17 of ~1,860; the lower of the two figures (the rule before) picked
-    the build that flipped 3 by luck over ones its errors said were a third better."""
+    """What a step that did not pass is ranked by: its flips estimated from both the count it measured
+    and the count its errors predict (``gate.expected_flips``), each weighted by the inverse of its
+    variance - Poisson for the measured count, the prediction's standard error for the other. The
+    prediction carries most of the weight: on ~1,900 selection images a build flips 3-20 images, a count
+    with Poisson noise of 25-60%, while the prediction averages every near-boundary error over every
+    margin (measured on the shared chest X-rays, Intel Xeon, predicted against actual confirmation flips
+    of four shipped builds: 19.2 / 24, 15.3 / 14, 20.4 / 21, 28.7 / 29 of ~3,720, standard errors
+    2.0-3.2; their selection counts were 3, 3, 11, 17 of ~1,860). The lower of the two figures, the rule
+    before, picked a build that flipped 3 by luck over one its errors said was a third better. A count
+    over the prediction by more than 2 Poisson standard deviations and one flip says the prediction
+    missed something: the count alone stands then."""
     measured, expected = step.get("agreement") or 0.0, step.get("expected_agreement")
-    n = step.get("n_compared") or 0
+    n, se = step.get("n_compared") or 0, step.get("expected_agreement_se")
     if expected is None or not n:
         return measured
-    allowed = (1 - expected) * n + 2 * np.sqrt((1 - expected) * n) + 1
-    return expected if (1 - measured) * n <= allowed else measured
+    counted, predicted = (1 - measured) * n, (1 - expected) * n
+    if counted > predicted + 2 * np.sqrt(predicted) + 1:
+        return measured
+    if se is None:
+        return expected
+    w_count, w_pred = 1 / max(predicted, 1.0), 1 / max((se * n) ** 2, 1e-6)
+    return 1 - (counted * w_count + predicted * w_pred) / (w_count + w_pred) / n
 
 
 def fewest_float(candidates: list[Candidate], node_macs: dict[str, int], attempt: Callable[[tuple[str, ...]], dict[str, Any]],
@@ -210,10 +217,7 @@ def fewest_float(candidates: list[Candidate], node_macs: dict[str, int], attempt
         else:
             lo = mid
     steps = [results[k] for k in sorted(results)]
-    if hi is not None:
-        chosen = results[hi]
-    else:
-        chosen = max(steps, key=sure_agreement, default=None)
+    chosen = results[hi] if hi is not None else max(steps, key=sure_agreement, default=None)
     k = chosen["float_candidates"] if chosen else 0
     return {"chosen": chosen, "k_max": k_max, "steps": steps, "float_nodes": list(nodes_of(k)),
             "float_labels": [c.label for c in candidates[:k]],

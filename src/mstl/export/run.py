@@ -514,7 +514,8 @@ def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, thresho
         c = built[names][2]
         say(f"  {len(names)} op(s) in float: selection agreement {100 * (c['agreement'] or 0):.2f}% "
             f"({c['flips']} flips of {c['n_compared']}; {100 * (c.get('expected_agreement') or 0):.2f}% predicted)")
-        return {k: c[k] for k in ("passes", "agreement", "expected_agreement", "flips", "n_compared", "max_abs_diff")}
+        return {k: c[k] for k in ("passes", "agreement", "expected_agreement", "expected_agreement_se", "flips",
+                                  "n_compared", "max_abs_diff")}
 
     say(f"{fmt.filename(job.stem)} [mixed on {base.recipe.name}]: {len(layers)} outlier layer(s) and "
         f"{len(candidates) - len(layers)} tensor regions ranked; searching the fewest kept in float")
