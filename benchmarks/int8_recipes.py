@@ -2,9 +2,9 @@
 sibling on this CPU. Prints one name=value line per figure.
 
     .venv/bin/python benchmarks/int8_recipes.py runs/xray [--runs 200] [--threads 1] [--reuse] [--portable-int8]
-                                                          [--emulate N] [--gate-extra DIR]
+                                                          [--emulate N] [--gate-extra DIR] [--exports DIR]
 
---reuse takes RUN/exports as it is instead of exporting again into RUN/exports; --portable-int8
+--reuse takes the exports folder (RUN/exports, or --exports DIR) as it is instead of exporting again; --portable-int8
 exports ONNX int8 as for an x86 CPU without VNNI (what such a CPU's export would ship); --emulate N
 re-runs N of the gate's confirmation images through each int8 artifact under qemu-x86_64-static -cpu
 Haswell (AVX2, no AVX-512/VNNI; Debian's qemu-user-static) and prints its agreement there.
@@ -29,13 +29,14 @@ def main() -> int:
     ap.add_argument("--portable-int8", action="store_true")
     ap.add_argument("--emulate", type=int, default=0, help="confirmation images to re-run on an emulated AVX2 CPU")
     ap.add_argument("--gate-extra", action="append", default=[], help="passed to mstl-export --gate-extra")
+    ap.add_argument("--exports", type=Path, default=None, help="the exports folder (default RUN/exports)")
     args = ap.parse_args()
-    exports = args.run_dir / "exports"
+    exports = args.exports or args.run_dir / "exports"
     if not args.reuse:
         cli = Path(sys.executable).with_name("mstl-export")
         extra = [a for d in args.gate_extra for a in ("--gate-extra", d)]
-        res = subprocess.run([str(cli), str(args.run_dir), "--int8"] + (["--portable-int8"] if args.portable_int8 else [])
-                             + extra, capture_output=True, text=True)
+        res = subprocess.run([str(cli), str(args.run_dir), "--int8", "--out", str(exports)]
+                             + (["--portable-int8"] if args.portable_int8 else []) + extra, capture_output=True, text=True)
         if res.returncode not in (0, 2):  # 2: a gate failed; the figures still say by how much
             print(res.stdout[-2000:] + res.stderr[-2000:], file=sys.stderr)
             return res.returncode
@@ -68,6 +69,10 @@ def main() -> int:
             print(f"{fmt}_int8_heldout_accuracy_delta={h['accuracy_delta']:+.4f}")
             if "roc_auc_delta" in h:
                 print(f"{fmt}_int8_heldout_auc_delta={h['roc_auc_delta']:+.4f}")
+        if q.get("decision_agreement"):
+            d = q["decision_agreement"]
+            print(f"{fmt}_int8_decision_agreement={d['agreement']:.4f}")
+            print(f"{fmt}_int8_decision_flips={d['flips']}/{d['n_compared']}")
         print(f"{fmt}_int8_size_mb={q['size_bytes'] / 1e6:.2f}")
         p50 = {}
         for key, row in (("fp32", f), ("int8", q)):
