@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if c:
         for key in ("ece_before", "ece_after", "brier_before", "brier_after"):
             print(f"{key}={c[key]:.4f}")
+        if c.get("ece_if_calibrated"):
+            f = c["ece_if_calibrated"]
+            print(f"ece_if_calibrated={f['median']:.4f} [{f['ci95'][0]:.4f}, {f['ci95'][1]:.4f}] (n={f['images']})")
     return 0
 
 

@@ -82,7 +82,9 @@ def test_a_run_carries_its_operating_point_into_every_card(smoke_run, smoke_expo
     d = sel["decision"]
     assert d["chosen_on"].startswith("target validation split") and d["validation"]["sensitivity"] >= 0.95
     assert "test" in d and (smoke_run / "figures" / "roc.png").is_file()
-    assert "## Operating point" in (smoke_run / "report.md").read_text()
+    report = (smoke_run / "report.md").read_text()
+    assert "## Operating point" in report and "a perfectly calibrated model would show" in report
+    assert d["calibration_test"]["ece_if_calibrated"]["images"] == d["test"]["n_positive"] + d["test"]["n_negative"]
     for card_path in smoke_exports.glob("*.json"):
         if card_path.name in ("manifest.json",):
             continue
@@ -173,3 +175,19 @@ def test_a_run_without_validation_chooses_on_its_carve_out_and_says_so(smoke_run
     (run / "target_operating.tsv").unlink()
     with pytest.raises(NoValidationSplit, match="stage2.operating_fraction"):
         fit(run)
+
+
+def test_the_ece_floor_of_a_small_test_split_says_whether_a_calibration_goal_can_be_judged():
+    """On 95 images a calibrated model's ECE is itself ~0.05 (sampling alone): the report gives that
+    floor, so an ECE over 0.03 there is not read as miscalibration; on
+    5,000 images the floor shrinks, and an overconfident model (logits x 3, no temperature) is far above it."""
+    small, ys = _answers(n=95, seed=1)
+    c = calibration_report(small, ys, 1.0)
+    floor = c["ece_if_calibrated"]
+    assert floor["images"] == 95 and 0.03 < floor["median"] < 0.12
+    assert floor["ci95"][0] <= c["ece_after"] <= floor["ci95"][1]
+    big, yb = _answers(n=5000, seed=2)
+    assert calibration_report(big, yb, 1.0)["ece_if_calibrated"]["median"] < floor["median"] / 3
+    sharp, y3 = _answers(n=600, seed=3, sharp=3.0)
+    c3 = calibration_report(sharp, y3, 1.0)
+    assert c3["ece_after"] > c3["ece_if_calibrated"]["ci95"][1]

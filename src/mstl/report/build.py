@@ -256,11 +256,23 @@ def _operating_point_section(d: dict | None) -> list[str]:
               f"{_rate(d['test_at_0.5'], 'specificity')} |"]
         c = d["calibration_test"]
         L += ["", f"Calibration on the test split ({c['ece_bins']} bins): ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}, "
-              f"Brier {c['brier_before']:.3f} -> {c['brier_after']:.3f}. Figures: `figures/reliability.png`, "
+              f"Brier {c['brier_before']:.3f} -> {c['brier_after']:.3f}.{_ece_floor(c)} Figures: `figures/reliability.png`, "
               "`figures/roc.png` (the operating point marked).", "",
               "![reliability](figures/reliability.png) ![roc](figures/roc.png)"]
     L += ["", "The paper reports accuracy only; claims.json tests nothing of this.", ""]
     return L
+
+
+def _ece_floor(c: dict) -> str:
+    """What the ECE can say at this test size (runs fitted before the floor was computed have none)."""
+    f = c.get("ece_if_calibrated")
+    if not f:
+        return ""
+    verdict = ("no more than sampling alone gives a calibrated model (this test split cannot tell a smaller "
+               "ECE apart)" if c["ece_after"] <= f["ci95"][1] else "above what sampling alone explains")
+    return (f" A perfectly calibrated model would show an ECE of {f['median']:.3f} (95% of draws "
+            f"{f['ci95'][0]:.3f}-{f['ci95'][1]:.3f}) on these {f['images']} images: {c['ece_after']:.3f} after "
+            f"scaling is {verdict}.")
 
 
 def build_report(run_dir: str | Path) -> Path:

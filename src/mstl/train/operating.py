@@ -99,6 +99,10 @@ def _say(d: dict[str, Any]) -> None:
         say(f"  test at that threshold: sensitivity {pct(d['test'], 'sensitivity')}, specificity "
             f"{pct(d['test'], 'specificity')}; ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}, "
             f"Brier {c['brier_before']:.3f} -> {c['brier_after']:.3f} ({c['ece_bins']} bins)")
+        if c.get("ece_if_calibrated"):
+            f = c["ece_if_calibrated"]
+            say(f"  a perfectly calibrated model would show an ECE of {f['median']:.3f} [{f['ci95'][0]:.3f}, "
+                f"{f['ci95'][1]:.3f}] on these {f['images']} test images")
 
 
 def _figures(figdir: Path, probs: np.ndarray, y: np.ndarray, pos: int, temperature: float, threshold: float) -> None:
