@@ -13,8 +13,8 @@ nodes of the converted graph:
   writes int8 tensors (measured on the shared chest X-rays: the 17 depthwise convolutions in float
   left 17 of 18 flips).
 A k whose ops would leave less than ``MIN_INT8_MAC_SHARE`` of the multiply-accumulates in int8 is
-never tried; when none passes, the step whose errors predict the best agreement (``sure_agreement``)
-goes to confirmation, which rejects it under the gate. The ops kept in float, the int8 share and every
+never tried; when none passes, the step with the fewest flips estimated from its measured count and
+the count its errors predict (``sure_agreement``) goes to confirmation, which rejects it under the gate. The ops kept in float, the int8 share and every
 step are recorded in the card."""
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ def sure_agreement(step: dict[str, Any]) -> float:
     margin (measured on the shared chest X-rays, Intel Xeon, predicted against actual confirmation flips
     of four shipped builds: 19.2 / 24, 15.3 / 14, 20.4 / 21, 28.7 / 29 of ~3,720, standard errors
     2.0-3.2; their selection counts were 3, 3, 11, 17 of ~1,860). The lower of the two figures, the rule
-    before, picked a build that flipped 3 by luck over one its errors said was a third better. A count
+    before, picked the paper-rule TFLite build that flipped 3 by luck (5.6 predicted) over one predicted
+    at 4.0; on confirmation they flipped 24 and 16 of 3,720. A count
     over the prediction by more than 2 Poisson standard deviations and one flip says the prediction
     missed something: the count alone stands then."""
     measured, expected = step.get("agreement") or 0.0, step.get("expected_agreement")
