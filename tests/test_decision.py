@@ -83,7 +83,7 @@ def test_a_run_carries_its_operating_point_into_every_card(smoke_run, smoke_expo
     assert d["chosen_on"].startswith("target validation split") and d["validation"]["sensitivity"] >= 0.95
     assert "test" in d and (smoke_run / "figures" / "roc.png").is_file()
     report = (smoke_run / "report.md").read_text()
-    assert "## Operating point" in report and "a perfectly calibrated model would show" in report
+    assert "## Operating point" in report and "perfectly calibrated model would show an ECE of" in report
     assert d["calibration_test"]["ece_if_calibrated"]["images"] == d["test"]["n_positive"] + d["test"]["n_negative"]
     for card_path in smoke_exports.glob("*.json"):
         if card_path.name in ("manifest.json",):
