@@ -40,7 +40,8 @@ def test_onnx_ladder_follows_the_cpu_it_is_built_for():
     saturating = [(r, skip) for r, skip in f.ladder_for(False)]
     tried = [r for r, skip in saturating if not skip]
     assert exact[0] == "u8s8-minmax" and "u8s8-r7-minmax" not in exact
-    assert [r.name for r in tried] == ["u8s8-r7-minmax", "u8s8-r7-bias-corrected", "s8s8-r7-bias-corrected", "mixed"]
+    assert [r.name for r in tried] == ["u8s8-r7-minmax", "u8s8-r7-bias-corrected", "s8s8-r7-bias-corrected",
+                                       "u8s8-r7-gptq-bias-corrected", "mixed"]
     # s8 activations run through the same saturating kernels there: every rung has 7-bit weights
     assert all(r.kwargs.get("reduce_range") for r in tried if not r.mixed)
     assert "s8s8-bias-corrected" in exact and "s8s8-r7-bias-corrected" not in exact
@@ -315,3 +316,28 @@ def _mean_shift(model, built: bytes, pixels, targets) -> dict:
     means = bc._onnx_means(net, linear, built, pixels) if built[4:8] != b"TFL3" else bc._litert_means(linear, built, pixels)
     order = [l.name for l in net.layers if l.name in means]
     return {n: float(np.mean(np.abs(means[n] - targets[n]))) for n in order}
+
+
+
+def test_the_gptq_rung_gets_an_int8_ready_copy_of_its_own(smoke_run):
+    """The 7-bit GPTQ rung's kernels are rounded by GPTQ in a copy apart from the nearest-rounded one the
+    rungs before it use (same grid, other rounding), and its card says so."""
+    import json
+    from mstl.edge.core.formats import BuildOptions
+    from mstl.export.run import _Int8Ready
+    f = by_key("onnx-int8")
+    gptq = next(r for r in f.ladder if r.name == "u8s8-r7-gptq-bias-corrected")
+    nearest = next(r for r in f.ladder if r.name == "u8s8-r7-bias-corrected")
+    model_path = smoke_run / json.loads((smoke_run / "selection.json").read_text())["model"]
+    size = json.loads((smoke_run / "config.json").read_text())["config"]["data"]["image_size"]
+    pixels = np.random.default_rng(0).integers(0, 256, (16, size, size, 3)).astype(np.uint8)
+    ready = _Int8Ready(model_path, pixels)
+    base = BuildOptions(calibration=pixels)
+    a, b = ready.get(base.with_recipe(nearest)), ready.get(base.with_recipe(gptq))
+    assert a is not b and len(ready.copies) == 2
+    assert ready.info(base.with_recipe(gptq))["rounding"] == "gptq"
+    assert ready.info(base.with_recipe(nearest))["rounding"] == "nearest"
+    kernels = [[w.numpy() for w in m.weights if "kernel" in w.path] for m in (a, b)]
+    assert any(not np.array_equal(x, y) for x, y in zip(*kernels))
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        BuildOptions(rounding="stochastic")

@@ -32,12 +32,13 @@ from .gate import CONFIRM_WANTED, ERROR_POOL, SELECTION_MARGIN, SELECTION_SHARE,
 from .mixed import OUTLIER_DB, RANK_IMAGES, sure_agreement
 
 CORRECTION_IMAGES = 200  # calibration images the bias correction measures channel means on
-# How the int8-ready kernels are rounded, on both weight grids (export/gptq.py has GPTQ). Measured on an
-# AVX2-only AMD EPYC, 7-bit ONNX weights: GPTQ took the paper-rule X-ray model's float-activation flips
-# from 18 to 4 and its shipped ONNX int8 from 33 to 19 confirmation flips of 3,717, but the converged
-# head's from 30 to 40 of 3,735 (rejected) and the demo's from 3 to 5 of 2,019, at 2.4x the ONNX int8
-# export time: no consistent gain, so nearest rounding stays on both grids.
-ROUNDING = "nearest"
+# How the int8-ready kernels are rounded is a recipe's choice (BuildOptions.rounding): nearest on every
+# rung but the last 7-bit ONNX one, which uses GPTQ (export/gptq.py). Measured: on the 8-bit grid GPTQ
+# took the paper-rule X-ray model's float-activation error from 0.106 to 0.066 but its simulated int8
+# build's only from 0.216 to 0.210 (Intel Xeon); on the 7-bit grid it took that model's shipped ONNX
+# int8 from 33 to 19 flips (AVX2-only AMD EPYC) and from 29 to 15 (--portable-int8, Intel Xeon), but the
+# converged head's from 30 to 40 (AMD) and the demo's from 3 to 5 of 2,019, at 2.4x the ONNX int8
+# export time - so it is a rung the gate measures, after the nearest-rounded ones, not a default.
 EXPLAIN_IMAGES = 16
 
 INTENDED_USE = ("Research prototype for evaluating on-device inference of a small medical-image classifier. "
@@ -138,36 +139,38 @@ class _Int8Ready:
 
     def __init__(self, model_path: Path, calibration: np.ndarray | None):
         self.model_path, self.calibration = model_path, calibration
-        self.copies: dict[int, tuple[Any, dict, dict]] = {}
+        self.copies: dict[tuple[int, str], tuple[Any, dict, dict]] = {}
         self.noise: dict[int, list] = {}  # export/noise.py's measurement, per model, shared by the formats
 
     @staticmethod
-    def levels(opts: BuildOptions) -> int:
+    def key(opts: BuildOptions) -> tuple[int, str]:
+        """(weight levels, rounding): one int8-ready copy each."""
         from .bias_correction import INT7_MAX, INT8_MAX
-        return INT7_MAX if opts.reduce_range else INT8_MAX
+        return (INT7_MAX if opts.reduce_range else INT8_MAX), opts.rounding
 
     def get(self, opts: BuildOptions):
-        levels = self.levels(opts)
-        if levels not in self.copies:
+        key = self.key(opts)
+        if key not in self.copies:
             from ..model import load_classifier
             from .bias_correction import int8_ready
             model, targets = load_classifier(self.model_path), {}
-            say(f"  preparing the int8-ready model (kernels rounded to the {levels}-level weight grid by {ROUNDING}, "
+            levels, rounding = key
+            say(f"  preparing the int8-ready model (kernels rounded to the {levels}-level weight grid by {rounding}, "
                 "biases corrected)")
             info = int8_ready(model, self.calibration[:CORRECTION_IMAGES], targets=targets, levels=levels,
-                              rounding=ROUNDING)
-            self.copies[levels] = (model, info, targets)
-        return self.copies[levels][0]
+                              rounding=rounding)
+            self.copies[key] = (model, info, targets)
+        return self.copies[key][0]
 
     def info(self, opts: BuildOptions) -> dict:
-        return self.copies[self.levels(opts)][1]
+        return self.copies[self.key(opts)][1]
 
     def refined_build(self, builder, work: Path, opts) -> bytes:
         """Build, correct the linear offsets for what the built int8 model's own activations do, build
         again; the shared int8-ready model is left as it was (other formats use it)."""
         from .bias_correction import activation_correct, restore_betas
         model = self.get(opts)
-        targets = self.copies[self.levels(opts)][2]
+        targets = self.copies[self.key(opts)][2]
         for sub in ("refine-1", "refine-2"):  # fresh folders: the SavedModel cache is per folder and model
             (work / sub).mkdir(parents=True, exist_ok=True)
         first = builder(model, work / "refine-1", opts)
