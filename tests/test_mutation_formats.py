@@ -24,7 +24,9 @@ def test_recipe_and_build_options_refuse_what_they_cannot_build():
     with pytest.raises(ValueError) as e:
         BuildOptions().with_recipe(Recipe("typo", (("io", "int8"), ("reduce", True))))
     assert str(e.value) == ("recipe 'typo': unknown build option(s) ['reduce']; known: "
-                            "['calibration', 'io', 'activations', 'reduce_range', 'float_nodes']")
+                            "['calibration', 'io', 'activations', 'reduce_range', 'float_nodes', 'rounding']")
+    with pytest.raises(ValueError, match=r"rounding must be one of \('nearest', 'gptq'\), got 'stochastic'"):
+        BuildOptions(rounding="stochastic")
     for none in (None, []):
         with pytest.raises(ValueError, match="this form needs calibration images"):
             BuildOptions(calibration=none).needs_calibration()
