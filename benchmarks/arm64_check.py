@@ -185,10 +185,15 @@ def main(argv: list[str] | None = None) -> int:
             ok = False
             continue
         b, gate = r["bundle_agreement"], r["bundle_agreement"].get("threshold")
-        passes = gate is None or (b["agreement"] is not None and b["agreement"] >= gate)
+        passes = b["agreement"] is not None and not b.get("disagrees")  # the bench's count test against the gate
         ok = ok and passes
         print(f"arm64_agreement_{name}={b['agreement']:.4f} ({b['flips']} flips of {b['n_compared']}; gate "
-              f"{gate if gate is not None else '-'}: {'pass' if passes else 'FAIL'}); max|diff| vs Keras {b['max_abs_diff']:.4f}")
+              f"{gate if gate is not None else '-'}, p = {b.get('p_value', float('nan')):.3g}: {'pass' if passes else 'FAIL'}); "
+              f"max|diff| vs Keras {b['max_abs_diff']:.4f}")
+        if b.get("vs_export"):
+            v = b["vs_export"]
+            print(f"arm64_vs_export_{name}={v['changed']} of {v['n_compared']} top-1 answers changed, "
+                  f"max|diff| {v['max_abs_diff']:.6f}")
         x = here.get(r["artifact"])
         if x and "bundle_probs" in x and "bundle_probs" in r:
             a, c = np.asarray(r["bundle_probs"]), np.asarray(x["bundle_probs"])

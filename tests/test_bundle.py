@@ -4,6 +4,7 @@ bench on any device checks each artifact against what the exporting machine veri
 import json
 import shutil
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -33,9 +34,51 @@ def test_the_bench_checks_every_artifact_against_the_bundle_on_its_own(copied):
     for r in rows:
         b = r["bundle_agreement"]
         assert b["same_build"] and r["accuracy"] is not None, r["artifact"]
-        assert b["agreement"] >= b["threshold"], (r["artifact"], b)
-        if r["precision"] == "fp32":  # the same computation on the same CPU: the same answers
+        assert not b["disagrees"] and not any("DISAGREES" in n for n in r.get("notes", [])), (r["artifact"], b)
+        # the same file on the same CPU: the exporting machine's answers, image by image, int8 included
+        v = b["vs_export"]
+        assert v["changed"] == 0 and v["n_compared"] > 0 and v["max_abs_diff"] < 1e-4, (r["artifact"], v)
+        assert sorted(index["answers"]) == sorted(index["artifacts"])
+        if r["precision"] == "fp32":
             assert b["agreement"] == 1.0 and b["max_abs_diff"] < 1e-3, (r["artifact"], b)
+
+
+def test_flips_on_a_small_bundle_are_judged_as_a_count_not_against_the_threshold():
+    from mstl.edge.core.metrics import flips_p_value
+    assert flips_p_value(0, 100, 0.01) == 1.0
+    assert abs(flips_p_value(2, 100, 0.01) - (1 - 0.99 ** 100 - 100 * 0.01 * 0.99 ** 99)) < 1e-12  # 0.264
+    assert flips_p_value(6, 100, 0.01) < 0.001 < flips_p_value(4, 100, 0.01) < 0.02
+    assert flips_p_value(1, 100, 0.0) == 0.0
+
+
+def _bench_row(flipped: int, changed: int) -> dict:
+    """A bench row against a 100-image bundle whose reference is decisive: ``flipped`` answers away from
+    Keras on this device, of which ``changed`` also differ from the exporting machine's."""
+    from mstl.edge.bench.run import _against_bundle
+    ref = np.tile([[0.9, 0.1]], (100, 1))
+    here, there = ref.copy(), ref.copy()
+    here[:flipped] = [0.2, 0.8]
+    there[:flipped - changed] = [0.2, 0.8]
+    bundle = {"artifacts": {"m.tflite": "abc"}, "reference_array": ref, "answers_arrays": {"m.tflite": there}}
+    row = {"artifact": "m.tflite", "probs": here}
+    _against_bundle(row, bundle, {"sha256": "abc", "verification": {"threshold": 0.99}})
+    return row
+
+
+def test_two_flips_in_a_hundred_are_not_a_disagreement_but_six_are():
+    quiet, loud = _bench_row(2, 0), _bench_row(6, 0)
+    assert quiet["bundle_agreement"]["agreement"] == 0.98 and not quiet["bundle_agreement"]["disagrees"]
+    assert not quiet.get("notes")
+    assert loud["bundle_agreement"]["disagrees"]
+    assert any(n.startswith("DISAGREES with the export: 6 flips of 100") for n in loud["notes"])
+
+
+def test_answers_that_differ_from_the_exporting_machines_are_named_exactly():
+    row = _bench_row(2, 1)
+    v = row["bundle_agreement"]["vs_export"]
+    assert (v["changed"], v["export_flips"], v["n_compared"]) == (1, 1, 100)
+    assert any(n.startswith("computes differently from the exporting machine: 1 of 100 top-1 answers changed")
+               for n in row["notes"]) and not row["bundle_agreement"]["disagrees"]
 
 
 def test_a_changed_image_or_index_is_refused_by_sha256(copied):

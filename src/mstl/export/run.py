@@ -406,8 +406,15 @@ def _bundle(job: ExportJob, rows: list[dict], sources: list[str], labels: np.nda
             say("verification bundle: no held-out labelled images, none written")
         return None
     take = held[stratified_sample(labels[held], min(job.bundle_samples, len(held)), 0)]
+    shipped = {r["name"]: r["sha256"] for r in rows if r.get("sha256")}
+
+    def answers(files: list[str]) -> dict[str, np.ndarray]:
+        pixels = job.preprocess.load_many(files)  # the bench's decoding of the same files
+        return {name: load_runtime(job.out_dir / name, threads=1).predict(pixels)
+                for name in shipped if (job.out_dir / name).is_file()}
+
     entry = write(job.out_dir, [sources[i] for i in take], labels[take], reference[take], job.labels,
-                  job.image_size, job.resize_method, {r["name"]: r["sha256"] for r in rows if r.get("sha256")})
+                  job.image_size, job.resize_method, shipped, answers)
     say(f"verification bundle: {entry['images']} held-out images, their labels and the Keras model's answers in "
         f"{entry['path']} (mstl-bench checks every artifact against them on any device; --bundle-samples 0 for none)")
     return entry

@@ -48,11 +48,14 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def _bundle_cell(b: dict[str, Any] | None) -> str:
-    """Top-1 agreement with the export's Keras answers (95% interval) and the largest probability gap."""
+    """Top-1 agreement with the export's Keras answers (95% interval), the largest probability gap, and
+    how many answers differ from the same file's on the exporting machine."""
     if not b or b.get("agreement") is None:
         return "-"
+    v = b.get("vs_export")
+    there = "" if not v else (", answers = export's" if not v["changed"] else f", {v['changed']} answers differ from export's")
     return (f"{percent_with_ci(b['agreement'], b['ci95'], unit='')} "
-            f"max|Δ| {b['max_abs_diff']:.3f}" + ("" if b.get("same_build") else " (other build)"))
+            f"max|Δ| {b['max_abs_diff']:.3f}" + ("" if b.get("same_build") else " (other build)") + there)
 
 
 def header_lines(report: dict[str, Any]) -> list[str]:

@@ -205,25 +205,48 @@ def _manifest_mismatch(a: Artifact) -> str | None:
     return None
 
 
+DISAGREE_P = 0.01  # a device's flips on the bundle count against its gate only when this unlikely by chance
+
+
 def _against_bundle(r: dict, bundle: dict, card: dict | None) -> None:
-    """Agreement with the Keras model's answers that the exporting machine saved: this device's runtime
-    and CPU against the computation the export gate verified. Judged by the artifact's own gate."""
-    from ..core.metrics import top1_agreement
-    got = top1_agreement(np.asarray(r["probs"]), bundle["reference_array"])
+    """This device's answers on the bundle against (1) the Keras model's, judged by the artifact's own
+    gate as a count (a binomial test: on 100 images a 99% gate is 1 flip from failing by chance alone),
+    and (2) the same file's answers on the exporting machine, image by image: any change there is a
+    kernel that computes otherwise on this CPU, shown exactly, not sampled."""
+    from ..core.metrics import DECISIVE_MARGIN, flips_p_value, top1_agreement
+    probs = np.asarray(r["probs"], np.float64)
+    got = top1_agreement(probs, bundle["reference_array"])
     want = bundle["artifacts"].get(r["artifact"])
     got["same_build"] = want is not None and card is not None and card.get("sha256") == want
     threshold = ((card or {}).get("verification") or {}).get("threshold")
     got["threshold"] = threshold
+    if threshold is not None and got["agreement"] is not None:
+        got["p_value"] = flips_p_value(got["flips"], got["n_compared"], 1.0 - threshold)
+    got["disagrees"] = bool(got["same_build"] and got.get("p_value") is not None and got["p_value"] < DISAGREE_P)
+    there = bundle.get("answers_arrays", {}).get(r["artifact"]) if got["same_build"] else None
+    if there is not None and there.shape == probs.shape:
+        ranked = np.sort(bundle["reference_array"], axis=1)
+        decisive = ranked[:, -1] - ranked[:, -2] > DECISIVE_MARGIN
+        got["vs_export"] = {"changed": int(np.sum((probs.argmax(1) != there.argmax(1)) & decisive)),
+                            "n_compared": int(decisive.sum()), "max_abs_diff": float(np.abs(probs - there).max()),
+                            "export_flips": int(top1_agreement(there, bundle["reference_array"])["flips"])}
     r["bundle_agreement"] = got
     # the answers themselves, so that runs on two devices can be compared image by image later
-    r["bundle_probs"] = np.round(np.asarray(r["probs"], np.float64), 6).tolist()
+    r["bundle_probs"] = np.round(probs, 6).tolist()
     if not got["same_build"]:
         r.setdefault("notes", []).append("bundle answers were saved for another build of this artifact: "
                                          "agreement compares different models")
-    elif threshold is not None and got["agreement"] is not None and got["agreement"] < threshold:
+        return
+    if got["disagrees"]:
         r.setdefault("notes", []).append(
-            f"DISAGREES with the export: {100 * got['agreement']:.1f}% top-1 agreement with the Keras answers on "
-            f"this device ({got['flips']} flips of {got['n_compared']}), below its gate of {100 * threshold:.1f}%")
+            f"DISAGREES with the export: {got['flips']} flips of {got['n_compared']} against the Keras answers on this "
+            f"device, more than its {100 * threshold:.1f}% gate lets happen by chance (p = {got['p_value']:.3g})")
+    v = got.get("vs_export")
+    if v and v["changed"]:
+        r.setdefault("notes", []).append(
+            f"computes differently from the exporting machine: {v['changed']} of {v['n_compared']} top-1 answers "
+            f"changed (max |diff| {v['max_abs_diff']:.3f}; {got['flips']} flips against Keras here, {v['export_flips']} "
+            "there) - other kernels on this CPU")
 
 
 def _at_operating_point(r: dict, card: dict, y) -> None:

@@ -5,7 +5,10 @@ machine verified - natively with ``mstl-bench``, as the ``/device`` page does in
 Images are copied byte for byte (the device decodes them as it decodes a camera's file); each file's
 sha256 is in ``bundle.json``, whose own sha256 is in the manifest, and ``bundle.json`` names the sha256
 of every artifact its answers were checked with: a changed image, a changed list or another build is
-refused, never silently compared. No TensorFlow here: a board reads it.
+refused, never silently compared. Beside the Keras model's answers it keeps each artifact's own answers
+as the exporting machine computed them from these files: a device that gives other answers runs other
+kernels, which 100 images show exactly, where agreement with Keras on 100 images is only a sample.
+No TensorFlow here: a board reads it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,9 +34,11 @@ class BundleError(ValueError):
 
 
 def write(out_dir: Path, sources: list[str], labels: np.ndarray, reference: np.ndarray, class_names: list[str],
-          image_size: int, resize_method: str, artifacts: dict[str, str]) -> dict[str, Any]:
-    """``artifacts``: file name -> sha256 of the artifacts whose agreement the bundle checks. Returns the
-    manifest's entry (path, sha256, images)."""
+          image_size: int, resize_method: str, artifacts: dict[str, str],
+          answers: Callable[[list[str]], dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+    """``artifacts``: file name -> sha256 of the artifacts whose agreement the bundle checks; ``answers``:
+    given the bundle's image files as written, each artifact's probabilities for them on this machine.
+    Returns the manifest's entry (path, sha256, images)."""
     from .filelist import load_sources
     from .sources import is_npz_ref
     folder = out_dir / FOLDER
@@ -54,6 +59,10 @@ def write(out_dir: Path, sources: list[str], labels: np.ndarray, reference: np.n
     index = {"version": VERSION, "labels": list(class_names), "image_size": image_size,
              "resize_method": resize_method, "reference": "the Keras model's probabilities, on the exporting machine",
              "artifacts": dict(sorted(artifacts.items())), "images": entries}
+    if answers is not None:
+        got = answers([str(folder / e["file"]) for e in entries])
+        index["answers_on"] = "each artifact's probabilities for these files on the exporting machine"
+        index["answers"] = {name: [[float(v) for v in row] for row in np.asarray(p)] for name, p in sorted(got.items())}
     data = json.dumps(index, indent=1).encode()
     (folder / INDEX).write_bytes(data)
     return {"path": f"{FOLDER}/{INDEX}", "sha256": hashlib.sha256(data).hexdigest(), "images": len(entries)}
@@ -93,4 +102,5 @@ def read(exports: Path) -> dict[str, Any]:
                               "or pass --data DIR")
         paths.append(str(f))
     return {**index, "paths": paths, "labels_array": np.asarray([e["label"] for e in index["images"]], np.int64),
-            "reference_array": np.asarray([e["reference"] for e in index["images"]], np.float64)}
+            "reference_array": np.asarray([e["reference"] for e in index["images"]], np.float64),
+            "answers_arrays": {k: np.asarray(v, np.float64) for k, v in (index.get("answers") or {}).items()}}

@@ -37,6 +37,22 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     return min(lo, p), max(hi, p)
 
 
+def flips_p_value(flips: int, n: int, max_rate: float) -> float:
+    """P(at least ``flips`` flips in ``n`` images) for an artifact that flips a ``max_rate`` share of them:
+    small only when the count says the rate is higher. A gate at 99% judged on 100 images by its
+    threshold alone fails a build that meets it one time in four (2 flips); this does not."""
+    if flips <= 0:
+        return 1.0
+    if max_rate <= 0:
+        return 0.0
+    if max_rate >= 1:
+        return 1.0
+    log_p, log_q = math.log(max_rate), math.log1p(-max_rate)
+    below = sum(math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q)
+                for k in range(flips))
+    return max(0.0, 1.0 - below)
+
+
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
