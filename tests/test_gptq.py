@@ -55,3 +55,25 @@ def test_unknown_rounding_is_refused():
     net = keras.Model(inp, keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, use_bias=False)(inp)))
     with pytest.raises(ValueError, match="rounding must be"):
         int8_ready(net, np.zeros((4, 8, 8, 3), np.float32), rounding="adaround")
+
+
+def test_a_kept_convolution_stays_unrounded_and_the_rest_are_rounded_and_corrected():
+    """What a mixed build runs in float keeps float weights (int8_ready(keep=...)); the layers after it are
+    still rounded, and their offsets still corrected for what reaches them."""
+    from mstl.tf_env import keras
+    from mstl.export.bias_correction import int8_ready
+    rng = np.random.default_rng(2)
+    inp = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(6, 3, padding="same", use_bias=False, name="first")(inp)
+    a = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization(name="first_bn")(a))
+    b = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="second")(a)
+    net = keras.Model(inp, keras.layers.BatchNormalization(name="second_bn")(b))
+    for layer in (net.get_layer("first"), net.get_layer("second")):
+        layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype(np.float32))
+    before = {n: net.get_layer(n).kernel.numpy().copy() for n in ("first", "second")}
+    done = int8_ready(net, rng.uniform(0, 255, (16, 8, 8, 3)).astype(np.float32), equalize=False, keep=frozenset({"first"}))
+    assert done["unrounded"] == ["first"]
+    np.testing.assert_array_equal(net.get_layer("first").kernel.numpy(), before["first"])
+    assert not np.array_equal(net.get_layer("second").kernel.numpy(), before["second"])
+    plain = int8_ready(keras.models.clone_model(net), np.zeros((4, 8, 8, 3), np.float32), equalize=False)
+    assert "unrounded" not in plain

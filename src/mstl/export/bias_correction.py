@@ -103,13 +103,16 @@ def _channel_means(net, bns, x: np.ndarray, batch: int = 32) -> list[np.ndarray]
 
 
 def int8_ready(model: "keras.Model", pixels: np.ndarray, equalize: bool = True,
-               targets: dict | None = None, levels: int = INT8_MAX, rounding: str = "nearest") -> dict:
+               targets: dict | None = None, levels: int = INT8_MAX, rounding: str = "nearest",
+               keep: frozenset[str] = frozenset()) -> dict:
     """Turn ``model`` into its int8-ready form, in place.
 
     ``pixels``: calibration images, raw 0..255. Layer by layer in graph order, the copy's kernel is
     rounded, then its BatchNorm's offset moved so that each channel's mean output on the calibration
     images equals the float network's - with every earlier layer already rounded and corrected, so a
-    correction also absorbs the mean error that reaches it from below. Returns what was done, for the card.
+    correction also absorbs the mean error that reaches it from below. Convolutions named in ``keep``
+    stay unrounded (layers a mixed build runs in float: rounding them would carry the int8 weight error
+    into float); their offsets are still corrected for what reaches them. Returns what was done, for the card.
     """
     if rounding not in ("nearest", "gptq"):
         raise ValueError(f"rounding must be 'nearest' or 'gptq', not {rounding!r}")
@@ -125,21 +128,24 @@ def int8_ready(model: "keras.Model", pixels: np.ndarray, equalize: bool = True,
         targets.update({bn.name: want for (_, bn), want in zip(pairs, target)})
     changes, shifts = [], []
     for (conv, bn), want in zip(pairs, target):
-        moments = None
-        if rounding == "gptq":
-            from .gptq import input_moments
-            moments = input_moments(net, conv, x)  # with every earlier layer already rounded
-        changes.append(round_kernel(conv, bn, levels, moments))
+        if conv.name not in keep:
+            moments = None
+            if rounding == "gptq":
+                from .gptq import input_moments
+                moments = input_moments(net, conv, x)  # with every earlier layer already rounded
+            changes.append(round_kernel(conv, bn, levels, moments))
         shift = _channel_means(net, [bn], x)[0] - want
         shifts.append(float(np.abs(shift).max()))
         bn.beta.assign((bn.beta.numpy() - shift).astype(np.float32))
     worst = int(np.argmax(shifts))
-    say(f"  bias correction: {len(pairs)} convolutions rounded to the {levels}-level grid (median kernel change "
-        f"{100 * float(np.median(changes)):.2f}%); largest channel-mean shift corrected {shifts[worst]:.3g} "
+    rounded = sum(1 for conv, _ in pairs if conv.name not in keep)
+    say(f"  bias correction: {rounded} convolutions rounded to the {levels}-level grid (median kernel change "
+        f"{100 * float(np.median(changes)) if changes else 0.0:.2f}%); largest channel-mean shift corrected {shifts[worst]:.3g} "
         f"at {pairs[worst][0].name}")
     return {"method": "int8-rounded folded kernels + empirical bias correction", "layers": len(pairs),
-            "weight_levels": levels, "rounding": rounding,
-            "calibration_images": int(len(pixels)), "median_kernel_change": round(float(np.median(changes)), 5),
+            "weight_levels": levels, "rounding": rounding, **({"unrounded": sorted(keep)} if keep else {}),
+            "calibration_images": int(len(pixels)),
+            "median_kernel_change": round(float(np.median(changes)), 5) if changes else 0.0,
             "largest_shift": {"layer": pairs[worst][0].name, "value": round(shifts[worst], 5)},
             "equalization": equalized}
 
