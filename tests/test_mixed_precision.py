@@ -265,34 +265,6 @@ def test_a_planted_noisy_tensor_is_taken_off_the_int8_grid(tmp_path):
         assert card["int8_mac_share"] >= 0.8 and card["verification"]["agreement"] >= 0.99
 
 
-
-def test_ops_kept_in_float_on_an_int8_ready_base_are_tried_with_float_kernels(tmp_path, monkeypatch):
-    """The int8-ready copy rounds every kernel; a region kept in float on it is built again from a copy
-    that leaves its convolutions unrounded, measured on the same selection images, and the card says
-    which convolutions, both selection counts and which build shipped."""
-    import dataclasses
-    from mstl.edge.core import formats
-    pixels = _plain_images(tmp_path, 600)
-    _noisy_tensor_classifier(tmp_path / "m.keras", pixels[:200])
-    f = formats.by_key("tflite-int8")
-    prepared = next(r for r in f.recipes if r.name == "bias-corrected")
-    patched = tuple(dataclasses.replace(g, recipes=(prepared, formats.MIXED)) if g.key == "tflite-int8" else g
-                    for g in formats.FORMATS)
-    monkeypatch.setattr(formats, "FORMATS", patched)
-    res = runner.invoke(app, [str(tmp_path / "no-run"), "--model", str(tmp_path / "m.keras"), "--data",
-                              str(tmp_path / "data"), "--labels", "a,b", "--int8", "--format", "tflite",
-                              "--calibration", "100", "--gate-extra", str(tmp_path / "extra"), "--out", str(tmp_path / "e")])
-    assert res.exit_code == 0, res.output
-    card = json.loads((tmp_path / "e" / "classifier-int8.tflite.json").read_text())
-    mixed = card["mixed"]
-    assert card["recipe"] == "bias-corrected+mixed" and "proj_BN" in mixed["float_layers"], (card["recipe"], mixed["float_layers"])
-    fk = mixed["float_kernels"]
-    assert {"proj", "c2"} <= set(fk["unrounded"]) and "error" not in fk, fk
-    assert isinstance(fk["kept"], bool) and set(fk["selection_flips"]) == {"rounded", "unrounded"}
-    assert "convolution(s): selection agreement" in res.output
-    assert card["verification"]["agreement"] >= 0.99
-
-
 def test_regions_share_ops_and_are_costed_once():
     """A block's projection and the addition after it both need the next expansion in float: once the
     first region is kept, the second costs only what it adds; a region whose layer the graph does not

@@ -162,17 +162,6 @@ class _Int8Ready:
             self.copies[key] = (model, info, targets)
         return self.copies[key][0]
 
-    def unrounded(self, opts: BuildOptions, keep: frozenset[str]):
-        """A fresh int8-ready copy on ``opts``' grid whose convolutions in ``keep`` stay unrounded (those a
-        mixed build runs in float); made once per mixed search, not cached."""
-        from ..model import load_classifier
-        from .bias_correction import int8_ready
-        levels, rounding = self.key(opts)
-        model = load_classifier(self.model_path)
-        say(f"  preparing an int8-ready copy whose {len(keep)} convolution(s) in float keep float kernels")
-        int8_ready(model, self.calibration[:CORRECTION_IMAGES], levels=levels, rounding=rounding, keep=keep)
-        return model
-
     def info(self, opts: BuildOptions) -> dict:
         return self.copies[self.key(opts)][1]
 
@@ -545,34 +534,6 @@ def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, thresho
         return "mixed precision: nothing can stay in float within the int8 MAC floor"
     names = tuple(found["float_nodes"])
     data, rt, choose, probs, offset = built[names]
-    kernels = None
-    convs = _float_convs(names, found_units, source) if base.recipe.prepared else frozenset()
-    if convs:
-        # The int8-ready copy rounded every kernel, so the ops kept in float still carried the int8 weight
-        # error (on the converged X-ray head a third of it sits in the first two convolutions:
-        # benchmarks/int8_probes/unround.py). The same float ops on a copy that leaves their kernels
-        # unrounded, measured on the same selection images; kept only when it is not worse.
-        try:
-            alt_source = ready.unrounded(base.opts, convs)
-            alt = fmt.load_module().MixedBuilder(alt_source, work / f"mixed-{fmt.key}-float-kernels", base.opts)
-            staged = f"kf-{fmt.filename(job.stem)}"
-            alt_data, alt_offset = _centred(fmt, alt.build(names), work, staged, gate)
-            alt_rt = _runtime(work, staged, alt_data)
-            alt_probs = alt_rt.predict(sel_pixels)
-            alt_choose = gate.choose(alt_probs, threshold)
-            better = (alt_choose["passes"] or not choose["passes"]) and sure_agreement(alt_choose) >= sure_agreement(choose)
-            kernels = {"unrounded": sorted(convs), "kept": bool(better),
-                       "selection_flips": {"rounded": choose["flips"], "unrounded": alt_choose["flips"]},
-                       "selection_predicted": {"rounded": choose.get("expected_agreement"),
-                                               "unrounded": alt_choose.get("expected_agreement")}}
-            say(f"  the same {len(names)} op(s) with float kernels in {len(convs)} convolution(s): selection agreement "
-                f"{100 * (alt_choose['agreement'] or 0):.2f}% ({alt_choose['flips']} flips; "
-                f"{100 * (alt_choose.get('expected_agreement') or 0):.2f}% predicted) -> "
-                f"{'kept' if better else 'not kept'}")
-            if better:
-                data, rt, choose, probs, offset = alt_data, alt_rt, alt_choose, alt_probs, alt_offset
-        except Exception as e:  # the rounded build stands; the card says why
-            kernels = {"unrounded": sorted(convs), "kept": False, "error": str(e).splitlines()[0][:300] if str(e) else type(e).__name__}
     recipe = dataclasses.replace(base.recipe, name=f"{base.recipe.name}+mixed", mixed=True, refine=False,
                                  note=f"{base.recipe.note}; {len(found['float_labels'])} noisiest tensor region(s) "
                                       "or outlier layer(s) kept in float")
@@ -581,17 +542,9 @@ def _try_mixed(fmt, base: _Attempt, model, ready, work, job, gate: Gate, thresho
              "ranked_by": f"outlier layers first (own SQNR drop >= {OUTLIER_DB} dB on {min(RANK_IMAGES, len(sel_pixels))} "
                           "selection images), then activation tensors by their share of the int8 error per MAC "
                           f"(first order, {NEAR_IMAGES} selection images nearest the boundary; export/noise.py)",
-             "steps": found["steps"], "ranking": found["ranking"], "float_kernels": kernels,
+             "steps": found["steps"], "ranking": found["ranking"],
              "cost": _cost({"full int8 (" + base.recipe.name + ")": base.data, "mixed": data}, work, fmt, job)}
     return _Attempt(recipe, dataclasses.replace(base.opts, float_nodes=names), data, rt, choose, probs, mixed, offset)
-
-
-def _float_convs(names: tuple[str, ...], unit_nodes: dict[str, tuple[str, ...]], model) -> frozenset[str]:
-    """The convolutions (with a BatchNorm: what int8_ready rounds) whose every op the build keeps in float."""
-    from .bias_correction import _container, conv_bn_pairs
-    kept = set(names)
-    convs = {c.name for c, _ in conv_bn_pairs(_container(model)[0])}
-    return frozenset(u for u, nodes in unit_nodes.items() if u in convs and nodes and set(nodes) <= kept)
 
 
 def _cost(builds: dict[str, bytes], work: Path, fmt: Format, job: ExportJob, runs: int = 60) -> dict[str, Any]:
