@@ -29,7 +29,7 @@ import numpy as np
 def _images(run: Path):
     from mstl.edge.core.filelist import read_list
     from mstl.export.gate import split
-    from mstl.edge.core.metrics import DECISIVE_MARGIN
+    from mstl.edge.core.metrics import decisive
     from mstl.edge.core.preprocess import Preprocess
     ex = run / "exports"
     gate_src, _ = read_list(ex / "gate.tsv")
@@ -38,8 +38,7 @@ def _images(run: Path):
     in_gate = set(gate_src)
     calibration = [s for s in train_src if s not in in_gate]  # the training images that calibrated mstl's
     prep = Preprocess.from_card(json.loads((ex / "classifier-fp32.tflite.json").read_text()))
-    ranked = np.sort(ref, axis=1)
-    clear = ranked[:, -1] - ranked[:, -2] > DECISIVE_MARGIN  # the gate's rule: ties are not judged
+    clear = decisive(ref)  # the gate's rule: ties are not judged
     sel = split(len(gate_src))
     return prep.load_many(gate_src), ref, prep.load_many(calibration).astype(np.float32), sel & clear, ~sel & clear
 

@@ -37,7 +37,7 @@ def _session(path: str, config: dict):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def _softmax_rows(sess, pixels: np.ndarray) -> np.ndarray:
+def _outputs(sess, pixels: np.ndarray) -> np.ndarray:
     name = sess.get_inputs()[0].name
     out = [sess.run(None, {name: pixels[i:i + 1].astype(np.float32)})[0] for i in range(len(pixels))]
     return np.concatenate(out)
@@ -49,7 +49,7 @@ def worker(spec_path: str, out_path: str) -> None:
     res, times = {}, {}
     for key, (path, config) in spec["variants"].items():
         sess = _session(path, config)
-        res[key] = _softmax_rows(sess, pixels)
+        res[key] = _outputs(sess, pixels)
         if spec["time"]:
             one = pixels[:1].astype(np.float32)
             name = sess.get_inputs()[0].name

@@ -138,8 +138,7 @@ def int8_ready(model: "keras.Model", pixels: np.ndarray, equalize: bool = True,
         shifts.append(float(np.abs(shift).max()))
         bn.beta.assign((bn.beta.numpy() - shift).astype(np.float32))
     worst = int(np.argmax(shifts))
-    rounded = sum(1 for conv, _ in pairs if conv.name not in keep)
-    say(f"  bias correction: {rounded} convolutions rounded to the {levels}-level grid (median kernel change "
+    say(f"  bias correction: {len(changes)} convolutions rounded to the {levels}-level grid (median kernel change "
         f"{100 * float(np.median(changes)) if changes else 0.0:.2f}%); largest channel-mean shift corrected {shifts[worst]:.3g} "
         f"at {pairs[worst][0].name}")
     return {"method": "int8-rounded folded kernels + empirical bias correction", "layers": len(pairs),

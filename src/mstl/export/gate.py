@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..edge.core.agreement import paired_deltas, verify
-from ..edge.core.metrics import DECISIVE_MARGIN
+from ..edge.core.metrics import DECISIVE_MARGIN, top_margin
 
 SELECTION_SHARE = 1 / 3
 SPLIT_SEED = 0
@@ -49,8 +49,7 @@ def split(n: int, seed: int = SPLIT_SEED) -> np.ndarray:
 
 def nearest_boundary(reference: np.ndarray, pool: int = ERROR_POOL) -> tuple[np.ndarray, np.ndarray]:
     """(the decisive images, the ``pool`` of them nearest the boundary): indices into ``reference``."""
-    ranked = np.sort(np.asarray(reference, np.float64), axis=1)
-    margin = ranked[:, -1] - ranked[:, -2]
+    margin = top_margin(reference)
     clear = np.flatnonzero(margin > DECISIVE_MARGIN)
     return clear, clear[np.argsort(margin[clear], kind="stable")[:pool]]
 
@@ -75,8 +74,7 @@ def expected_flips(probs: np.ndarray, reference: np.ndarray, pool: int = ERROR_P
     probs, reference = np.asarray(probs, np.float64), np.asarray(reference, np.float64)
     rows = np.arange(len(reference))
     top = reference.argmax(1)
-    ranked = np.sort(reference, axis=1)
-    margin = ranked[:, -1] - ranked[:, -2]
+    margin = top_margin(reference)
     rival = probs.copy()
     rival[rows, top] = -np.inf
     error = (probs[rows, top] - rival.max(1)) - margin

@@ -213,7 +213,7 @@ def _against_bundle(r: dict, bundle: dict, card: dict | None) -> None:
     gate as a count (a binomial test: on 100 images a 99% gate is 1 flip from failing by chance alone),
     and (2) the same file's answers on the exporting machine, image by image: any change there is a
     kernel that computes otherwise on this CPU, shown exactly, not sampled."""
-    from ..core.metrics import DECISIVE_MARGIN, flips_p_value, top1_agreement
+    from ..core.metrics import decisive, flips_p_value, top1_agreement
     probs = np.asarray(r["probs"], np.float64)
     got = top1_agreement(probs, bundle["reference_array"])
     want = bundle["artifacts"].get(r["artifact"])
@@ -225,10 +225,9 @@ def _against_bundle(r: dict, bundle: dict, card: dict | None) -> None:
     got["disagrees"] = bool(got["same_build"] and got.get("p_value") is not None and got["p_value"] < DISAGREE_P)
     there = bundle.get("answers_arrays", {}).get(r["artifact"]) if got["same_build"] else None
     if there is not None and there.shape == probs.shape:
-        ranked = np.sort(bundle["reference_array"], axis=1)
-        decisive = ranked[:, -1] - ranked[:, -2] > DECISIVE_MARGIN
-        got["vs_export"] = {"changed": int(np.sum((probs.argmax(1) != there.argmax(1)) & decisive)),
-                            "n_compared": int(decisive.sum()), "max_abs_diff": float(np.abs(probs - there).max()),
+        clear = decisive(bundle["reference_array"])
+        got["vs_export"] = {"changed": int(np.sum((probs.argmax(1) != there.argmax(1)) & clear)),
+                            "n_compared": int(clear.sum()), "max_abs_diff": float(np.abs(probs - there).max()),
                             "export_flips": int(top1_agreement(there, bundle["reference_array"])["flips"])}
     r["bundle_agreement"] = got
     # the answers themselves, so that runs on two devices can be compared image by image later

@@ -12,12 +12,22 @@ import numpy as np
 DECISIVE_MARGIN = 0.05
 
 
+def top_margin(probs: np.ndarray) -> np.ndarray:
+    """Each row's top probability minus its second."""
+    ranked = np.sort(np.asarray(probs, np.float64), axis=1)
+    return ranked[:, -1] - ranked[:, -2]
+
+
+def decisive(reference: np.ndarray) -> np.ndarray:
+    """The rows the reference answers decisively (top-1 margin over ``DECISIVE_MARGIN``): ties are not judged."""
+    return top_margin(reference) > DECISIVE_MARGIN
+
+
 def top1_agreement(probs: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
     """Top-1 agreement with the reference on the images it answers decisively (margin over
     ``DECISIVE_MARGIN``), its 95% interval, and the largest probability difference on all of them."""
     probs, reference = np.asarray(probs, np.float64), np.asarray(reference, np.float64)
-    ranked = np.sort(reference, axis=1)
-    clear = ranked[:, -1] - ranked[:, -2] > DECISIVE_MARGIN
+    clear = decisive(reference)
     n = int(clear.sum())
     same = int(np.sum(probs[clear].argmax(1) == reference[clear].argmax(1)))
     return {"agreement": same / n if n else None, "n_compared": n, "flips": n - same,
