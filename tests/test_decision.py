@@ -97,6 +97,33 @@ def test_a_run_carries_its_operating_point_into_every_card(smoke_run, smoke_expo
         # float forms decide as Keras does; int8 is reported, not gated (the barely trained smoke model
         # crowds its answers at the threshold: there its decisions differ more often than its top-1)
         assert agree["agreement"] >= (0.999 if card["precision"] in ("fp32", "fp16") else 0.9), (card_path.name, agree)
+        held = agree["heldout"]  # the card's decision, on every held-out image
+        assert held["n"] == card["verification"]["heldout"]["n"] > 0
+        if card["precision"] == "fp32":
+            assert held["accuracy_delta"] == 0 and held["accuracy"] == held["accuracy_keras"]
+
+
+def test_the_held_out_accuracy_is_also_measured_at_the_cards_threshold():
+    """An artifact that moves answers across 0.5 but not across the card's threshold keeps the accuracy the
+    card's user gets, and the export says so beside the argmax figure."""
+    from mstl.export.gate import Gate
+    from mstl.export.run import _decision_agreement
+    n = 400
+    p1 = np.where(np.arange(n) % 2 == 0, 0.9, 0.3)  # the threshold 0.2 calls every image positive
+    ref = np.stack([1 - p1, p1], 1)
+    y = np.ones(n, int)
+    moved = ref.copy()
+    moved[1::2] = [[0.25, 0.75]]  # across 0.5, still above 0.2
+    gate = Gate(np.zeros((n, 1)), ref, y, np.ones(n, bool), np.arange(n) % 3 == 0)
+    decision = {"threshold": 0.2, "temperature": 1.0, "positive_index": 1}
+    at_op = _decision_agreement(gate, moved, decision)["heldout"]
+    assert at_op["n"] == n and at_op["accuracy_keras"] == at_op["accuracy"] == 1.0 and at_op["accuracy_delta"] == 0
+    assert gate.judge(moved, 0.99)["heldout"]["accuracy_delta"] == pytest.approx(0.5)  # argmax: half gained
+    worse = ref.copy()
+    worse[::4] = [[0.95, 0.05]]  # a quarter below the threshold now
+    d = _decision_agreement(gate, worse, decision)["heldout"]
+    assert d["accuracy"] == pytest.approx(0.75) and d["accuracy_delta"] == pytest.approx(-0.25)
+    assert d["accuracy_delta_ci95"][0] < -0.25 < d["accuracy_delta_ci95"][1] < 0
 
 
 def _served(smoke_exports, tmp_path, decision):

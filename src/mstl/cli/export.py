@@ -83,24 +83,30 @@ def export(
         job.bundle_samples = bundle_samples
     manifest = run_export(job)
     say("")
+    # Δacc: argmax at 0.5 on the held-out images; Δacc@op: the card's decision (operating point), when it has one
     say(f"{'artifact':<32} {'size MB':>8} {'agreement':>10} {'flips':>9} {'max|diff|':>10} {'Δacc pt (95% CI)':>22} "
-        f"{'time s':>7}  recipe / status")
+        f"{'Δacc@op pt (95% CI)':>22} {'time s':>7}  recipe / status")
     failed = []
     for a in manifest["artifacts"]:
         agree = "-" if a["agreement"] is None else f"{100 * a['agreement']:.2f}%"
         size = "-" if a["size_bytes"] is None else f"{a['size_bytes'] / 1e6:.2f}"
         diff = "-" if a["max_abs_diff"] is None else f"{a['max_abs_diff']:.4f}"
         flips = f"{a.get('flips', '-')}/{a['n_compared']}"
-        h = a.get("heldout") or {}
-        dacc = (f"{100 * h['accuracy_delta']:+.1f} [{100 * h['accuracy_delta_ci95'][0]:+.1f}, "
-                f"{100 * h['accuracy_delta_ci95'][1]:+.1f}]") if "accuracy_delta" in h else "-"
-        say(f"{a['name']:<32} {size:>8} {agree:>10} {flips:>9} {diff:>10} {dacc:>22} {a.get('export_seconds', 0):>7.1f}  "
-            f"{a.get('recipe', '-')} / {a['status']}")
+        dacc, dop = (_delta(a.get("heldout")), _delta((a.get("decision_agreement") or {}).get("heldout")))
+        say(f"{a['name']:<32} {size:>8} {agree:>10} {flips:>9} {diff:>10} {dacc:>22} {dop:>22} "
+            f"{a.get('export_seconds', 0):>7.1f}  {a.get('recipe', '-')} / {a['status']}")
         if a["status"] != "ok":
             failed.append(f"{a['name']}: {a.get('reason') or a.get('error')}")
     say(f"manifest: {job.out_dir / 'manifest.json'}")
     if failed:
         raise UserError("verification failed for " + "; ".join(failed))
+
+
+def _delta(h: dict | None) -> str:
+    if not h or "accuracy_delta" not in h:
+        return "-"
+    lo, hi = h["accuracy_delta_ci95"]
+    return f"{100 * h['accuracy_delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
 def _standalone_job(run_dir, model, data, labels, image_size, formats, out, calibration, io, thresholds, n_extra=0):

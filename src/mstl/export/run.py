@@ -647,8 +647,11 @@ def _export_one(fmt: Format, model, ready: _Int8Ready, work: Path, job: ExportJo
     if "decision_agreement" in check:
         d = check["decision_agreement"]
         row["decision_agreement"] = d
+        h = d.get("heldout") or {}
         say(f"  decisions at the operating point (threshold {d['threshold']:.4f}, T {d['temperature']:.3f}): "
-            f"{100 * d['agreement']:.2f}% the Keras model's ({d['flips']} differ of {d['n_compared']})")
+            f"{100 * d['agreement']:.2f}% the Keras model's ({d['flips']} differ of {d['n_compared']})"
+            + (f"; held-out accuracy there {100 * h['accuracy']:.2f}% against Keras' {100 * h['accuracy_keras']:.2f}% "
+               f"({h['n']} images)" if h.get("n") else ""))
     return row
 
 
@@ -665,9 +668,17 @@ def _decision_agreement(gate: Gate, probs: np.ndarray, decision: dict[str, Any])
     ref = np.array([d["label_index"] for d in ref_d])[clear]
     got = np.array([d["label_index"] for d in got_d])[clear]
     same, n = int(np.sum(ref == got)), int(clear.sum())
-    return {"agreement": same / n if n else None, "ci95": list(wilson_interval(same, n)) if n else None,
-            "flips": n - same, "n_compared": n, "n_at_threshold": int((~clear).sum()),
-            "threshold": decision["threshold"], "temperature": decision["temperature"]}
+    out = {"agreement": same / n if n else None, "ci95": list(wilson_interval(same, n)) if n else None,
+           "flips": n - same, "n_compared": n, "n_at_threshold": int((~clear).sum()),
+           "threshold": decision["threshold"], "temperature": decision["temperature"]}
+    if gate.labels is not None and gate.heldout.any():
+        # The accuracy a user of the card gets: every held-out image decided at the operating point, the
+        # ones at the threshold included (argmax at 0.5, the other delta, is not the card's decision).
+        from ..edge.core.agreement import paired_accuracy_delta
+        h = gate.heldout
+        at = [np.array([d["label_index"] for d in decide(p[h], decision)]) for p in (gate.reference, probs)]
+        out["heldout"] = paired_accuracy_delta(np.asarray(gate.labels)[h], at[0], at[1])
+    return out
 
 
 def _card(fmt: Format, name: str, best: _Attempt, tried: list, job: ExportJob, calibration, machine, ready) -> dict:

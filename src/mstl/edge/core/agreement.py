@@ -65,20 +65,28 @@ def verify(rt: Runtime, pixels: np.ndarray, reference: np.ndarray, min_agreement
     return out
 
 
+def paired_accuracy_delta(y: np.ndarray, ref_pred: np.ndarray, pred: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Accuracy of the artifact's predicted labels minus the Keras model's, with a 95% paired-bootstrap
+    interval over images (the same resamples as ``paired_deltas`` for the same ``seed`` and count)."""
+    y, n = np.asarray(y), len(y)
+    if n == 0:
+        return {"n": 0}
+    hit_a, hit_r = np.asarray(pred) == y, np.asarray(ref_pred) == y
+    idx = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP, n))
+    d_acc = hit_a[idx].mean(1) - hit_r[idx].mean(1)
+    return {"n": int(n), "accuracy_keras": float(hit_r.mean()), "accuracy": float(hit_a.mean()),
+            "accuracy_delta": float(hit_a.mean() - hit_r.mean()),
+            "accuracy_delta_ci95": [float(np.percentile(d_acc, 2.5)), float(np.percentile(d_acc, 97.5))]}
+
+
 def paired_deltas(y: np.ndarray, ref: np.ndarray, probs: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Accuracy (and, for two classes, ROC AUC) of the artifact minus the Keras model's on the same
     images, with 95% intervals from a paired bootstrap over images."""
     n = len(y)
     if n == 0:
         return {"n": 0}
-    hit_a = probs.argmax(1) == y
-    hit_r = ref.argmax(1) == y
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(BOOTSTRAP, n))
-    d_acc = (hit_a[idx].mean(1) - hit_r[idx].mean(1))
-    out: dict[str, Any] = {"n": int(n), "accuracy_keras": float(hit_r.mean()), "accuracy": float(hit_a.mean()),
-                           "accuracy_delta": float(hit_a.mean() - hit_r.mean()),
-                           "accuracy_delta_ci95": [float(np.percentile(d_acc, 2.5)), float(np.percentile(d_acc, 97.5))]}
+    out = paired_accuracy_delta(y, ref.argmax(1), probs.argmax(1), seed)
+    idx = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP, n))
     if ref.shape[1] == 2 and len(set(y.tolist())) == 2:
         auc_r, auc_a = roc_auc(y, ref[:, 1]), roc_auc(y, probs[:, 1])
         deltas = []
