@@ -73,6 +73,8 @@ def main() -> int:
             d = q["decision_agreement"]
             print(f"{fmt}_int8_decision_agreement={d['agreement']:.4f}")
             print(f"{fmt}_int8_decision_flips={d['flips']}/{d['n_compared']}")
+            if (d.get("heldout") or {}).get("n"):
+                print(f"{fmt}_int8_heldout_accuracy_delta_at_operating_point={d['heldout']['accuracy_delta']:+.4f}")
         print(f"{fmt}_int8_size_mb={q['size_bytes'] / 1e6:.2f}")
         p50 = {}
         for key, row in (("fp32", f), ("int8", q)):
