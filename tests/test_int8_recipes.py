@@ -319,15 +319,20 @@ def _mean_shift(model, built: bytes, pixels, targets) -> dict:
 
 
 
-def test_the_gptq_rung_gets_an_int8_ready_copy_of_its_own(smoke_run):
-    """The 7-bit GPTQ rung's kernels are rounded by GPTQ in a copy apart from the nearest-rounded one the
-    rungs before it use (same grid, other rounding), and its card says so."""
+@pytest.mark.parametrize("key,gptq_name,nearest_name,levels", [
+    ("onnx-int8", "u8s8-r7-gptq-bias-corrected", "u8s8-r7-bias-corrected", 64),
+    ("tflite-int8", "gptq-bias-corrected", "bias-corrected", 127)])
+def test_the_gptq_rung_gets_an_int8_ready_copy_of_its_own(smoke_run, key, gptq_name, nearest_name, levels):
+    """A GPTQ rung's kernels are rounded by GPTQ in a copy apart from the nearest-rounded one the rungs
+    before it use (same grid, other rounding), and its card says so. It is the last full-int8 rung of its
+    ladder: it costs 2-3x a nearest-rounded rung, so it runs only when those missed."""
     import json
     from mstl.edge.core.formats import BuildOptions
     from mstl.export.run import _Int8Ready
-    f = by_key("onnx-int8")
-    gptq = next(r for r in f.ladder if r.name == "u8s8-r7-gptq-bias-corrected")
-    nearest = next(r for r in f.ladder if r.name == "u8s8-r7-bias-corrected")
+    f = by_key(key)
+    gptq = next(r for r in f.ladder if r.name == gptq_name)
+    nearest = next(r for r in f.ladder if r.name == nearest_name)
+    assert f.ladder[-2] is gptq and gptq.prepared and dict(gptq.kwargs)["rounding"] == "gptq"
     model_path = smoke_run / json.loads((smoke_run / "selection.json").read_text())["model"]
     size = json.loads((smoke_run / "config.json").read_text())["config"]["data"]["image_size"]
     pixels = np.random.default_rng(0).integers(0, 256, (16, size, size, 3)).astype(np.uint8)
@@ -337,6 +342,7 @@ def test_the_gptq_rung_gets_an_int8_ready_copy_of_its_own(smoke_run):
     assert a is not b and len(ready.copies) == 2
     assert ready.info(base.with_recipe(gptq))["rounding"] == "gptq"
     assert ready.info(base.with_recipe(nearest))["rounding"] == "nearest"
+    assert ready.key(base.with_recipe(gptq)) == (levels, "gptq")
     kernels = [[w.numpy() for w in m.weights if "kernel" in w.path] for m in (a, b)]
     assert any(not np.array_equal(x, y) for x, y in zip(*kernels))
     with pytest.raises(ValueError, match="rounding must be one of"):

@@ -33,7 +33,8 @@ from .mixed import OUTLIER_DB, RANK_IMAGES, sure_agreement
 
 CORRECTION_IMAGES = 200  # calibration images the bias correction measures channel means on
 # How the int8-ready kernels are rounded is a recipe's choice (BuildOptions.rounding): nearest on every
-# rung but the last 7-bit ONNX one, which uses GPTQ (export/gptq.py). Measured: on the 8-bit grid GPTQ
+# rung but the last full-int8 one of the TFLite and the 7-bit ONNX ladders, which use GPTQ
+# (export/gptq.py; the TFLite rung's figures are in edge/core/formats.py). Measured: on the 8-bit grid GPTQ
 # took the paper-rule X-ray model's float-activation error from 0.106 to 0.066 but its simulated int8
 # build's only from 0.216 to 0.210 (Intel Xeon); on the 7-bit grid it took that model's shipped ONNX
 # int8 from 33 to 19 flips (AVX2-only AMD EPYC) and from 29 to 15 (--portable-int8, Intel Xeon), but the
