@@ -661,13 +661,15 @@ def _decision_agreement(gate: Gate, probs: np.ndarray, decision: dict[str, Any])
     positive probability) is the Keras model's, on the confirmation images."""
     from ..edge.core.decision import decide
     from ..edge.core.metrics import DECISIVE_MARGIN, wilson_interval
+    # every gate image decided once; the confirmation and held-out figures are slices of these
+    ref_d, got_d = decide(gate.reference, decision), decide(probs, decision)
+    ref_all, got_all = (np.array([d["label_index"] for d in ds]) for ds in (ref_d, got_d))
     conf = gate.confirmation
-    ref_d, got_d = decide(gate.reference[conf], decision), decide(probs[conf], decision)
     # as for top-1 agreement, images the Keras model itself puts at the threshold say nothing: a binary
     # top-1 margin of DECISIVE_MARGIN is a distance of half that from 0.5
-    clear = np.array([abs(d["positive_probability"] - d["threshold"]) > DECISIVE_MARGIN / 2 for d in ref_d], bool)
-    ref = np.array([d["label_index"] for d in ref_d])[clear]
-    got = np.array([d["label_index"] for d in got_d])[clear]
+    at_threshold = np.array([abs(d["positive_probability"] - d["threshold"]) <= DECISIVE_MARGIN / 2 for d in ref_d])
+    clear = ~at_threshold[conf]
+    ref, got = ref_all[conf][clear], got_all[conf][clear]
     same, n = int(np.sum(ref == got)), int(clear.sum())
     out = {"agreement": same / n if n else None, "ci95": list(wilson_interval(same, n)) if n else None,
            "flips": n - same, "n_compared": n, "n_at_threshold": int((~clear).sum()),
@@ -677,8 +679,7 @@ def _decision_agreement(gate: Gate, probs: np.ndarray, decision: dict[str, Any])
         # ones at the threshold included (argmax at 0.5, the other delta, is not the card's decision).
         from ..edge.core.agreement import paired_accuracy_delta
         h = gate.heldout
-        at = [np.array([d["label_index"] for d in decide(p[h], decision)]) for p in (gate.reference, probs)]
-        out["heldout"] = paired_accuracy_delta(np.asarray(gate.labels)[h], at[0], at[1])
+        out["heldout"] = paired_accuracy_delta(np.asarray(gate.labels)[h], ref_all[h], got_all[h])
     return out
 
 

@@ -71,8 +71,16 @@ def paired_accuracy_delta(y: np.ndarray, ref_pred: np.ndarray, pred: np.ndarray,
     y, n = np.asarray(y), len(y)
     if n == 0:
         return {"n": 0}
+    return _accuracy_delta(y, ref_pred, pred, _resamples(n, seed))
+
+
+def _resamples(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP, n))
+
+
+def _accuracy_delta(y: np.ndarray, ref_pred: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> dict[str, Any]:
+    n = len(y)
     hit_a, hit_r = np.asarray(pred) == y, np.asarray(ref_pred) == y
-    idx = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP, n))
     d_acc = hit_a[idx].mean(1) - hit_r[idx].mean(1)
     return {"n": int(n), "accuracy_keras": float(hit_r.mean()), "accuracy": float(hit_a.mean()),
             "accuracy_delta": float(hit_a.mean() - hit_r.mean()),
@@ -85,8 +93,8 @@ def paired_deltas(y: np.ndarray, ref: np.ndarray, probs: np.ndarray, seed: int =
     n = len(y)
     if n == 0:
         return {"n": 0}
-    out = paired_accuracy_delta(y, ref.argmax(1), probs.argmax(1), seed)
-    idx = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP, n))
+    idx = _resamples(n, seed)
+    out = _accuracy_delta(np.asarray(y), ref.argmax(1), probs.argmax(1), idx)
     if ref.shape[1] == 2 and len(set(y.tolist())) == 2:
         auc_r, auc_a = roc_auc(y, ref[:, 1]), roc_auc(y, probs[:, 1])
         deltas = []
